@@ -1,0 +1,5 @@
+"""python -m sidekick."""
+
+from sidekick.cli import main
+
+main()

@@ -1,0 +1,363 @@
+"""The agent loop: Docker events in, etcd writes out, one lease kept alive.
+
+One thread reads the Docker events stream and only puts records on a queue (dockerd drops
+events for a slow reader). The main thread owns all state: it takes events off the queue,
+keeps the lease alive every ttl/3, and reconciles at start-up, after every reconnect and
+every --resync seconds. Decisions are the pure functions of sidekick.model.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+import tenacity
+
+from sidekick.config import Config
+from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
+from sidekick.model import (
+    Announcement,
+    Delete,
+    KeyState,
+    Put,
+    Registration,
+    announce,
+    merge,
+    plan,
+)
+from sidekick.store import MAX_TXN_OPS, EtcdError, EtcdUnavailable, Store
+
+# Actions after which a container announces nothing, without asking Docker.
+GONE_ACTIONS = frozenset({"die", "stop", "destroy", "pause"})
+# `docker kill -s` signals that end a container; any other (HUP to reload nginx) changes nothing.
+STOP_SIGNALS = frozenset({"9", "15", "SIGKILL", "SIGTERM", "KILL", "TERM"})
+TRANSIENT = (EtcdError, DockerUnavailable)
+PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+DOCKER_CONNECTED = _Marker("docker-connected")
+STOP = _Marker("stop")
+
+Item = DockerEvent | _Marker
+
+
+class Agent:
+    """Keeps etcd equal to the registrations of this node's running, opted-in containers."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        docker: DockerSource,
+        retry_wait: tenacity.wait.wait_base | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.docker = docker
+        self.log = structlog.get_logger("sidekick")
+        self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.retry_wait = retry_wait or tenacity.wait_exponential_jitter(
+            initial=0.05, max=min(2.0, config.ttl / 3), jitter=0.25
+        )
+        self.lease = 0
+        self.announced: dict[str, tuple[Registration, ...]] = {}  # container id -> its keys
+        self.actual: dict[str, KeyState] = {}  # the prefix as last read, plus our writes
+        self.held: dict[str, Registration] = {}  # keys we wrote on our lease
+        self.needs_reconcile = False  # the first reconcile follows the events stream's connection
+        self.next_keepalive = float("inf")
+        self.next_resync = time.monotonic() + config.resync
+        self.reconciled = threading.Event()  # set after the first reconcile
+        self._warned: dict[str, str] = {}  # container id -> last problem logged
+        self._clashes: set[tuple[str, int, str]] = set()
+        self._duplicates: set[tuple[str, str]] = set()
+        self._outages: dict[str, str] = {}  # peer -> first error of the current outage
+        self._reader: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler or another thread)."""
+        self.stopping.set()
+        self.queue.put(STOP)
+        self.docker.close_events()
+
+    def run(self) -> None:
+        """Serve until stop(); then revoke the lease unless --keep-on-exit."""
+        self.log.info(
+            "agent starting",
+            node=self.config.node,
+            prefix=self.config.prefix,
+            ttl=self.config.ttl,
+            etcd=[e.url for e in self.config.etcd_endpoints],
+        )
+        self._reader = threading.Thread(target=self._read_events, name="docker-events", daemon=True)
+        self._reader.start()
+        try:
+            while not self.stopping.is_set():
+                self._cycle()
+        finally:
+            self._shutdown()
+
+    def _cycle(self) -> None:
+        if self.needs_reconcile:
+            self._reconcile_until_done()
+            return
+        timeout = max(0.0, min(self.next_keepalive, self.next_resync) - time.monotonic())
+        try:
+            item: Item | None = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            item = None
+        if item is DOCKER_CONNECTED:
+            self.needs_reconcile = True
+        elif isinstance(item, DockerEvent):
+            self._on_event(item)
+        now = time.monotonic()
+        if self.lease and not self.needs_reconcile and now >= self.next_keepalive:
+            self._keepalive()
+        if now >= self.next_resync:
+            self.needs_reconcile = True
+
+    def _shutdown(self) -> None:
+        self.docker.close_events()
+        if not self.lease:
+            self.log.info("agent stopped")
+            return
+        if self.config.keep_on_exit:
+            self.log.info("agent stopped; keys left to expire with the lease", lease=self.lease,
+                          keys=len(self.held))
+            return
+        try:
+            self.store.revoke(self.lease)
+            self.log.info("lease revoked; keys removed", lease=self.lease, keys=len(self.held))
+        except EtcdError as exc:
+            self.log.warning("could not revoke the lease; keys expire within the ttl",
+                             lease=self.lease, error=str(exc))
+
+    # -- the Docker events reader (its own thread) -----------------------------------------
+
+    def _read_events(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                events = self._retry("docker events")(self.docker.open_events)
+            except tenacity.RetryError:
+                return  # stopping
+            self.queue.put(DOCKER_CONNECTED)
+            for event in events:
+                self.queue.put(event)
+            if not self.stopping.is_set():
+                self.log.warning("docker event stream ended; reconnecting")
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _on_event(self, event: DockerEvent) -> None:
+        if event.action == "kill" and event.attributes.get("signal", "") not in STOP_SIGNALS:
+            return  # e.g. HUP: nginx reloads, the container keeps serving
+        if event.action in GONE_ACTIONS or event.action == "kill":
+            self._set_announcement(event.container_id, event.name, Announcement())
+        else:
+            try:
+                container = self.docker.inspect(event.container_id)
+            except DockerUnavailable as exc:
+                self._fault("docker", exc)
+                return
+            announcement = announce(container, self.config) if container else Announcement()
+            self._set_announcement(event.container_id, event.name, announcement)
+        self._sync()
+
+    def _set_announcement(self, container_id: str, name: str, announcement: Announcement) -> None:
+        if announcement.problem is not None:
+            if self._warned.get(container_id) != announcement.problem:
+                self.log.warning(
+                    "container skipped", container=name, id=container_id[:12],
+                    reason=announcement.problem,
+                )
+            self._warned[container_id] = announcement.problem
+        else:
+            self._warned.pop(container_id, None)
+        if announcement.registrations:
+            self.announced[container_id] = announcement.registrations
+        else:
+            self.announced.pop(container_id, None)
+
+    # -- etcd -----------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Write the difference between what is announced and what etcd holds."""
+        desired = merge(self.announced.values())
+        for kept, dropped in desired.duplicates:
+            if (dropped.key, dropped.container_id) not in self._duplicates:
+                self._duplicates.add((dropped.key, dropped.container_id))
+                self.log.warning(
+                    "duplicate key; first container keeps it", key=dropped.key,
+                    container=dropped.container_name, holder=kept.container_name,
+                )
+        values = {key: r.value for key, r in desired.registrations.items()}
+        try:
+            for attempt in range(PLAN_ATTEMPTS):
+                todo = plan(values, self.actual, self.lease)
+                self._report_clashes(todo.clashes)
+                ops: list[Put | Delete] = [*todo.deletes, *todo.puts]
+                if self._write(ops, desired.registrations):
+                    return
+                if attempt + 1 < PLAN_ATTEMPTS:
+                    self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
+            self.needs_reconcile = True
+        except EtcdError as exc:
+            self._fault("etcd", exc)
+
+    def _write(self, ops: Sequence[Put | Delete], wanted: dict[str, Registration]) -> bool:
+        """Apply ops in transactions; False when one lost a race (its keys changed)."""
+        all_done = True
+        for start in range(0, len(ops), MAX_TXN_OPS):
+            batch = ops[start : start + MAX_TXN_OPS]
+            succeeded, revision = self.store.txn(batch, self.lease)
+            if not succeeded:
+                all_done = False
+                continue
+            for op in batch:
+                if isinstance(op, Put):
+                    registration = wanted[op.key]
+                    self.actual[op.key] = KeyState(op.value, self.lease, revision)
+                    self.held[op.key] = registration
+                    self.log.info("registered", key=op.key, value=op.value,
+                                  container=registration.container_name,
+                                  id=registration.container_id[:12])
+                else:
+                    self.actual.pop(op.key, None)
+                    gone = self.held.pop(op.key, None)
+                    self.log.info("deregistered", key=op.key,
+                                  container=gone.container_name if gone else None,
+                                  id=gone.container_id[:12] if gone else None)
+        return all_done
+
+    def _report_clashes(self, clashes: Sequence[Any]) -> None:
+        for clash in clashes:
+            marker = (clash.key, clash.held_lease, clash.held_value)
+            if marker in self._clashes:
+                continue
+            self._clashes.add(marker)
+            self.log.error(
+                "key held by another owner; left as it is",
+                key=clash.key,
+                held_value=clash.held_value,
+                held_by=f"lease {clash.held_lease:x}" if clash.held_lease else "a plain key",
+                wanted_value=clash.wanted,
+                wanted_by=f"node {self.config.node} (lease {self.lease:x})",
+            )
+
+    def _keepalive(self) -> None:
+        self.next_keepalive = time.monotonic() + self.config.keepalive_interval
+        try:
+            ttl = self.store.keepalive(self.lease)
+        except EtcdError as exc:
+            self._fault("etcd", exc)
+            return
+        if ttl <= 0:
+            self.log.warning("lease expired; granting a new one and rewriting every key",
+                             lease=self.lease)
+            self.lease = 0
+            self.needs_reconcile = True
+
+    # -- reconcile ------------------------------------------------------------------------
+
+    def _reconcile_until_done(self) -> None:
+        try:
+            self._retry("reconcile")(self._reconcile)
+        except tenacity.RetryError:
+            return  # stopping
+
+    def _reconcile(self) -> None:
+        """Rebuild both sides from scratch and write the difference."""
+        started = time.monotonic()
+        self._drain_queue()
+        if self.lease and self.store.keepalive(self.lease) <= 0:
+            self.log.warning("lease expired; granting a new one", lease=self.lease)
+            self.lease = 0
+        if not self.lease:
+            self.lease = self.store.grant(self.config.ttl)
+            self.held.clear()
+            self.log.info("lease granted", lease=self.lease, ttl=self.config.ttl)
+        self.next_keepalive = time.monotonic() + self.config.keepalive_interval
+        containers = self.docker.running_containers()
+        seen = set()
+        for container in containers:
+            seen.add(container.id)
+            self._set_announcement(container.id, container.name, announce(container, self.config))
+        for container_id in set(self.announced) - seen:
+            self.announced.pop(container_id, None)
+        for container_id in set(self._warned) - seen:
+            self._warned.pop(container_id, None)
+        self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
+        self.held = {k: r for k, r in self.held.items() if self.actual.get(k, _NO_KEY).lease == self.lease}
+        self.needs_reconcile = False
+        self._sync()
+        if self.needs_reconcile:  # _sync hit a fault: let the retry policy take over
+            raise EtcdUnavailable("etcd changed or failed during reconcile")
+        self.next_resync = time.monotonic() + self.config.resync
+        self.log.info(
+            "reconciled", registrations=len(self.held), containers=len(self.announced),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self._recovered()
+        self.reconciled.set()
+
+    def _drain_queue(self) -> None:
+        """Drop queued events: the snapshot about to be taken supersedes them."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is STOP:
+                self.queue.put(STOP)
+                return
+
+    # -- faults and retries ---------------------------------------------------------------
+
+    def _fault(self, peer: str, exc: Exception) -> None:
+        """A transient fault outside the retry loop: reconcile (with retries) next."""
+        self.needs_reconcile = True
+        self._log_outage(peer, exc)
+
+    def _log_outage(self, peer: str, exc: BaseException) -> None:
+        if peer not in self._outages:
+            self._outages[peer] = str(exc)
+            self.log.warning(f"{peer} unavailable; retrying with backoff", error=str(exc))
+
+    def _recovered(self) -> None:
+        for peer in list(self._outages):
+            self.log.info(f"{peer} is back")
+        self._outages.clear()
+
+    def _retry(self, what: str) -> Callable[[Callable[[], Any]], Any]:
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is not None:
+                self._log_outage("etcd" if isinstance(exc, EtcdError) else "docker", exc)
+            self.log.info("retry scheduled", action=what, attempt=state.attempt_number,
+                          wait=round(state.upcoming_sleep, 3), error=str(exc))
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TRANSIENT),
+            wait=self.retry_wait,
+            stop=lambda _state: self.stopping.is_set(),
+            sleep=self.stopping.wait,
+            before_sleep=before_sleep,
+        )
+        return lambda fn: retrying(fn)
+
+
+_NO_KEY = KeyState("", 0, 0)

@@ -1,0 +1,146 @@
+"""The command line: parse options, build objects, map errors to exit codes.
+
+Exit codes: 0 done, 1 nothing to do, 2 bad usage or configuration, 3 etcd unreachable.
+"""
+
+import functools
+import inspect
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from sidekick import __version__, logs
+from sidekick.agent import Agent
+from sidekick.config import Config, ConfigError, load_config, require_host_ip
+from sidekick.docker_source import DockerSource
+from sidekick.store import Store
+
+EXIT_NOTHING, EXIT_USAGE, EXIT_ETCD = 1, 2, 3
+DOCKER_TIMEOUT = 10.0
+
+app = typer.Typer(
+    name="sidekick",
+    help="Announce this node's Docker containers in etcd (v3), on a lease kept alive.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """One line on stderr, then exit."""
+    print(f"sidekick: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+# The options every command shares: (name, flag, type, help). Defaults live in config.Config.
+SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("etcd_endpoints", "--etcd-endpoints", str, "Comma-separated etcd client URLs. (default: http://127.0.0.1:2379)"),
+    ("prefix", "--prefix", str, "Key prefix the registrations live under. (default: /test)"),
+    ("host_ip", "--host-ip", str, "This node's address, for ports published on 0.0.0.0 or ::. (default: COREOS_PRIVATE_IPV4)"),
+    ("environment_file", "--environment-file", Path, "KEY=VALUE file read for SIDEKICK_* and COREOS_PRIVATE_IPV4. (default: /etc/environment)"),
+    ("docker_url", "--docker-url", str, "Docker engine URL. (default: DOCKER_HOST, else the local socket)"),
+    ("all_containers", "--all", bool, "Announce every container with a published TCP port unless it has sidekick.enable=false."),
+    ("filters", "--filter", list[str], "Only containers matching label=KEY[=VALUE] (repeatable)."),
+    ("key_template", "--key-template", str, "Key layout. (default: {prefix}/{service}-{port})"),
+    ("value_template", "--value-template", str, "Value layout. (default: {ip}:{port})"),
+    ("node", "--node", str, "This node's name, for {node}. (default: the hostname)"),
+    ("ttl", "--ttl", int, "Lease TTL in seconds (at least 2). (default: 30)"),
+    ("keepalive_interval", "--keepalive-interval", float, "Seconds between keepalives. (default: ttl/3)"),
+    ("etcd_timeout", "--etcd-timeout", float, "Seconds before an etcd request fails. (default: min(5, ttl/3))"),
+    ("resync", "--resync", float, "Seconds between full reconciles. (default: 60)"),
+    ("keep_on_exit", "--keep-on-exit", bool, "On shutdown leave the keys to expire with the lease instead of revoking it."),
+    ("log_format", "--log-format", str, "auto, console or json. (default: auto: console on a terminal)"),
+    ("log_level", "--log-level", str, "debug, info, warning or error. (default: info)"),
+]
+
+
+def with_config(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared options to a command, which receives them as `config: Config`."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "config"]
+    shared = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[kind | None, typer.Option(flag, help=text, show_default=False)],
+        )
+        for name, flag, kind, text in SHARED_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        flags = {name: kwargs.pop(name) for name, *_ in SHARED_OPTIONS}
+        try:
+            config = load_config(flags)
+        except ConfigError as exc:
+            fail(str(exc))
+        logs.configure(config.log_format, config.log_level)
+        return command(config=config, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in [*own, *shared]}
+    return wrapper
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"sidekick {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Announce Docker containers in etcd, the way confd and nginx expect them."""
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(f"sidekick {__version__}")
+
+
+@app.command()
+@with_config
+def run(config: Config) -> None:
+    """Run the agent: follow Docker events and keep etcd right until SIGTERM."""
+    try:
+        require_host_ip(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    agent = Agent(config, make_store(config), make_docker(config))
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.run()
+
+
+def make_store(config: Config) -> Store:
+    return Store(config.etcd_endpoints, config.etcd_timeout)
+
+
+def make_docker(config: Config) -> DockerSource:
+    return DockerSource(
+        config.docker_url,
+        timeout=DOCKER_TIMEOUT,
+        label_filters=config.label_filters(),
+        opted_in_only=not config.all_containers,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,159 @@
+"""A thin adapter around docker-py: container snapshots and the events stream as plain records."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import docker
+import docker.errors
+import requests
+
+from sidekick.model import LABEL_ENABLE, Container, container_from_inspect
+
+# The container events that can change what a container announces.
+EVENT_ACTIONS = (
+    "start",
+    "restart",
+    "unpause",
+    "health_status",
+    "die",
+    "stop",
+    "kill",
+    "destroy",
+    "pause",
+)
+
+
+class DockerUnavailable(Exception):
+    """The Docker engine did not answer."""
+
+
+class DockerEvent(NamedTuple):
+    """One container event, flattened."""
+
+    action: str  # "start", "die", "health_status", ...
+    detail: str  # "healthy" for "health_status: healthy", else ""
+    container_id: str
+    name: str
+    time_nano: int
+    attributes: dict[str, str]
+
+
+def event_from_raw(raw: dict[str, Any]) -> DockerEvent | None:
+    """Turn one decoded events-API message into a DockerEvent (None if it is not one)."""
+    action, _, detail = str(raw.get("Action") or raw.get("status") or "").partition(":")
+    actor = raw.get("Actor") or {}
+    container_id = str(actor.get("ID") or raw.get("id") or "")
+    if raw.get("Type", "container") != "container" or not container_id or not action:
+        return None
+    attributes = {str(k): str(v) for k, v in (actor.get("Attributes") or {}).items()}
+    return DockerEvent(
+        action=action.strip(),
+        detail=detail.strip(),
+        container_id=container_id,
+        name=attributes.get("name", ""),
+        time_nano=int(raw.get("timeNano") or 0),
+        attributes=attributes,
+    )
+
+
+class DockerSource:
+    """Reads containers and events from one Docker engine."""
+
+    def __init__(
+        self,
+        url: str | None,
+        timeout: float,
+        label_filters: list[str],
+        opted_in_only: bool,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.label_filters = list(label_filters)
+        if opted_in_only:
+            self.label_filters.append(LABEL_ENABLE)  # presence only: the value is checked later
+        self._api: docker.APIClient | None = None
+        self._lock = threading.Lock()
+        self._stream: Any = None
+
+    def _client(self) -> docker.APIClient:
+        with self._lock:
+            if self._api is None:
+                try:
+                    self._api = docker.APIClient(
+                        base_url=self.url, version="auto", timeout=self.timeout
+                    )
+                except (docker.errors.DockerException, requests.RequestException) as exc:
+                    raise DockerUnavailable(f"Docker at {self.url or 'the local socket'}: {exc}") from exc
+            return self._api
+
+    def _drop_client(self) -> None:
+        with self._lock:
+            if self._api is not None:
+                self._api.close()
+            self._api = None
+
+    def version(self) -> dict[str, Any]:
+        """The engine's version document."""
+        return dict(self._call(lambda api: api.version()))
+
+    def _call(self, fn: Any) -> Any:
+        api = self._client()
+        try:
+            return fn(api)
+        except docker.errors.NotFound:
+            raise
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            self._drop_client()
+            raise DockerUnavailable(f"Docker at {self.url or 'the local socket'}: {exc}") from exc
+
+    def inspect(self, container_id: str) -> Container | None:
+        """The container now, or None when it no longer exists."""
+        try:
+            return container_from_inspect(self._call(lambda api: api.inspect_container(container_id)))
+        except docker.errors.NotFound:
+            return None
+
+    def running_containers(self) -> list[Container]:
+        """Every running container in scope, inspected."""
+        filters = {"status": "running"}
+        summaries = self._call(
+            lambda api: api.containers(filters={**filters, "label": self.label_filters})
+        )
+        containers = []
+        for summary in summaries:
+            container = self.inspect(summary["Id"])
+            if container is not None:
+                containers.append(container)
+        return containers
+
+    def open_events(self) -> Iterator[DockerEvent]:
+        """Connect to the events stream; the iterator simply ends when the engine goes away."""
+        filters: dict[str, Any] = {"type": "container", "event": list(EVENT_ACTIONS)}
+        if self.label_filters:
+            filters["label"] = self.label_filters
+        stream = self._call(lambda api: api.events(decode=True, filters=filters))
+        self._stream = stream
+        return self._follow(stream)
+
+    def _follow(self, stream: Any) -> Iterator[DockerEvent]:
+        try:
+            for raw in stream:
+                event = event_from_raw(raw)
+                if event is not None:
+                    yield event
+        except (docker.errors.DockerException, requests.RequestException, OSError, ValueError):
+            return
+        finally:
+            self._stream = None
+
+    def close_events(self) -> None:
+        """End a running events() iteration from another thread."""
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - closing a dead socket may fail in many ways
+                pass

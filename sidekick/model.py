@@ -1,0 +1,337 @@
+"""Pure decisions: Docker inspect data to registrations, and the plan that makes etcd right.
+
+Nothing here does I/O. Every function takes plain data and returns plain data; a container
+whose labels cannot be honoured is rejected with a reason instead of raising.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from sidekick.config import Config
+
+LABEL_ENABLE = "sidekick.enable"
+LABEL_SERVICE = "sidekick.service"
+LABEL_PORT = "sidekick.port"
+
+SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_SERVICE_LENGTH = 128
+_SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9._/\-\[\]:@]+$")
+_UNSPECIFIED = {"", "0.0.0.0", "::"}  # noqa: S104 - Docker's "all addresses", not a bind
+
+
+class PortBinding(NamedTuple):
+    """One published TCP port: container port -> host address and port."""
+
+    container_port: int
+    host_ip: str
+    host_port: int
+
+
+class Container(NamedTuple):
+    """The few facts about a container that registration depends on."""
+
+    id: str
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    running: bool
+    paused: bool
+    health: str | None  # None when the container has no HEALTHCHECK
+    host_network: bool
+    bindings: tuple[PortBinding, ...]
+    exposed_ports: tuple[int, ...]
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+class Registration(NamedTuple):
+    """One key this node announces for one container port."""
+
+    key: str
+    value: str
+    container_id: str
+    container_name: str
+
+
+class Announcement(NamedTuple):
+    """What a container should have in etcd now, or why it is refused."""
+
+    registrations: tuple[Registration, ...] = ()
+    problem: str | None = None  # a warning to log once; nothing is registered
+
+
+class KeyState(NamedTuple):
+    """A key as read from etcd."""
+
+    value: str
+    lease: int
+    mod_revision: int
+
+
+class Put(NamedTuple):
+    key: str
+    value: str
+    expect_mod_revision: int  # 0: the key must not exist
+
+
+class Delete(NamedTuple):
+    key: str
+    expect_mod_revision: int
+
+
+class Clash(NamedTuple):
+    """A key this node wants that someone else holds; it is left alone."""
+
+    key: str
+    wanted: str
+    held_value: str
+    held_lease: int
+
+
+class Plan(NamedTuple):
+    puts: tuple[Put, ...] = ()
+    deletes: tuple[Delete, ...] = ()
+    clashes: tuple[Clash, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.puts or self.deletes)
+
+
+# -- Docker inspect data -> Container -------------------------------------------------------
+
+
+def container_from_inspect(data: Mapping[str, Any]) -> Container:
+    """Read a `docker inspect` document; missing or odd fields get harmless defaults."""
+    config = _mapping(data.get("Config"))
+    state = _mapping(data.get("State"))
+    host_config = _mapping(data.get("HostConfig"))
+    network = _mapping(data.get("NetworkSettings"))
+    labels = {str(k): str(v) for k, v in _mapping(config.get("Labels")).items()}
+    health = _mapping(state.get("Health")).get("Status")
+    bindings: list[PortBinding] = []
+    for spec, hosts in _mapping(network.get("Ports")).items():
+        port = _tcp_port(spec)
+        if port is None or not isinstance(hosts, list):
+            continue
+        for host in hosts:
+            host = _mapping(host)
+            host_port = _port_number(host.get("HostPort"))
+            if host_port is not None:
+                bindings.append(PortBinding(port, str(host.get("HostIp") or ""), host_port))
+    exposed = sorted(
+        {p for p in (_tcp_port(spec) for spec in _mapping(config.get("ExposedPorts"))) if p}
+    )
+    return Container(
+        id=str(data.get("Id") or ""),
+        name=str(data.get("Name") or "").lstrip("/"),
+        image=str(config.get("Image") or data.get("Image") or ""),
+        labels=labels,
+        running=bool(state.get("Running")) and not bool(state.get("Restarting")),
+        paused=bool(state.get("Paused")),
+        health=str(health) if health else None,
+        host_network=str(host_config.get("NetworkMode") or "") == "host",
+        bindings=tuple(bindings),
+        exposed_ports=tuple(exposed),
+    )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _tcp_port(spec: Any) -> int | None:
+    number, _, proto = str(spec).partition("/")
+    if proto not in {"", "tcp"}:
+        return None
+    return _port_number(number)
+
+
+def _port_number(value: Any) -> int | None:
+    try:
+        port = int(str(value))
+    except ValueError:
+        return None
+    return port if 1 <= port <= 65535 else None
+
+
+# -- Container -> Announcement ----------------------------------------------------------------
+
+
+def opted_in(container: Container, all_containers: bool) -> bool | str:
+    """True or False, or a problem string when the enable label is not a boolean."""
+    raw = container.labels.get(LABEL_ENABLE)
+    if raw is None:
+        return all_containers
+    value = raw.strip().lower()
+    if value in {"true", "1", "yes", "on"}:
+        return True
+    if value in {"false", "0", "no", "off"}:
+        return False
+    return f"label {LABEL_ENABLE}={_show(raw)} is not true or false"
+
+
+def service_name(container: Container) -> str:
+    """The sidekick.service label, else the basename of the image repository."""
+    if LABEL_SERVICE in container.labels:
+        return container.labels[LABEL_SERVICE]
+    image = container.image.split("@", 1)[0]
+    repository, _, tag = image.rpartition(":")
+    if repository and "/" not in tag:
+        image = repository
+    return image.rsplit("/", 1)[-1]
+
+
+def announce(container: Container, config: Config) -> Announcement:
+    """The registrations a container should have now (none while stopped, paused or unhealthy)."""
+    enabled = opted_in(container, config.all_containers)
+    if isinstance(enabled, str):
+        return Announcement(problem=enabled)
+    if not enabled or not container.running or container.paused:
+        return Announcement()
+    if container.health is not None and container.health != "healthy":
+        return Announcement()
+    service = service_name(container)
+    if not SERVICE_RE.match(service) or len(service) > MAX_SERVICE_LENGTH:
+        origin = f"label {LABEL_SERVICE}" if LABEL_SERVICE in container.labels else "image name"
+        return Announcement(
+            problem=f"service name {_show(service)} from {origin} must match "
+            f"[A-Za-z0-9][A-Za-z0-9._-]* (at most {MAX_SERVICE_LENGTH} characters)"
+        )
+    wanted = _wanted_ports(container)
+    if isinstance(wanted, str):
+        return Announcement(problem=wanted)
+    endpoints = _endpoints(container, wanted, config.host_ip)
+    if isinstance(endpoints, str):
+        return Announcement(problem=endpoints)
+    if not endpoints:
+        if LABEL_ENABLE in container.labels:  # opted in by label, so say why nothing happens
+            return Announcement(problem="opted in but publishes no TCP port")
+        return Announcement()
+    registrations: dict[str, Registration] = {}
+    for container_port, ip, port in endpoints:
+        fields = {
+            "prefix": config.prefix,
+            "service": service,
+            "port": port,
+            "ip": f"[{ip}]" if ":" in ip else ip,
+            "node": config.node,
+            "container": container.name,
+            "container_id": container.short_id,
+            "container_port": container_port,
+        }
+        key = config.key_template.format(**fields)
+        value = config.value_template.format(**fields)
+        if not key_is_confined(key, config.prefix):
+            return Announcement(problem=f"key {_show(key)} would fall outside {config.prefix}/")
+        if key not in registrations:
+            registrations[key] = Registration(key, value, container.id, container.name)
+    return Announcement(tuple(registrations.values()))
+
+
+def _wanted_ports(container: Container) -> set[int] | None | str:
+    raw = container.labels.get(LABEL_PORT)
+    if raw is None:
+        return None
+    ports: set[int] = set()
+    for part in raw.split(","):
+        port = _port_number(part.strip()) if part.strip().isdigit() else None
+        if port is None:
+            return f"label {LABEL_PORT}={_show(raw)} is not a list of ports 1-65535"
+        ports.add(port)
+    return ports
+
+
+def _endpoints(
+    container: Container, wanted: set[int] | None, host_ip: str | None
+) -> list[tuple[int, str, int]] | str:
+    """(container port, address, host port) triples, IPv4 first, in a stable order."""
+    if container.host_network:
+        ports = sorted(wanted) if wanted is not None else list(container.exposed_ports)
+        if ports and host_ip is None:
+            return "host-network container needs the node's address (--host-ip)"
+        return [(port, str(host_ip), port) for port in ports]
+    bindings = [b for b in container.bindings if wanted is None or b.container_port in wanted]
+    if wanted is not None:
+        missing = sorted(wanted - {b.container_port for b in bindings})
+        if missing:
+            return f"label {LABEL_PORT} names port {missing[0]}, which is not published"
+    endpoints = []
+    for binding in bindings:
+        ip = binding.host_ip.strip("[]")
+        if ip in _UNSPECIFIED:
+            if host_ip is None:
+                return "port published on all addresses, and no --host-ip is known"
+            ip = host_ip
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            return f"published on {_show(binding.host_ip)}, which is not an IP address"
+        endpoints.append((binding.container_port, ip, binding.host_port))
+    return sorted(set(endpoints), key=lambda e: (":" in e[1], e[2], e[0], e[1]))
+
+
+def key_is_confined(key: str, prefix: str) -> bool:
+    """True when a key sits strictly under the prefix, with no empty, `.` or `..` segment."""
+    if not key.startswith(prefix.rstrip("/") + "/") or not _SAFE_KEY_RE.match(key):
+        return False
+    rest = key[len(prefix.rstrip("/")) + 1 :].split("/")
+    return all(part not in {"", ".", ".."} for part in rest)
+
+
+def _show(text: str, limit: int = 60) -> str:
+    """A label value safe to put in a one-line log message."""
+    shown = text.encode("unicode_escape").decode("ascii")
+    return repr(shown if len(shown) <= limit else shown[:limit] + "...")
+
+
+# -- Desired state and the plan ---------------------------------------------------------------
+
+
+class Desired(NamedTuple):
+    registrations: dict[str, Registration]
+    duplicates: tuple[tuple[Registration, Registration], ...]  # (kept, dropped)
+
+
+def merge(announcements: Iterable[Iterable[Registration]]) -> Desired:
+    """All registrations of this node by key; on a duplicate key the first container wins."""
+    by_key: dict[str, Registration] = {}
+    duplicates = []
+    for registrations in announcements:
+        for registration in registrations:
+            kept = by_key.setdefault(registration.key, registration)
+            if kept is not registration:
+                duplicates.append((kept, registration))
+    return Desired(by_key, tuple(duplicates))
+
+
+def plan(desired: Mapping[str, str], actual: Mapping[str, KeyState], lease: int) -> Plan:
+    """The fewest writes that make etcd hold `desired` on `lease`.
+
+    A key that already holds the wanted value is the same backend (announced by an earlier
+    run of this agent, or by `sidekick register`): it is adopted onto our lease without a
+    change of value. A key with another value that we do not hold is a clash and is left
+    alone. Keys on our lease that are no longer wanted are deleted. Every operation names the
+    mod_revision it expects, so a concurrent change makes the write fail instead of clobber.
+    """
+    puts, deletes, clashes = [], [], []
+    for key, value in sorted(desired.items()):
+        state = actual.get(key)
+        if state is None:
+            puts.append(Put(key, value, 0))
+        elif state.value == value:
+            if state.lease != lease:  # the same backend announced before: adopt it
+                puts.append(Put(key, value, state.mod_revision))
+        elif state.lease == lease:
+            puts.append(Put(key, value, state.mod_revision))
+        else:
+            clashes.append(Clash(key, value, state.value, state.lease))
+    for key, state in sorted(actual.items()):
+        if state.lease == lease and key not in desired:
+            deletes.append(Delete(key, state.mod_revision))
+    return Plan(tuple(puts), tuple(deletes), tuple(clashes))

@@ -1,0 +1,181 @@
+"""A thin adapter around etcd3gw: endpoints with failover, leases, prefix reads, transactions.
+
+etcd3gw gives one endpoint per client and no timeout by default; this class owns one client
+per endpoint, each with a timeout and its own requests.Session (trust_env off, so a
+REQUESTS_CA_BUNDLE in the environment cannot override our settings), and moves to the next
+endpoint when the one in use fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+from etcd3gw import exceptions as etcd_exceptions
+from etcd3gw.client import Etcd3Client
+
+from sidekick.config import Endpoint
+from sidekick.model import Delete, KeyState, Put
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+
+
+class EtcdError(Exception):
+    """etcd answered with an error (bad request, permission, too large)."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint answered in time."""
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode(errors="replace")
+
+
+def prefix_range_end(prefix: str) -> str:
+    """The range_end that selects every key starting with `prefix`."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return base64.b64encode(bytes(raw)).decode("ascii")
+
+
+class Store:
+    """etcd v3 through the grpc-gateway, with failover across endpoints."""
+
+    def __init__(self, endpoints: Sequence[Endpoint], timeout: float) -> None:
+        self.endpoints = tuple(endpoints)
+        self.timeout = timeout
+        self._clients = [self._client(e) for e in self.endpoints]
+        self._current = 0
+
+    def _client(self, endpoint: Endpoint) -> Etcd3Client:
+        session = requests.Session()
+        session.trust_env = False
+        return Etcd3Client(
+            host=endpoint.host,
+            port=endpoint.port,
+            protocol=endpoint.scheme,
+            timeout=self.timeout,
+            api_path="/v3/",
+            session=session,
+        )
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint in use."""
+        return self.endpoints[self._current]
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        last: Exception | None = None
+        for _ in self._clients:
+            client = self._clients[self._current]
+            try:
+                return dict(client.post(client.get_url(path), data=json.dumps(payload)))
+            except (
+                etcd_exceptions.ConnectionFailedError,
+                etcd_exceptions.ConnectionTimeoutError,
+            ) as exc:
+                last = exc
+                self._current = (self._current + 1) % len(self._clients)
+            except etcd_exceptions.Etcd3Exception as exc:
+                raise EtcdError(_detail(exc)) from exc
+            except (requests.RequestException, ValueError) as exc:
+                raise EtcdError(str(exc)) from exc
+        names = ", ".join(e.url for e in self.endpoints)
+        raise EtcdUnavailable(f"no etcd endpoint answered ({names}): {_detail(last)}") from last
+
+    # -- leases --------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; returns its id."""
+        return int(self._post("/lease/grant", {"TTL": ttl, "ID": 0})["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        """Renew a lease; returns its TTL, or a value <= 0 when the lease is gone."""
+        answer = self._post("/lease/keepalive", {"ID": lease})
+        return int(answer.get("result", {}).get("TTL", -1))
+
+    def time_to_live(self, lease: int) -> int:
+        """Seconds left on a lease, or -1 when it is gone."""
+        return int(self._post("/lease/timetolive", {"ID": lease}).get("TTL", -1))
+
+    def revoke(self, lease: int) -> None:
+        """Revoke a lease: every key attached to it goes at once."""
+        try:
+            self._post("/lease/revoke", {"ID": lease})
+        except EtcdError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def read_prefix(self, prefix: str) -> tuple[dict[str, KeyState], int]:
+        """Every key under `prefix`, and the revision the read saw."""
+        answer = self._post(
+            "/kv/range", {"key": _b64(prefix), "range_end": prefix_range_end(prefix)}
+        )
+        keys = {
+            _unb64(kv["key"]): KeyState(
+                value=_unb64(kv.get("value", "")),
+                lease=int(kv.get("lease", 0)),
+                mod_revision=int(kv.get("mod_revision", 0)),
+            )
+            for kv in answer.get("kvs", [])
+        }
+        return keys, int(answer.get("header", {}).get("revision", 0))
+
+    def txn(self, operations: Sequence[Put | Delete], lease: int) -> tuple[bool, int]:
+        """Apply up to MAX_TXN_OPS operations in one transaction; (succeeded, revision).
+
+        Each operation is guarded by the mod_revision it expects, so the transaction fails as
+        a whole, writing nothing, when any of its keys changed since it was read.
+        """
+        if len(operations) > MAX_TXN_OPS:
+            raise ValueError(f"at most {MAX_TXN_OPS} operations per transaction")
+        compare, success = [], []
+        for op in operations:
+            compare.append(
+                {
+                    "key": _b64(op.key),
+                    "result": "EQUAL",
+                    "target": "MOD",
+                    "mod_revision": str(op.expect_mod_revision),
+                }
+            )
+            if isinstance(op, Put):
+                put: dict[str, Any] = {"key": _b64(op.key), "value": _b64(op.value)}
+                if lease:
+                    put["lease"] = str(lease)
+                success.append({"request_put": put})
+            else:
+                success.append({"request_delete_range": {"key": _b64(op.key)}})
+        answer = self._post("/kv/txn", {"compare": compare, "success": success})
+        revision = int(answer.get("header", {}).get("revision", 0))
+        return bool(answer.get("succeeded", False)), revision
+
+    def version(self) -> str:
+        """The server version of the endpoint in use."""
+        client = self._clients[self._current]
+        try:
+            answer = client.session.get(client.base_url + "/version", timeout=self.timeout)
+            return str(answer.json().get("etcdserver", "unknown"))
+        except (requests.RequestException, ValueError) as exc:
+            raise EtcdUnavailable(f"etcd at {self.endpoint.url}: {exc}") from exc
+
+
+def _detail(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no endpoint"
+    detail = getattr(exc, "detail_text", None) or str(exc) or type(exc).__name__
+    try:
+        detail = json.loads(detail).get("message", detail)
+    except (ValueError, AttributeError):
+        pass
+    return " ".join(str(detail).split())[:300]

@@ -1,0 +1,282 @@
+"""The systemd units in units/ and the confd nginx template beside them.
+
+`systemd-analyze verify` checks each unit inside a throw-away root (--root=):
+the units are installed there as on a node, next to stub executables
+(/usr/bin/docker, /usr/local/bin/sidekick, /bin/sh) and stub units
+(docker.service and the targets default dependencies pull in). Without the
+stubs verify fails on whatever this machine lacks (e.g. "Command
+/usr/local/bin/sidekick is not executable"); with them the result depends
+only on the unit files. verify exits 0 on parse warnings (unknown key, bad
+Type=), so a unit passes only with exit 0 *and* no output at all.
+
+The nginx configurations that confd renders from the template are kept as
+fixtures (tests/data/nginx-{0,2}-backends.conf, produced with Go's
+text/template and confd's getvs semantics) and checked with the real
+`nginx -t`, in a private mount namespace so nginx's temp dirs under /var
+are never created.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ROOT / "units"
+TEMPLATE = UNITS / "confd" / "templates" / "nginx.conf.tmpl"
+RESOURCE = UNITS / "confd" / "conf.d" / "nginx.toml"
+DATA = Path(__file__).resolve().parent / "data"
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".target", ".path", ".mount")
+
+# Executables the units run, and units they require, that a node provides.
+STUB_EXECUTABLES = ("/usr/bin/docker", "/usr/local/bin/sidekick", "/bin/sh")
+STUB_UNITS = {
+    "docker.service": "[Unit]\nDescription=stub\n[Service]\nExecStart=/usr/bin/docker\n",
+    # DefaultDependencies=yes: Requires=sysinit.target, After=basic.target,
+    # Conflicts=shutdown.target; verify fails if these are missing.
+    "sysinit.target": "[Unit]\nDescription=stub\n",
+    "basic.target": "[Unit]\nDescription=stub\n",
+    "shutdown.target": "[Unit]\nDescription=stub\n",
+    "network-online.target": "[Unit]\nDescription=stub\n",
+    "multi-user.target": "[Unit]\nDescription=stub\n",
+}
+TWO_BACKENDS = {"/test/apache-8002": "127.0.0.1:8002", "/test/apache-8001": "127.0.0.1:8001"}
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _require(tool: str, package: str) -> str:
+    """Path of `tool`; fail under CI (never skip there), skip elsewhere."""
+    path = shutil.which(tool) or next(
+        (p for p in (f"/usr/sbin/{tool}", f"/usr/bin/{tool}") if os.access(p, os.X_OK)), None
+    )
+    if path:
+        return path
+    message = f"{tool} not found: apt-get install -y {package}"
+    if _in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def unit_files() -> list[Path]:
+    return sorted(p for p in UNITS.iterdir() if p.is_file() and p.name.endswith(UNIT_SUFFIXES))
+
+
+def verify_name(path: Path) -> str:
+    """The name to verify: a template (foo@.service) is checked as an instance."""
+    return path.name.replace("@.", "@8001.")
+
+
+def make_root(base: Path, units: dict[str, str]) -> Path:
+    """A root with `units` installed in /etc/systemd/system, plus the stubs."""
+    root = base / "root"
+    unit_dir = root / "etc" / "systemd" / "system"
+    unit_dir.mkdir(parents=True)
+    for name, text in {**STUB_UNITS, **units}.items():
+        (unit_dir / name).write_text(text)
+    for exe in STUB_EXECUTABLES:
+        stub = root / exe.lstrip("/")
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    return root
+
+
+def verify(root: Path, name: str) -> tuple[int, str]:
+    """Run systemd-analyze verify on unit `name` inside `root`: (exit, output)."""
+    tool = _require("systemd-analyze", "systemd")
+    proc = subprocess.run(
+        [tool, "verify", "--man=no", f"--root={root}", name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def all_units() -> dict[str, str]:
+    return {p.name: p.read_text() for p in unit_files()}
+
+
+def render_confd(template: str, kv: dict[str, str]) -> str:
+    """Render the subset of Go text/template the nginx template uses, as confd would.
+
+    Supports `{{- range getvs "P"}}..{{.}}..{{- else}}..{{- end}}` and
+    `{{- if getvs "P"}}..{{- else}}..{{- end}}`; getvs returns the values whose
+    key matches P (path.Match: `*` stops at `/`), sorted. Anything else raises.
+    """
+
+    def getvs(pattern: str) -> list[str]:
+        rx = re.compile("".join("[^/]*" if c == "*" else re.escape(c) for c in pattern) + r"\Z")
+        return sorted(v for k, v in kv.items() if rx.match(k))
+
+    block = re.compile(
+        r"\s*\{\{-\s*(range|if) getvs \"([^\"]+)\"\s*\}\}(.*?)"
+        r"\s*\{\{-\s*else\s*\}\}(.*?)\s*\{\{-\s*end\s*\}\}",
+        re.S,
+    )
+
+    def expand(m: re.Match[str]) -> str:
+        kind, pattern, body, other = m.groups()
+        values = getvs(pattern)
+        if not values:
+            return other
+        if kind == "if":
+            return body
+        return "".join(body.replace("{{.}}", v) for v in values)
+
+    out = block.sub(expand, template)
+    if "{{" in out:
+        raise ValueError(f"unsupported template action left: {out[out.index('{{') :][:60]!r}")
+    return out
+
+
+def _temp_parents(nginx: str) -> list[str]:
+    """Parent dirs of the temp paths compiled into nginx (created by `nginx -t`)."""
+    built = subprocess.run([nginx, "-V"], capture_output=True, text=True, check=True).stderr
+    paths = re.findall(r"--http-[a-z]+-temp-path=(\S+)", built)
+    return sorted({str(Path(p).parent) for p in paths})
+
+
+def nginx_test(conf: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """`nginx -t -c conf` with pid and logs in tmp and tmpfs over its /var temp dirs."""
+    nginx = _require("nginx", "nginx-light")
+    unshare = _require("unshare", "util-linux")
+    mounts = "".join(f'mount -t tmpfs tmpfs "{d}" && ' for d in _temp_parents(nginx))
+    script = f'{mounts}exec "$0" -t -e stderr -c "$1" -g "pid $2;"'
+    return subprocess.run(
+        [
+            unshare,
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            nginx,
+            str(conf),
+            str(tmp / "nginx.pid"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class TestSystemdUnits:
+    """Every unit in units/ passes systemd-analyze verify, and the check can fail."""
+
+    def test_units_present(self) -> None:
+        """units/ ships the agent, apache and load-balancer units."""
+        names = {p.name for p in unit_files()}
+        assert names >= {
+            "sidekick.service",
+            "sidekick-docker.service",
+            "apache@.service",
+            "confdata.service",
+            "confd.service",
+            "nginx.service",
+        }
+
+    @pytest.mark.parametrize("unit", unit_files(), ids=lambda p: p.name)
+    def test_unit_verifies_cleanly(self, unit: Path, tmp_path: Path) -> None:
+        """systemd-analyze verify exits 0 and prints nothing for the unit."""
+        code, output = verify(make_root(tmp_path, all_units()), verify_name(unit))
+        assert (code, output) == (0, ""), output
+
+    @pytest.mark.parametrize(
+        ("old", "new"),
+        [
+            ("[Service]\n", "[Service]\nFrobnicate=yes\n"),
+            ("Type=notify\n", "Type=bogus\n"),
+            ("ExecStart=/usr/local/bin/sidekick", "ExecStart=/usr/local/bin/sidekick-missing"),
+            ("Requires=docker.service", "Requires=docker-missing.service"),
+        ],
+        ids=["unknown-directive", "bad-type", "missing-binary", "missing-required-unit"],
+    )
+    def test_broken_unit_is_reported(self, old: str, new: str, tmp_path: Path) -> None:
+        """A deliberately broken sidekick.service fails the same check."""
+        text = (UNITS / "sidekick.service").read_text()
+        assert old in text
+        code, output = verify(
+            make_root(tmp_path, {"sidekick.service": text.replace(old, new, 1)}),
+            "sidekick.service",
+        )
+        assert (code, output) != (0, "")
+        assert "sidekick.service" in output
+
+    def test_notify_unit_has_watchdog(self) -> None:
+        """sidekick.service is Type=notify with a watchdog and main-only notify access."""
+        text = (UNITS / "sidekick.service").read_text()
+        for line in ("Type=notify", "WatchdogSec=30s", "NotifyAccess=main", "KillSignal=SIGTERM"):
+            assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+
+    def test_no_etcdctl_left(self) -> None:
+        """No unit writes etcd keys itself any more: sidekick announces by label."""
+        for unit in unit_files():
+            execs = re.findall(r"^Exec\w*=.*$", unit.read_text(), re.M)
+            assert execs, unit.name
+            assert not [line for line in execs if "etcdctl" in line], unit.name
+        apache = (UNITS / "apache@.service").read_text()
+        assert "--label sidekick.enable=true --label sidekick.service=apache" in apache
+
+
+class TestConfdNginxTemplate:
+    """The confd resource and the nginx.conf it renders, checked by real nginx."""
+
+    def test_resource_points_at_template(self) -> None:
+        """nginx.toml watches /test, checks with nginx -t and reloads with a HUP."""
+        text = RESOURCE.read_text()
+        assert 'src = "nginx.conf.tmpl"' in text
+        assert 'dest = "/etc/nginx/nginx.conf"' in text
+        assert 'keys = ["/test"]' in text
+        assert 'check_cmd = "nginx -t -c {{.src}}"' in text
+        assert 'reload_cmd = "docker kill -s HUP nginx.service"' in text
+
+    @pytest.mark.parametrize(
+        ("fixture", "kv"),
+        [("nginx-0-backends.conf", {}), ("nginx-2-backends.conf", TWO_BACKENDS)],
+    )
+    def test_fixture_matches_template(self, fixture: str, kv: dict[str, str]) -> None:
+        """The fixture is what the current template renders for those keys."""
+        assert render_confd(TEMPLATE.read_text(), kv) == (DATA / fixture).read_text()
+
+    def test_two_backends_sorted(self) -> None:
+        """Both backends appear in upstream backend, sorted whatever the key order."""
+        text = (DATA / "nginx-2-backends.conf").read_text()
+        servers = re.findall(r"^\s*server (\S+);", text, re.M)
+        assert servers == ["127.0.0.1:8001", "127.0.0.1:8002"]
+        assert "proxy_pass http://backend;" in text
+
+    def test_zero_backends_answers_503(self) -> None:
+        """With no backend, upstream keeps a down placeholder and / answers 503."""
+        text = (DATA / "nginx-0-backends.conf").read_text()
+        assert "server 127.0.0.1:65535 down;" in text
+        assert "proxy_pass" not in text
+        assert re.search(r"location / \{\s*return 503;\s*\}", text)
+        assert 'return 503 "<!DOCTYPE html>' in text
+
+    @pytest.mark.parametrize("fixture", ["nginx-0-backends.conf", "nginx-2-backends.conf"])
+    def test_nginx_accepts_rendered_config(self, fixture: str, tmp_path: Path) -> None:
+        """nginx -t accepts the rendered configuration."""
+        proc = nginx_test(DATA / fixture, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "test is successful" in proc.stderr
+
+    def test_nginx_rejects_empty_upstream(self, tmp_path: Path) -> None:
+        """Without the placeholder, nginx -t refuses the 0-backend config."""
+        text = (DATA / "nginx-0-backends.conf").read_text()
+        broken = tmp_path / "empty-upstream.conf"
+        broken.write_text(text.replace("server 127.0.0.1:65535 down;", "", 1))
+        proc = nginx_test(broken, tmp_path)
+        assert proc.returncode != 0
+        assert "no servers are inside upstream" in proc.stderr
