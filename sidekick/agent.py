@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -136,15 +136,21 @@ class Agent:
             self.log.info("agent stopped")
             return
         if self.config.keep_on_exit:
-            self.log.info("agent stopped; keys left to expire with the lease", lease=self.lease,
-                          keys=len(self.held))
+            self.log.info(
+                "agent stopped; keys left to expire with the lease",
+                lease=self.lease,
+                keys=len(self.held),
+            )
             return
         try:
             self.store.revoke(self.lease)
             self.log.info("lease revoked; keys removed", lease=self.lease, keys=len(self.held))
         except EtcdError as exc:
-            self.log.warning("could not revoke the lease; keys expire within the ttl",
-                             lease=self.lease, error=str(exc))
+            self.log.warning(
+                "could not revoke the lease; keys expire within the ttl",
+                lease=self.lease,
+                error=str(exc),
+            )
 
     # -- the Docker events reader (its own thread) -----------------------------------------
 
@@ -181,7 +187,9 @@ class Agent:
         if announcement.problem is not None:
             if self._warned.get(container_id) != announcement.problem:
                 self.log.warning(
-                    "container skipped", container=name, id=container_id[:12],
+                    "container skipped",
+                    container=name,
+                    id=container_id[:12],
                     reason=announcement.problem,
                 )
             self._warned[container_id] = announcement.problem
@@ -201,8 +209,10 @@ class Agent:
             if (dropped.key, dropped.container_id) not in self._duplicates:
                 self._duplicates.add((dropped.key, dropped.container_id))
                 self.log.warning(
-                    "duplicate key; first container keeps it", key=dropped.key,
-                    container=dropped.container_name, holder=kept.container_name,
+                    "duplicate key; first container keeps it",
+                    key=dropped.key,
+                    container=dropped.container_name,
+                    holder=kept.container_name,
                 )
         values = {key: r.value for key, r in desired.registrations.items()}
         try:
@@ -232,15 +242,22 @@ class Agent:
                     registration = wanted[op.key]
                     self.actual[op.key] = KeyState(op.value, self.lease, revision)
                     self.held[op.key] = registration
-                    self.log.info("registered", key=op.key, value=op.value,
-                                  container=registration.container_name,
-                                  id=registration.container_id[:12])
+                    self.log.info(
+                        "registered",
+                        key=op.key,
+                        value=op.value,
+                        container=registration.container_name,
+                        id=registration.container_id[:12],
+                    )
                 else:
                     self.actual.pop(op.key, None)
                     gone = self.held.pop(op.key, None)
-                    self.log.info("deregistered", key=op.key,
-                                  container=gone.container_name if gone else None,
-                                  id=gone.container_id[:12] if gone else None)
+                    self.log.info(
+                        "deregistered",
+                        key=op.key,
+                        container=gone.container_name if gone else None,
+                        id=gone.container_id[:12] if gone else None,
+                    )
         return all_done
 
     def _report_clashes(self, clashes: Sequence[Any]) -> None:
@@ -266,8 +283,9 @@ class Agent:
             self._fault("etcd", exc)
             return
         if ttl <= 0:
-            self.log.warning("lease expired; granting a new one and rewriting every key",
-                             lease=self.lease)
+            self.log.warning(
+                "lease expired; granting a new one and rewriting every key", lease=self.lease
+            )
             self.lease = 0
             self.needs_reconcile = True
 
@@ -301,14 +319,18 @@ class Agent:
         for container_id in set(self._warned) - seen:
             self._warned.pop(container_id, None)
         self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
-        self.held = {k: r for k, r in self.held.items() if self.actual.get(k, _NO_KEY).lease == self.lease}
+        self.held = {
+            k: r for k, r in self.held.items() if self.actual.get(k, _NO_KEY).lease == self.lease
+        }
         self.needs_reconcile = False
         self._sync()
         if self.needs_reconcile:  # _sync hit a fault: let the retry policy take over
             raise EtcdUnavailable("etcd changed or failed during reconcile")
         self.next_resync = time.monotonic() + self.config.resync
         self.log.info(
-            "reconciled", registrations=len(self.held), containers=len(self.announced),
+            "reconciled",
+            registrations=len(self.held),
+            containers=len(self.announced),
             seconds=round(time.monotonic() - started, 3),
         )
         self._recovered()
@@ -342,22 +364,30 @@ class Agent:
             self.log.info(f"{peer} is back")
         self._outages.clear()
 
-    def _retry(self, what: str) -> Callable[[Callable[[], Any]], Any]:
+    def _sleep(self, seconds: float) -> None:
+        self.stopping.wait(seconds)  # a stop request cuts a backoff short
+
+    def _retry(self, what: str) -> tenacity.Retrying:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             if exc is not None:
                 self._log_outage("etcd" if isinstance(exc, EtcdError) else "docker", exc)
-            self.log.info("retry scheduled", action=what, attempt=state.attempt_number,
-                          wait=round(state.upcoming_sleep, 3), error=str(exc))
+            self.log.info(
+                "retry scheduled",
+                action=what,
+                attempt=state.attempt_number,
+                wait=round(state.upcoming_sleep, 3),
+                error=str(exc),
+            )
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TRANSIENT),
             wait=self.retry_wait,
             stop=lambda _state: self.stopping.is_set(),
-            sleep=self.stopping.wait,
+            sleep=self._sleep,
             before_sleep=before_sleep,
         )
-        return lambda fn: retrying(fn)
+        return retrying
 
 
 _NO_KEY = KeyState("", 0, 0)

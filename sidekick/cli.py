@@ -40,22 +40,67 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 # The options every command shares: (name, flag, type, help). Defaults live in config.Config.
 SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
-    ("etcd_endpoints", "--etcd-endpoints", str, "Comma-separated etcd client URLs. (default: http://127.0.0.1:2379)"),
+    (
+        "etcd_endpoints",
+        "--etcd-endpoints",
+        str,
+        "Comma-separated etcd client URLs. (default: http://127.0.0.1:2379)",
+    ),
     ("prefix", "--prefix", str, "Key prefix the registrations live under. (default: /test)"),
-    ("host_ip", "--host-ip", str, "This node's address, for ports published on 0.0.0.0 or ::. (default: COREOS_PRIVATE_IPV4)"),
-    ("environment_file", "--environment-file", Path, "KEY=VALUE file read for SIDEKICK_* and COREOS_PRIVATE_IPV4. (default: /etc/environment)"),
-    ("docker_url", "--docker-url", str, "Docker engine URL. (default: DOCKER_HOST, else the local socket)"),
-    ("all_containers", "--all", bool, "Announce every container with a published TCP port unless it has sidekick.enable=false."),
+    (
+        "host_ip",
+        "--host-ip",
+        str,
+        "This node's address, for ports published on 0.0.0.0 or ::. (default: COREOS_PRIVATE_IPV4)",
+    ),
+    (
+        "environment_file",
+        "--environment-file",
+        Path,
+        "KEY=VALUE file read for SIDEKICK_* and COREOS_PRIVATE_IPV4. (default: /etc/environment)",
+    ),
+    (
+        "docker_url",
+        "--docker-url",
+        str,
+        "Docker engine URL. (default: DOCKER_HOST, else the local socket)",
+    ),
+    (
+        "all_containers",
+        "--all",
+        bool,
+        "Announce every container with a published TCP port unless it has sidekick.enable=false.",
+    ),
     ("filters", "--filter", list[str], "Only containers matching label=KEY[=VALUE] (repeatable)."),
     ("key_template", "--key-template", str, "Key layout. (default: {prefix}/{service}-{port})"),
     ("value_template", "--value-template", str, "Value layout. (default: {ip}:{port})"),
     ("node", "--node", str, "This node's name, for {node}. (default: the hostname)"),
     ("ttl", "--ttl", int, "Lease TTL in seconds (at least 2). (default: 30)"),
-    ("keepalive_interval", "--keepalive-interval", float, "Seconds between keepalives. (default: ttl/3)"),
-    ("etcd_timeout", "--etcd-timeout", float, "Seconds before an etcd request fails. (default: min(5, ttl/3))"),
+    (
+        "keepalive_interval",
+        "--keepalive-interval",
+        float,
+        "Seconds between keepalives. (default: ttl/3)",
+    ),
+    (
+        "etcd_timeout",
+        "--etcd-timeout",
+        float,
+        "Seconds before an etcd request fails. (default: min(5, ttl/3))",
+    ),
     ("resync", "--resync", float, "Seconds between full reconciles. (default: 60)"),
-    ("keep_on_exit", "--keep-on-exit", bool, "On shutdown leave the keys to expire with the lease instead of revoking it."),
-    ("log_format", "--log-format", str, "auto, console or json. (default: auto: console on a terminal)"),
+    (
+        "keep_on_exit",
+        "--keep-on-exit",
+        bool,
+        "On shutdown leave the keys to expire with the lease instead of revoking it.",
+    ),
+    (
+        "log_format",
+        "--log-format",
+        str,
+        "auto, console or json. (default: auto: console on a terminal)",
+    ),
     ("log_level", "--log-level", str, "debug, info, warning or error. (default: info)"),
 ]
 
@@ -98,7 +143,9 @@ def _version_callback(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """Announce Docker containers in etcd, the way confd and nginx expect them."""

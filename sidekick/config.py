@@ -7,6 +7,7 @@ so the CLI can print it on one line and exit 2.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -137,7 +138,7 @@ class _Sources:
 
     def get(self, name: str) -> tuple[Any, str] | None:
         value = self.flags.get(name)
-        if value is not None and value != () and value != []:
+        if value is not None and value not in ((), []):
             return value, OPTIONS[name]
         var = env_name(name)
         if self.environ.get(var, "") != "":
@@ -154,7 +155,10 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
     if flag_file is not None:
         env_file, env_file_source = Path(flag_file), "--environment-file"
     elif environ.get("SIDEKICK_ENVIRONMENT_FILE"):
-        env_file, env_file_source = Path(environ["SIDEKICK_ENVIRONMENT_FILE"]), "SIDEKICK_ENVIRONMENT_FILE"
+        env_file, env_file_source = (
+            Path(environ["SIDEKICK_ENVIRONMENT_FILE"]),
+            "SIDEKICK_ENVIRONMENT_FILE",
+        )
     else:
         env_file, env_file_source = DEFAULT_ENVIRONMENT_FILE, ""
     file_values: dict[str, str] = {}
@@ -162,7 +166,9 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
         try:
             file_values = read_environment_file(env_file)
         except OSError as exc:
-            raise ConfigError(f"{env_file_source or '--environment-file'}: cannot read {env_file}: {exc.strerror}") from exc
+            raise ConfigError(
+                f"{env_file_source or '--environment-file'}: cannot read {env_file}: {exc.strerror}"
+            ) from exc
     elif env_file_source:
         raise ConfigError(f"{env_file_source}: {env_file} does not exist")
 
@@ -189,7 +195,9 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
     if (found := text("keepalive_interval")) is not None:
         keepalive = _parse_number(*found, kind=float, minimum=0.1)
         if keepalive >= ttl:
-            raise ConfigError(f"{found[1]}: must be shorter than --ttl ({ttl} s), got {keepalive:g}")
+            raise ConfigError(
+                f"{found[1]}: must be shorter than --ttl ({ttl} s), got {keepalive:g}"
+            )
     values["keepalive_interval"] = keepalive
     timeout = min(5.0, (ttl - keepalive) / 2)
     if (found := text("etcd_timeout")) is not None:
@@ -212,13 +220,17 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
             values[name] = _parse_template(*found, required_start=required)
     if (found := text("node")) is not None:
         if not _NODE_RE.match(found[0]):
-            raise ConfigError(f"{found[1]}: must match [A-Za-z0-9][A-Za-z0-9._-]*, got {found[0]!r}")
+            raise ConfigError(
+                f"{found[1]}: must match [A-Za-z0-9][A-Za-z0-9._-]*, got {found[0]!r}"
+            )
         values["node"] = found[0]
     for name, choices in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS)):
         if (found := text(name)) is not None:
             choice = found[0].lower()
             if choice not in choices:
-                raise ConfigError(f"{found[1]}: must be one of {', '.join(choices)}, got {found[0]!r}")
+                raise ConfigError(
+                    f"{found[1]}: must be one of {', '.join(choices)}, got {found[0]!r}"
+                )
             values[name] = choice
 
     host_ip = _find_host_ip(src, environ, file_values)
@@ -281,7 +293,11 @@ def _parse_endpoints(value: Any, source: str) -> tuple[Endpoint, ...]:
             port = parts.port or 2379
         except ValueError:
             raise ConfigError(f"{source}: bad port in {url!r}") from None
-        if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path not in {"", "/"}:
+        if (
+            parts.scheme not in {"http", "https"}
+            or not parts.hostname
+            or parts.path not in {"", "/"}
+        ):
             raise ConfigError(
                 f"{source}: {url!r} is not an etcd client URL like http://127.0.0.1:2379"
             )
@@ -294,7 +310,7 @@ def _parse_number(value: str, source: str, *, kind: type[int] | type[float], min
         number = kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: not a number: {value!r}") from None
-    if number != number or number < minimum or number == float("inf"):  # NaN, small, inf
+    if math.isnan(number) or math.isinf(number) or number < minimum:
         raise ConfigError(f"{source}: must be at least {minimum:g}, got {value}")
     return number
 
@@ -333,5 +349,7 @@ def _parse_template(value: str, source: str, *, required_start: str) -> str:
             f"use {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))}"
         )
     if not value.startswith(required_start):
-        raise ConfigError(f"{source}: must start with {required_start!r} so keys stay under the prefix")
+        raise ConfigError(
+            f"{source}: must start with {required_start!r} so keys stay under the prefix"
+        )
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -86,7 +87,9 @@ class DockerSource:
                         base_url=self.url, version="auto", timeout=self.timeout
                     )
                 except (docker.errors.DockerException, requests.RequestException) as exc:
-                    raise DockerUnavailable(f"Docker at {self.url or 'the local socket'}: {exc}") from exc
+                    raise DockerUnavailable(
+                        f"Docker at {self.url or 'the local socket'}: {exc}"
+                    ) from exc
             return self._api
 
     def _drop_client(self) -> None:
@@ -112,7 +115,9 @@ class DockerSource:
     def inspect(self, container_id: str) -> Container | None:
         """The container now, or None when it no longer exists."""
         try:
-            return container_from_inspect(self._call(lambda api: api.inspect_container(container_id)))
+            return container_from_inspect(
+                self._call(lambda api: api.inspect_container(container_id))
+            )
         except docker.errors.NotFound:
             return None
 
@@ -153,7 +158,5 @@ class DockerSource:
         """End a running events() iteration from another thread."""
         stream = self._stream
         if stream is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a dead socket fails in many ways
                 stream.close()
-            except Exception:  # noqa: BLE001 - closing a dead socket may fail in many ways
-                pass

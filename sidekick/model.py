@@ -119,8 +119,8 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         port = _tcp_port(spec)
         if port is None or not isinstance(hosts, list):
             continue
-        for host in hosts:
-            host = _mapping(host)
+        for raw_host in hosts:
+            host = _mapping(raw_host)
             host_port = _port_number(host.get("HostPort"))
             if host_port is not None:
                 bindings.append(PortBinding(port, str(host.get("HostIp") or ""), host_port))
@@ -234,7 +234,7 @@ def announce(container: Container, config: Config) -> Announcement:
     return Announcement(tuple(registrations.values()))
 
 
-def _wanted_ports(container: Container) -> set[int] | None | str:
+def _wanted_ports(container: Container) -> set[int] | str | None:
     raw = container.labels.get(LABEL_PORT)
     if raw is None:
         return None

@@ -9,6 +9,7 @@ endpoint when the one in use fails.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -174,8 +175,6 @@ def _detail(exc: BaseException | None) -> str:
     if exc is None:
         return "no endpoint"
     detail = getattr(exc, "detail_text", None) or str(exc) or type(exc).__name__
-    try:
+    with contextlib.suppress(ValueError, AttributeError):  # etcd's JSON error body
         detail = json.loads(detail).get("message", detail)
-    except (ValueError, AttributeError):
-        pass
     return " ".join(str(detail).split())[:300]
