@@ -20,7 +20,6 @@ LABEL_PORT = "sidekick.port"
 SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_SERVICE_LENGTH = 128
 _SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9._/\-\[\]:@]+$")
-_UNSPECIFIED = {"", "0.0.0.0", "::"}  # noqa: S104 - Docker's "all addresses", not a bind
 
 
 class PortBinding(NamedTuple):
@@ -197,7 +196,7 @@ def announce(container: Container, config: Config) -> Announcement:
     if container.health is not None and container.health != "healthy":
         return Announcement()
     service = service_name(container)
-    if not SERVICE_RE.match(service) or len(service) > MAX_SERVICE_LENGTH:
+    if not SERVICE_RE.fullmatch(service) or len(service) > MAX_SERVICE_LENGTH:
         origin = f"label {LABEL_SERVICE}" if LABEL_SERVICE in container.labels else "image name"
         return Announcement(
             problem=f"service name {_show(service)} from {origin} must match "
@@ -263,22 +262,23 @@ def _endpoints(
             return f"label {LABEL_PORT} names port {missing[0]}, which is not published"
     endpoints = []
     for binding in bindings:
-        ip = binding.host_ip.strip("[]")
-        if ip in _UNSPECIFIED:
-            if host_ip is None:
-                return "port published on all addresses, and no --host-ip is known"
-            ip = host_ip
         try:
-            ip = str(ipaddress.ip_address(ip))
+            address = ipaddress.ip_address(binding.host_ip.strip("[]") or "::")
+            if address.is_unspecified and host_ip is not None:  # Docker's "all addresses"
+                address = ipaddress.ip_address(host_ip)
         except ValueError:
             return f"published on {_show(binding.host_ip)}, which is not an IP address"
-        endpoints.append((binding.container_port, ip, binding.host_port))
+        if address.is_unspecified:
+            return "port published on all addresses, and no --host-ip is known"
+        if "%" in str(address):  # an IPv6 zone (fe80::1%eth0): free text, useless to other nodes
+            return f"published on {_show(binding.host_ip)}, a scoped address"
+        endpoints.append((binding.container_port, str(address), binding.host_port))
     return sorted(set(endpoints), key=lambda e: (":" in e[1], e[2], e[0], e[1]))
 
 
 def key_is_confined(key: str, prefix: str) -> bool:
     """True when a key sits strictly under the prefix, with no empty, `.` or `..` segment."""
-    if not key.startswith(prefix.rstrip("/") + "/") or not _SAFE_KEY_RE.match(key):
+    if not key.startswith(prefix.rstrip("/") + "/") or not _SAFE_KEY_RE.fullmatch(key):
         return False
     rest = key[len(prefix.rstrip("/")) + 1 :].split("/")
     return all(part not in {"", ".", ".."} for part in rest)

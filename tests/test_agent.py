@@ -1,0 +1,367 @@
+"""`sidekick run` against the real Docker engine and a real etcd."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import Containers, EtcdServer, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def published(port: int, container_port: int = 80) -> dict[str, tuple[str, int]]:
+    return {f"{container_port}/tcp": ("127.0.0.1", port)}
+
+
+class TestRegistration:
+    """A container that opts in is announced as the seed's confd template expects."""
+
+    def test_seed_layout(self, agent_factory, containers: Containers, etcd: EtcdServer, scope, images):
+        """dash/apache on host port P gives <prefix>/apache-P = 127.0.0.1:P, and it goes on stop."""
+        agent_factory()
+        port = free_port()
+        container = containers.run(image=images["apache"], ports=published(port))
+        key = f"/{scope}/apache-{port}"
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {key: f"127.0.0.1:{port}"}, message=key)
+        container.stop(timeout=1)
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {}, message="key removed")
+
+    def test_service_label_and_port_label(self, agent_factory, containers, etcd, scope):
+        """sidekick.service names the key; sidekick.port picks which published ports count."""
+        agent_factory()
+        web, admin = free_port(), free_port()
+        containers.run(
+            labels={"sidekick.service": "web", "sidekick.port": "80"},
+            ports={"80/tcp": ("127.0.0.1", web), "81/tcp": ("127.0.0.1", admin)},
+        )
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/web-{web}": f"127.0.0.1:{web}"})
+
+    def test_not_opted_in(self, agent_factory, containers, etcd, scope):
+        """Without sidekick.enable=true nothing is written; with --all it is, unless enable=false."""
+        agent = agent_factory()
+        plain = free_port()
+        containers.run(enable=None, ports=published(plain), labels={"sidekick.service": "plain"})
+        refused = free_port()
+        containers.run(enable=False, ports=published(refused), labels={"sidekick.service": "no"})
+        marker = free_port()
+        containers.run(ports=published(marker), labels={"sidekick.service": "marker"})
+        wait_for(lambda: f"/{scope}/marker-{marker}" in etcd.keys(f"/{scope}/"))
+        assert etcd.keys(f"/{scope}/") == {f"/{scope}/marker-{marker}": f"127.0.0.1:{marker}"}
+        agent.stop()
+        agent_factory("--all")
+        wait_for(lambda: set(etcd.keys(f"/{scope}/")) == {f"/{scope}/marker-{marker}", f"/{scope}/plain-{plain}"})
+
+    def test_all_addresses_use_host_ip(self, agent_factory, containers, etcd, scope):
+        """A port published on 0.0.0.0 is announced with the node's address from --host-ip."""
+        agent_factory(host_ip="192.0.2.10")
+        port = free_port()
+        containers.run(ports={"80/tcp": port}, labels={"sidekick.service": "any"})
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/any-{port}": f"192.0.2.10:{port}"})
+
+    def test_host_ip_from_environment_file(self, agent_factory, containers, etcd, scope, tmp_path):
+        """COREOS_PRIVATE_IPV4 in the environment file is the node's address, as in the seed."""
+        agent = agent_factory(host_ip=None, wait_ready=False)
+        agent.stop()  # the factory made the (empty) environment file; fill it and start again
+        (tmp_path / "environment").write_text("COREOS_PUBLIC_IPV4=198.51.100.1\nCOREOS_PRIVATE_IPV4=198.51.100.2\n")
+        agent_factory(host_ip=None)
+        port = free_port()
+        containers.run(ports={"80/tcp": port}, labels={"sidekick.service": "envfile"})
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/envfile-{port}": f"198.51.100.2:{port}"})
+
+    def test_templates(self, agent_factory, containers, etcd, scope):
+        """--key-template and --value-template change the layout."""
+        agent_factory("--key-template", "{prefix}/{node}/{container}/{container_port}",
+                      "--value-template", "http://{ip}:{port}/", "--node", "n1")
+        port = free_port()
+        container = containers.run(ports=published(port), labels={"sidekick.service": "x"})
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/n1/{container.name}/80": f"http://127.0.0.1:{port}/"})
+
+    def test_host_network(self, agent_factory, containers, etcd, scope):
+        """A host-network container takes its ports from sidekick.port and the node's address."""
+        agent_factory(host_ip="192.0.2.11")
+        port = free_port()
+        containers.run(command=f"httpd -f -p 127.0.0.1:{port}", network_mode="host",
+                       labels={"sidekick.service": "hostnet", "sidekick.port": str(port)})
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/hostnet-{port}": f"192.0.2.11:{port}"})
+
+
+class TestEvents:
+    """Each Docker event moves the registration at once."""
+
+    def test_pause_unpause(self, agent_factory, containers, etcd, scope):
+        """pause deregisters, unpause registers again."""
+        agent_factory()
+        port = free_port()
+        container = containers.run(ports=published(port), labels={"sidekick.service": "p"})
+        key = f"/{scope}/p-{port}"
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"))
+        container.pause()
+        wait_for(lambda: key not in etcd.keys(f"/{scope}/"), message="gone on pause")
+        container.unpause()
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"), message="back on unpause")
+
+    def test_hup_keeps_and_kill_removes(self, agent_factory, containers, etcd, scope):
+        """docker kill -s HUP (an nginx reload) deregisters nothing; docker kill does."""
+        agent = agent_factory()
+        port = free_port()
+        container = containers.run(ports=published(port), labels={"sidekick.service": "k"})
+        key = f"/{scope}/k-{port}"
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"))
+        container.kill(signal="SIGHUP")
+        time.sleep(0.5)
+        assert key in etcd.keys(f"/{scope}/")
+        assert agent.events("deregistered") == []
+        container.kill()
+        wait_for(lambda: key not in etcd.keys(f"/{scope}/"), message="gone on kill")
+
+    def test_healthcheck(self, agent_factory, containers, etcd, scope):
+        """A container with a HEALTHCHECK is announced only while healthy."""
+        agent_factory()
+        port = free_port()
+        container = containers.run(
+            command="sh -c 'touch /tmp/ok; httpd -f -p 80'",
+            ports=published(port), labels={"sidekick.service": "h"},
+            healthcheck={"test": ["CMD", "test", "-e", "/tmp/ok"], "interval": 300_000_000,
+                         "timeout": 1_000_000_000, "retries": 1, "start_period": 0},
+        )
+        key = f"/{scope}/h-{port}"
+        wait_for(lambda: container.reload() or container.attrs["State"]["Health"]["Status"] != "starting",
+                 message="first health check")
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"), message="announced once healthy")
+        container.exec_run("rm /tmp/ok")
+        wait_for(lambda: key not in etcd.keys(f"/{scope}/"), message="gone when unhealthy")
+        container.exec_run("touch /tmp/ok")
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"), message="back when healthy")
+
+    def test_health_starting_not_announced(self, agent_factory, containers, etcd, scope):
+        """While the first health check has not passed, nothing is announced."""
+        agent_factory()
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "slow"},
+                       healthcheck={"test": ["CMD", "false"], "interval": 60_000_000_000,
+                                    "start_period": 60_000_000_000})
+        marker = free_port()
+        containers.run(ports=published(marker), labels={"sidekick.service": "marker"})
+        wait_for(lambda: f"/{scope}/marker-{marker}" in etcd.keys(f"/{scope}/"))
+        assert f"/{scope}/slow-{port}" not in etcd.keys(f"/{scope}/")
+
+    def test_restart_loop_leaves_no_stale_key(self, agent_factory, containers, docker_client, etcd, scope):
+        """A crash-looping container ends with no key once it is stopped."""
+        agent = agent_factory()
+        port = free_port()
+        container = containers.run(command="sh -c 'sleep 0.2; exit 1'", ports=published(port),
+                                   labels={"sidekick.service": "loop"},
+                                   restart_policy={"Name": "always"})
+        agent.wait_log("registered", count=2, timeout=20)
+        container.stop(timeout=1)
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {}, message="no key after the loop stops")
+        time.sleep(1)
+        assert etcd.keys(f"/{scope}/") == {}
+
+
+class TestLease:
+    """Keys live on one lease: the agent's death removes them, a revoke at shutdown at once."""
+
+    def test_sigterm_revokes_at_once(self, agent_factory, containers, etcd, scope):
+        """SIGTERM: every key disappears at once and the agent exits 0."""
+        agent = agent_factory(ttl=30)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "t"})
+        wait_for(lambda: etcd.keys(f"/{scope}/"))
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+        assert etcd.keys(f"/{scope}/") == {}
+
+    def test_keep_on_exit(self, agent_factory, containers, etcd, scope):
+        """--keep-on-exit leaves the keys to expire with the lease."""
+        agent = agent_factory("--keep-on-exit", ttl=3)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "t"})
+        wait_for(lambda: etcd.keys(f"/{scope}/"))
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+        assert etcd.keys(f"/{scope}/") != {}
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {}, timeout=6, message="expiry within ttl")
+
+    def test_kill_9_keys_expire_within_ttl(self, agent_factory, containers, etcd, scope):
+        """kill -9 of the agent: its keys vanish within the ttl, by the lease alone."""
+        agent = agent_factory(ttl=3)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "t"})
+        wait_for(lambda: etcd.keys(f"/{scope}/"))
+        agent.signal(signal.SIGKILL)
+        agent.wait()
+        killed = time.monotonic()
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {}, timeout=6, message="expiry")
+        assert time.monotonic() - killed <= 3 + 1.0
+
+    def test_restarted_agent_takes_over_at_once(self, agent_factory, containers, etcd, scope):
+        """After kill -9 a new agent adopts its predecessor's keys instead of waiting for expiry."""
+        agent = agent_factory(ttl=30)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "t"})
+        key = f"/{scope}/t-{port}"
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"))
+        old_lease = etcd.entries(f"/{scope}/")[key][1]
+        agent.signal(signal.SIGKILL)
+        agent.wait()
+        agent_factory(ttl=30)
+        value, lease, _ = etcd.entries(f"/{scope}/")[key]
+        assert (value, lease != old_lease) == (f"127.0.0.1:{port}", True)
+
+    def test_lost_lease_is_replaced(self, agent_factory, containers, etcd, scope):
+        """When the lease is gone (revoked behind its back) the agent grants one and rewrites all."""
+        agent = agent_factory(ttl=3)
+        ports = [free_port(), free_port()]
+        for port in ports:
+            containers.run(ports=published(port), labels={"sidekick.service": "t"})
+        wait_for(lambda: len(etcd.keys(f"/{scope}/")) == 2)
+        lease = next(iter(etcd.entries(f"/{scope}/").values()))[1]
+        etcd.revoke(lease)
+        assert etcd.keys(f"/{scope}/") == {}
+        agent.wait_log("lease granted", count=2, timeout=5)
+        wait_for(lambda: len(etcd.keys(f"/{scope}/")) == 2, message="rewritten")
+        assert {v[1] for v in etcd.entries(f"/{scope}/").values()} != {lease}
+
+
+class TestReconcile:
+    """Periodic reconcile repairs drift and rewrites nothing that is right."""
+
+    def test_repairs_drift_without_rewriting(self, agent_factory, containers, etcd, scope):
+        """A deleted key comes back at the next resync; an intact key keeps its revision."""
+        agent = agent_factory(resync=1)
+        a, b = free_port(), free_port()
+        containers.run(ports=published(a), labels={"sidekick.service": "a"})
+        containers.run(ports=published(b), labels={"sidekick.service": "b"})
+        wait_for(lambda: len(etcd.keys(f"/{scope}/")) == 2)
+        revision = etcd.entries(f"/{scope}/")[f"/{scope}/a-{a}"][2]
+        etcd.delete(f"/{scope}/b-{b}")
+        wait_for(lambda: f"/{scope}/b-{b}" in etcd.keys(f"/{scope}/"), timeout=5, message="repaired")
+        count = len(agent.events("reconciled"))
+        agent.wait_log("reconciled", count=count + 2, timeout=5)
+        assert etcd.entries(f"/{scope}/")[f"/{scope}/a-{a}"][2] == revision
+
+    def test_containers_running_before_start(self, agent_factory, containers, etcd, scope):
+        """Containers that were running before the agent started are announced at start-up."""
+        ports = [free_port() for _ in range(3)]
+        for port in ports:
+            containers.run(ports=published(port), labels={"sidekick.service": "early"})
+        agent_factory()
+        assert etcd.keys(f"/{scope}/") == {f"/{scope}/early-{p}": f"127.0.0.1:{p}" for p in ports}
+
+
+class TestOwnership:
+    """Keys of other owners are never overwritten or deleted; labels cannot leave the prefix."""
+
+    def test_foreign_lease_is_left_alone(self, agent_factory, containers, etcd, scope):
+        """A key held by another lease with another value is logged as a clash and kept."""
+        port = free_port()
+        key = f"/{scope}/c-{port}"
+        other = etcd.grant(60)
+        etcd.put(key, f"192.0.2.99:{port}", lease=other)
+        agent = agent_factory()
+        containers.run(ports=published(port), labels={"sidekick.service": "c"})
+        clash = agent.wait_log("key held by another owner; left as it is")[0]
+        assert clash["key"] == key
+        assert f"{other:x}" in clash["held_by"]
+        assert etcd.entries(f"/{scope}/")[key][:2] == (f"192.0.2.99:{port}", other)
+        etcd.revoke(other)
+
+    def test_two_agents_same_key(self, agent_factory, containers, etcd, scope):
+        """Two agents announcing the same key with different addresses: the first keeps it."""
+        port = free_port()
+        first = agent_factory("--all", host_ip="192.0.2.1")
+        containers.run(ports={"80/tcp": port}, labels={"sidekick.service": "dup"})
+        key = f"/{scope}/dup-{port}"
+        wait_for(lambda: etcd.keys(f"/{scope}/").get(key) == f"192.0.2.1:{port}")
+        second = agent_factory("--all", host_ip="192.0.2.2")
+        second.wait_log("key held by another owner; left as it is")
+        assert etcd.keys(f"/{scope}/") == {key: f"192.0.2.1:{port}"}
+        assert first.events("key held by another owner; left as it is") == []
+
+    def test_bad_labels_skip_one_container(self, agent_factory, containers, etcd, scope):
+        """A container whose labels try to leave the prefix gets one warning; others carry on."""
+        agent = agent_factory()
+        evil = containers.run(ports=published(free_port()), labels={"sidekick.service": "../../etc/passwd"})
+        bad_port = containers.run(ports=published(free_port()), labels={"sidekick.service": "x", "sidekick.port": "80,http"})
+        good = free_port()
+        containers.run(ports=published(good), labels={"sidekick.service": "good"})
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/good-{good}": f"127.0.0.1:{good}"})
+        warnings = agent.wait_log("container skipped", count=2)
+        assert sorted(w["container"] for w in warnings) == sorted([evil.name, bad_port.name])
+        assert etcd.keys("/etc") == {}
+
+
+class TestFaults:
+    """The agent survives its peers going away and converges when they return."""
+
+    def test_etcd_outage(self, agent_factory, containers, etcd, scope):
+        """etcd stopped while containers start and stop: exactly right within seconds of its return."""
+        agent = agent_factory(ttl=4)
+        keep, gone = free_port(), free_port()
+        doomed = containers.run(ports=published(gone), labels={"sidekick.service": "gone"})
+        containers.run(ports=published(keep), labels={"sidekick.service": "keep"})
+        wait_for(lambda: len(etcd.keys(f"/{scope}/")) == 2)
+        etcd.stop()
+        doomed.stop(timeout=1)
+        new = free_port()
+        containers.run(ports=published(new), labels={"sidekick.service": "new"})
+        time.sleep(6)  # longer than the ttl: the lease expires meanwhile
+        assert agent.process is not None and agent.process.poll() is None, "agent exited"
+        etcd.start()
+        back = time.monotonic()
+        expected = {f"/{scope}/keep-{keep}": f"127.0.0.1:{keep}", f"/{scope}/new-{new}": f"127.0.0.1:{new}"}
+        wait_for(lambda: etcd.keys(f"/{scope}/") == expected, timeout=10, message="converged")
+        print(f"converged {time.monotonic() - back:.2f}s after etcd returned")
+        assert len([e for e in agent.events("etcd unavailable; retrying with backoff")]) == 1
+
+    def test_endpoint_failover(self, agent_factory, containers, etcd, scope):
+        """With a dead first endpoint the agent uses the next one."""
+        dead = f"http://127.0.0.1:{free_port()}"
+        agent_factory(etcd_endpoints=f"{dead},{etcd.url}")
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "f"})
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/f-{port}": f"127.0.0.1:{port}"})
+
+
+class TestConfiguration:
+    """Bad configuration exits 2 with one line naming the option."""
+
+    @pytest.mark.parametrize(
+        ("args", "env", "named"),
+        [
+            (["--ttl", "1"], {}, "--ttl"),
+            (["--etcd-endpoints", "127.0.0.1:2379"], {}, "--etcd-endpoints"),
+            (["--resync", "0"], {}, "--resync"),
+            (["--keepalive-interval", "40"], {}, "--keepalive-interval"),
+            (["--key-template", "/elsewhere/{service}"], {}, "--key-template"),
+            ([], {"SIDEKICK_TTL": "abc"}, "SIDEKICK_TTL"),
+            (["--host-ip", "not-an-ip"], {}, "--host-ip"),
+        ],
+    )
+    def test_bad_option(self, args, env, named, tmp_path):
+        """Each bad option: exit 2, one line on stderr that names it."""
+        environ = {"PATH": "/usr/bin:/bin", "SIDEKICK_HOST_IP": "192.0.2.1", **env}
+        (tmp_path / "none").touch()
+        result = subprocess.run(
+            [sys.executable, "-m", "sidekick", "run", "--environment-file", str(tmp_path / "none"), *args],
+            capture_output=True, text=True, env=environ, timeout=30, check=False,
+        )
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and named in lines[0], result.stderr
+
+    def test_no_host_ip_refuses_to_start(self, tmp_path):
+        """Without --host-ip, SIDEKICK_HOST_IP or COREOS_PRIVATE_IPV4 the agent will not guess."""
+        (tmp_path / "environment").write_text("# nothing here\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "sidekick", "run", "--environment-file", str(tmp_path / "environment")],
+            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30, check=False,
+        )
+        assert result.returncode == 2
+        assert "--host-ip" in result.stderr and "COREOS_PRIVATE_IPV4" in result.stderr
