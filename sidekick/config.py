@@ -219,7 +219,7 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
         if (found := text(name)) is not None:
             values[name] = _parse_template(*found, required_start=required)
     if (found := text("node")) is not None:
-        if not _NODE_RE.match(found[0]):
+        if not _NODE_RE.fullmatch(found[0]):
             raise ConfigError(
                 f"{found[1]}: must match [A-Za-z0-9][A-Za-z0-9._-]*, got {found[0]!r}"
             )
@@ -266,14 +266,14 @@ def _find_host_ip(
         address = ipaddress.ip_address(value.strip("[]"))
     except ValueError:
         raise ConfigError(f"{source}: not an IP address: {value!r}") from None
-    if address.is_unspecified:
+    if address.is_unspecified or "%" in str(address):
         raise ConfigError(f"{source}: {value} is not an address other nodes can reach")
     return str(address), source
 
 
 def _parse_prefix(value: str, source: str) -> str:
     prefix = value.rstrip("/") if value != "/" else value
-    if not _PREFIX_RE.match(prefix) or any(part in {".", ".."} for part in prefix.split("/")):
+    if not _PREFIX_RE.fullmatch(prefix) or any(part in {".", ".."} for part in prefix.split("/")):
         raise ConfigError(
             f"{source}: must be an absolute key path like /test "
             f"(segments of [A-Za-z0-9._-], no . or ..), got {value!r}"
@@ -290,9 +290,11 @@ def _parse_endpoints(value: Any, source: str) -> tuple[Endpoint, ...]:
     for url in urls:
         parts = urlsplit(url)
         try:
-            port = parts.port or 2379
+            port = 2379 if parts.port is None else parts.port
         except ValueError:
             raise ConfigError(f"{source}: bad port in {url!r}") from None
+        if port == 0:
+            raise ConfigError(f"{source}: bad port in {url!r}")
         if (
             parts.scheme not in {"http", "https"}
             or not parts.hostname
@@ -339,9 +341,12 @@ def _parse_filters(value: Any, source: str) -> tuple[tuple[str, str], ...]:
 
 def _parse_template(value: str, source: str, *, required_start: str) -> str:
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        fields = [(n, s, c) for _, n, s, c in string.Formatter().parse(value) if n is not None]
     except ValueError as exc:
         raise ConfigError(f"{source}: bad template {value!r}: {exc}") from None
+    names = [name for name, _, _ in fields]
+    if any(spec or conversion for _, spec, conversion in fields):  # would fail or bloat later
+        raise ConfigError(f"{source}: placeholders take no :format or !conversion, got {value!r}")
     unknown = sorted({name for name in names if name not in TEMPLATE_FIELDS})
     if unknown or "" in names:
         raise ConfigError(

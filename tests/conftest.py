@@ -437,7 +437,7 @@ def _agent_factory(
 
 
 class DockerSocketProxy:
-    """Forwards a unix socket to dockerd's; cut() drops every connection, as a daemon restart would."""
+    """Forwards a unix socket to dockerd's; cut it with stop() as a daemon restart would."""
 
     def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
         self.path = path
@@ -497,7 +497,9 @@ class DockerSocketProxy:
 
 
 @pytest.fixture(name="docker_proxy")
-def _docker_proxy(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[DockerSocketProxy]:
+def _docker_proxy(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> Iterator[DockerSocketProxy]:
     proxy = DockerSocketProxy(Path(tempfile.mkdtemp(prefix="sk-")) / "docker.sock")
     proxy.start()
     yield proxy
