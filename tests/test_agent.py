@@ -236,6 +236,17 @@ class TestLease:
         assert etcd.keys(f"/{scope}/") != {}
         wait_for(lambda: etcd.keys(f"/{scope}/") == {}, timeout=6, message="expiry within ttl")
 
+    def test_keepalive_outlives_ttl(self, agent_factory, containers, etcd, scope):
+        """While the agent lives its keys outlast the ttl: the heartbeat renews the lease."""
+        agent_factory(ttl=2)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "t"})
+        key = f"/{scope}/t-{port}"
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"))
+        revision = etcd.entries(f"/{scope}/")[key][2]
+        time.sleep(5)
+        assert etcd.entries(f"/{scope}/")[key][2] == revision  # kept alive, never rewritten
+
     def test_kill_9_keys_expire_within_ttl(self, agent_factory, containers, etcd, scope):
         """kill -9 of the agent: its keys vanish within the ttl, by the lease alone."""
         agent = agent_factory(ttl=3)
@@ -297,12 +308,16 @@ class TestReconcile:
         assert etcd.entries(f"/{scope}/")[f"/{scope}/a-{a}"][2] == revision
 
     def test_containers_running_before_start(self, agent_factory, containers, etcd, scope):
-        """Containers that were running before the agent started are announced at start-up."""
-        ports = [free_port() for _ in range(3)]
+        """Containers running before the agent starts are announced in one transaction."""
+        ports = [free_port() for _ in range(5)]
         for port in ports:
             containers.run(ports=published(port), labels={"sidekick.service": "early"})
         agent_factory()
-        assert etcd.keys(f"/{scope}/") == {f"/{scope}/early-{p}": f"127.0.0.1:{p}" for p in ports}
+        entries = etcd.entries(f"/{scope}/")
+        assert {k: v[0] for k, v in entries.items()} == {
+            f"/{scope}/early-{p}": f"127.0.0.1:{p}" for p in ports
+        }
+        assert len({revision for _, _, revision in entries.values()}) == 1
 
 
 class TestOwnership:
@@ -450,6 +465,15 @@ class TestConfiguration:
 
 class TestDockerFaults:
     """The Docker side going away never stops the agent; it reconnects and reconciles."""
+
+    def test_docker_host_honoured(self, agent_factory, containers, etcd, scope, docker_proxy):
+        """DOCKER_HOST in the environment picks the Docker engine when --docker-url is unset."""
+        agent = agent_factory(env={"DOCKER_HOST": docker_proxy.url})
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "dh"})
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/dh-{port}": f"127.0.0.1:{port}"})
+        docker_proxy.stop()  # the agent noticed the proxy's cut: it was using it
+        agent.wait_log("docker event stream ended; reconnecting")
 
     def test_event_stream_cut(self, agent_factory, containers, etcd, scope, docker_proxy):
         """Stream cut and the socket gone while containers change: right soon after its return."""
