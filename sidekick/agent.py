@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -19,6 +19,7 @@ import tenacity
 
 from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
+from sidekick.metrics import Metrics
 from sidekick.model import (
     Announcement,
     Delete,
@@ -30,6 +31,7 @@ from sidekick.model import (
     plan,
 )
 from sidekick.store import MAX_TXN_OPS, EtcdError, EtcdUnavailable, Store
+from sidekick.systemd import Notifier
 
 # Actions after which a container announces nothing, without asking Docker.
 GONE_ACTIONS = frozenset({"die", "stop", "destroy", "pause"})
@@ -56,16 +58,24 @@ Item = DockerEvent | _Marker
 class Agent:
     """Keeps etcd equal to the registrations of this node's running, opted-in containers."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - collaborators, each with a default but the first three
         self,
         config: Config,
         store: Store,
         docker: DockerSource,
         retry_wait: tenacity.wait.wait_base | None = None,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.docker = docker
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier({})
+        self.docker_connected = False  # the events stream is open
+        self.etcd_ok = False  # the last etcd request succeeded
+        self.last_keepalive = 0.0  # monotonic time of the last renewal (or grant)
+        self._next_watchdog = 0.0
         self.log = structlog.get_logger("sidekick")
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.stopping = threading.Event()
@@ -112,10 +122,12 @@ class Agent:
             self._shutdown()
 
     def _cycle(self) -> None:
+        self._heartbeat()
         if self.needs_reconcile:
             self._reconcile_until_done()
             return
-        timeout = max(0.0, min(self.next_keepalive, self.next_resync) - time.monotonic())
+        wake = min(self.next_keepalive, self.next_resync, self._next_watchdog)
+        timeout = max(0.0, wake - time.monotonic())
         try:
             item: Item | None = self.queue.get(timeout=timeout)
         except queue.Empty:
@@ -131,6 +143,7 @@ class Agent:
             self.needs_reconcile = True
 
     def _shutdown(self) -> None:
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
         self.docker.close_events()
         if not self.lease:
             self.log.info("agent stopped")
@@ -152,18 +165,53 @@ class Agent:
                 error=str(exc),
             )
 
+    # -- health -----------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, str]:
+        """(ok, reason): Docker and etcd reachable and the lease alive."""
+        problems = []
+        if not self.docker_connected:
+            problems.append("docker events stream not connected")
+        if not self.etcd_ok:
+            problems.append("etcd unreachable")
+        if not self.lease or time.monotonic() - self.last_keepalive > self.config.ttl:
+            problems.append("no live lease")
+        return (not problems, "; ".join(problems) or "ok")
+
+    def status(self) -> str:
+        """A one-line summary for systemd's STATUS=."""
+        if not self.last_keepalive:
+            return f"{len(self.held)} registrations, no keepalive yet"
+        ago = time.monotonic() - self.last_keepalive
+        return f"{len(self.held)} registrations, last keepalive {ago:.0f}s ago"
+
+    def _heartbeat(self) -> None:
+        """Feed systemd's watchdog from the loop itself, so a stuck loop starves it."""
+        interval = self.notifier.watchdog_interval
+        now = time.monotonic()
+        if interval is None:
+            self._next_watchdog = float("inf")
+        elif now >= self._next_watchdog:
+            self._next_watchdog = now + interval
+            if self.reconciled.is_set():  # before READY=1 systemd's start timeout applies
+                self.notifier.notify("WATCHDOG=1", f"STATUS={self.status()}")
+
     # -- the Docker events reader (its own thread) -----------------------------------------
 
     def _read_events(self) -> None:
         while not self.stopping.is_set():
             try:
-                events = self._retry("docker events")(self.docker.open_events)
+                events = self._retry("docker events", self._sleep)(self.docker.open_events)
             except tenacity.RetryError:
                 return  # stopping
+            self.docker_connected = True
             self.queue.put(DOCKER_CONNECTED)
             for event in events:
+                self.metrics.docker_events.labels(event.action).inc()
                 self.queue.put(event)
+            self.docker_connected = False
             if not self.stopping.is_set():
+                self.metrics.errors.labels("docker", "stream-ended").inc()
                 self.log.warning("docker event stream ended; reconnecting")
 
     # -- events ---------------------------------------------------------------------------
@@ -234,6 +282,7 @@ class Agent:
         for start in range(0, len(ops), MAX_TXN_OPS):
             batch = ops[start : start + MAX_TXN_OPS]
             succeeded, revision = self.store.txn(batch, self.lease)
+            self.etcd_ok = True
             if not succeeded:
                 all_done = False
                 continue
@@ -242,6 +291,7 @@ class Agent:
                     registration = wanted[op.key]
                     self.actual[op.key] = KeyState(op.value, self.lease, revision)
                     self.held[op.key] = registration
+                    self.metrics.writes.labels("put").inc()
                     self.log.info(
                         "registered",
                         key=op.key,
@@ -252,12 +302,14 @@ class Agent:
                 else:
                     self.actual.pop(op.key, None)
                     gone = self.held.pop(op.key, None)
+                    self.metrics.writes.labels("delete").inc()
                     self.log.info(
                         "deregistered",
                         key=op.key,
                         container=gone.container_name if gone else None,
                         id=gone.container_id[:12] if gone else None,
                     )
+        self.metrics.registrations.set(len(self.held))
         return all_done
 
     def _report_clashes(self, clashes: Sequence[Any]) -> None:
@@ -266,6 +318,7 @@ class Agent:
             if marker in self._clashes:
                 continue
             self._clashes.add(marker)
+            self.metrics.clashes.inc()
             self.log.error(
                 "key held by another owner; left as it is",
                 key=clash.key,
@@ -278,7 +331,7 @@ class Agent:
     def _keepalive(self) -> None:
         self.next_keepalive = time.monotonic() + self.config.keepalive_interval
         try:
-            ttl = self.store.keepalive(self.lease)
+            ttl = self._renew()
         except EtcdError as exc:
             self._fault("etcd", exc)
             return
@@ -289,11 +342,22 @@ class Agent:
             self.lease = 0
             self.needs_reconcile = True
 
+    def _renew(self) -> int:
+        """One keepalive, timed; returns the TTL etcd answered (<= 0: the lease is gone)."""
+        started = time.monotonic()
+        ttl = self.store.keepalive(self.lease)
+        self.etcd_ok = True
+        self.metrics.keepalive_seconds.observe(time.monotonic() - started)
+        if ttl > 0:
+            self.last_keepalive = time.monotonic()
+            self.metrics.last_keepalive.set_to_current_time()
+        return ttl
+
     # -- reconcile ------------------------------------------------------------------------
 
     def _reconcile_until_done(self) -> None:
         try:
-            self._retry("reconcile")(self._reconcile)
+            self._retry("reconcile", self._sleep_beating)(self._reconcile)
         except tenacity.RetryError:
             return  # stopping
 
@@ -301,11 +365,13 @@ class Agent:
         """Rebuild both sides from scratch and write the difference."""
         started = time.monotonic()
         self._drain_queue()
-        if self.lease and self.store.keepalive(self.lease) <= 0:
+        if self.lease and self._renew() <= 0:
             self.log.warning("lease expired; granting a new one", lease=self.lease)
             self.lease = 0
         if not self.lease:
             self.lease = self.store.grant(self.config.ttl)
+            self.last_keepalive = time.monotonic()
+            self.etcd_ok = True
             self.held.clear()
             self.log.info("lease granted", lease=self.lease, ttl=self.config.ttl)
         self.next_keepalive = time.monotonic() + self.config.keepalive_interval
@@ -327,14 +393,19 @@ class Agent:
         if self.needs_reconcile:  # _sync hit a fault: let the retry policy take over
             raise EtcdUnavailable("etcd changed or failed during reconcile")
         self.next_resync = time.monotonic() + self.config.resync
+        elapsed = time.monotonic() - started
+        self.metrics.reconcile_seconds.observe(elapsed)
+        self.metrics.registrations.set(len(self.held))
         self.log.info(
             "reconciled",
             registrations=len(self.held),
             containers=len(self.announced),
-            seconds=round(time.monotonic() - started, 3),
+            seconds=round(elapsed, 3),
         )
         self._recovered()
-        self.reconciled.set()
+        if not self.reconciled.is_set():
+            self.reconciled.set()
+            self.notifier.notify("READY=1", f"STATUS={self.status()}")
 
     def _drain_queue(self) -> None:
         """Drop queued events: the snapshot about to be taken supersedes them."""
@@ -354,7 +425,14 @@ class Agent:
         self.needs_reconcile = True
         self._log_outage(peer, exc)
 
+    def _count_error(self, exc: BaseException) -> None:
+        peer = "etcd" if isinstance(exc, EtcdError) else "docker"
+        if peer == "etcd":
+            self.etcd_ok = False
+        self.metrics.errors.labels(peer, type(exc).__name__).inc()
+
     def _log_outage(self, peer: str, exc: BaseException) -> None:
+        self._count_error(exc)
         if peer not in self._outages:
             self._outages[peer] = str(exc)
             self.log.warning(f"{peer} unavailable; retrying with backoff", error=str(exc))
@@ -367,7 +445,14 @@ class Agent:
     def _sleep(self, seconds: float) -> None:
         self.stopping.wait(seconds)  # a stop request cuts a backoff short
 
-    def _retry(self, what: str) -> tenacity.Retrying:
+    def _sleep_beating(self, seconds: float) -> None:
+        """The loop's own backoff: still alive, so the watchdog keeps being fed."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            self._heartbeat()
+            self.stopping.wait(min(left, max(0.05, self._next_watchdog - time.monotonic())))
+
+    def _retry(self, what: str, sleep: Callable[[float], None]) -> tenacity.Retrying:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             if exc is not None:
@@ -384,7 +469,7 @@ class Agent:
             retry=tenacity.retry_if_exception_type(TRANSIENT),
             wait=self.retry_wait,
             stop=lambda _state: self.stopping.is_set(),
-            sleep=self._sleep,
+            sleep=sleep,
             before_sleep=before_sleep,
         )
         return retrying

@@ -16,9 +16,11 @@ import typer
 
 from sidekick import __version__, logs
 from sidekick.agent import Agent
-from sidekick.config import Config, ConfigError, load_config, require_host_ip
+from sidekick.config import Config, ConfigError, load_config, parse_address, require_host_ip
 from sidekick.docker_source import DockerSource
-from sidekick.store import Store
+from sidekick.metrics import MetricsServer
+from sidekick.store import DryRunStore, Store
+from sidekick.systemd import Notifier
 
 EXIT_NOTHING, EXIT_USAGE, EXIT_ETCD = 1, 2, 3
 DOCKER_TIMEOUT = 10.0
@@ -159,20 +161,51 @@ def version() -> None:
 
 @app.command()
 @with_config
-def run(config: Config) -> None:
+def run(
+    config: Config,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-address",
+            envvar="SIDEKICK_METRICS_ADDRESS",
+            help="Serve Prometheus /metrics and /healthz on HOST:PORT, e.g. 127.0.0.1:9476.",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print every write and delete; make none.")
+    ] = False,
+) -> None:
     """Run the agent: follow Docker events and keep etcd right until SIGTERM."""
     try:
         require_host_ip(config)
+        address = parse_address(metrics_address, "--metrics-address") if metrics_address else None
     except ConfigError as exc:
         fail(str(exc))
-    agent = Agent(config, make_store(config), make_docker(config))
+    store = (
+        DryRunStore(config.etcd_endpoints, config.etcd_timeout, sys.stdout)
+        if dry_run
+        else make_store(config)
+    )
+    agent = Agent(config, store, make_docker(config), notifier=Notifier())
+    server = None
+    if address is not None:
+        try:
+            server = MetricsServer(address, agent.metrics, agent.health)
+        except OSError as exc:
+            fail(f"--metrics-address: cannot listen on {metrics_address}: {exc.strerror}")
+        server.start()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         agent.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def make_store(config: Config) -> Store:

@@ -12,7 +12,7 @@ import base64
 import contextlib
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import requests
 from etcd3gw import exceptions as etcd_exceptions
@@ -178,3 +178,36 @@ def _detail(exc: BaseException | None) -> str:
     with contextlib.suppress(ValueError, AttributeError):  # etcd's JSON error body
         detail = json.loads(detail).get("message", detail)
     return " ".join(str(detail).split())[:300]
+
+
+class DryRunStore(Store):
+    """Reads etcd for real; prints every write it would make and makes none."""
+
+    DRY_RUN_LEASE = -1  # never equal to a real lease id, so nothing real is taken as ours
+
+    def __init__(self, endpoints: Sequence[Endpoint], timeout: float, out: TextIO) -> None:
+        super().__init__(endpoints, timeout)
+        self.out = out
+        self._revision = 0
+
+    def grant(self, ttl: int) -> int:
+        print(f"dry-run: would grant a lease of {ttl}s", file=self.out, flush=True)
+        return self.DRY_RUN_LEASE
+
+    def keepalive(self, lease: int) -> int:
+        return 1
+
+    def revoke(self, lease: int) -> None:
+        print("dry-run: would revoke the lease", file=self.out, flush=True)
+
+    def txn(self, operations: Sequence[Put | Delete], lease: int) -> tuple[bool, int]:
+        for op in operations:
+            if isinstance(op, Put):
+                owner = "lease" if lease else "no lease"
+                print(
+                    f"dry-run: would put {op.key} = {op.value} ({owner})", file=self.out, flush=True
+                )
+            else:
+                print(f"dry-run: would delete {op.key}", file=self.out, flush=True)
+        self._revision += 1
+        return True, self._revision

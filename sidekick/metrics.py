@@ -1,0 +1,96 @@
+"""Prometheus metrics and the /healthz answer, served by one small HTTP server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The agent's counters; one registry per agent so tests can make several."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.registrations = Gauge(
+            "sidekick_registrations", "Keys this agent holds on its lease.", registry=r
+        )
+        self.docker_events = Counter(
+            "sidekick_docker_events", "Docker container events received.", ["action"], registry=r
+        )
+        self.writes = Counter(
+            "sidekick_etcd_writes", "Keys written (put) or deleted in etcd.", ["op"], registry=r
+        )
+        self.clashes = Counter(
+            "sidekick_clashes", "Keys wanted but held by another owner.", registry=r
+        )
+        self.errors = Counter(
+            "sidekick_errors", "Errors talking to a peer.", ["peer", "kind"], registry=r
+        )
+        self.reconcile_seconds = Histogram(
+            "sidekick_reconcile_duration_seconds", "Time a full reconcile took.", registry=r
+        )
+        self.keepalive_seconds = Histogram(
+            "sidekick_keepalive_rtt_seconds",
+            "Round-trip time of a lease keepalive.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.last_keepalive = Gauge(
+            "sidekick_last_keepalive_timestamp_seconds",
+            "Unix time of the last successful keepalive.",
+            registry=r,
+        )
+        self.writes.labels("put")
+        self.writes.labels("delete")
+
+
+HealthCheck = Callable[[], tuple[bool, str]]
+
+
+class MetricsServer:
+    """GET /metrics (Prometheus text) and GET /healthz (200, or 503 with the reason)."""
+
+    def __init__(self, address: tuple[str, int], metrics: Metrics, health: HealthCheck) -> None:
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/metrics":
+                    self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif self.path.split("?")[0] == "/healthz":
+                    ok, reason = health()
+                    self._answer(200 if ok else 503, (reason + "\n").encode(), "text/plain")
+                else:
+                    self._answer(404, b"not found\n", "text/plain")
+
+            def _answer(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet: scrapes are not news."""
+
+        self.server = ThreadingHTTPServer(address, Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

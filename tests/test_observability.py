@@ -1,0 +1,118 @@
+"""The agent seen from outside: Prometheus metrics, /healthz, systemd notify, dry runs."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    """One sample from the Prometheus text at url (0 when absent)."""
+    text = requests.get(url, timeout=5).text
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search("^" + pattern + "$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def published(port: int) -> dict[str, tuple[str, int]]:
+    return {"80/tcp": ("127.0.0.1", port)}
+
+
+class TestMetrics:
+    """--metrics-address serves numbers that follow the containers."""
+
+    def test_numbers_follow_containers(self, agent_factory, containers, scope):
+        """Starts and stops move registrations, events, writes and deletes."""
+        address = f"127.0.0.1:{free_port()}"
+        agent_factory("--metrics-address", address)
+        url = f"http://{address}/metrics"
+        assert metric(url, "sidekick_registrations") == 0
+        a = containers.run(ports=published(free_port()), labels={"sidekick.service": "m"})
+        containers.run(ports=published(free_port()), labels={"sidekick.service": "m"})
+        wait_for(lambda: metric(url, "sidekick_registrations") == 2, message="2 registrations")
+        assert metric(url, "sidekick_docker_events_total", 'action="start"') >= 2
+        assert metric(url, "sidekick_etcd_writes_total", 'op="put"') == 2
+        a.stop(timeout=1)
+        wait_for(lambda: metric(url, "sidekick_registrations") == 1, message="1 registration")
+        assert metric(url, "sidekick_etcd_writes_total", 'op="delete"') == 1
+        assert metric(url, "sidekick_docker_events_total", 'action="die"') >= 1
+        assert metric(url, "sidekick_reconcile_duration_seconds_count") >= 1
+        wait_for(lambda: metric(url, "sidekick_keepalive_rtt_seconds_count") >= 1, timeout=5)
+        assert abs(metric(url, "sidekick_last_keepalive_timestamp_seconds") - time.time()) < 10
+
+    def test_healthz_follows_etcd(self, agent_factory, etcd):
+        """/healthz: 200 while etcd answers, 503 with the reason when it stops, 200 again."""
+        address = f"127.0.0.1:{free_port()}"
+        agent_factory("--metrics-address", address, ttl=3)
+        url = f"http://{address}/healthz"
+        assert requests.get(url, timeout=5).status_code == 200
+        etcd.stop()
+        reason = wait_for(
+            lambda: (r := requests.get(url, timeout=5)).status_code == 503 and r.text,
+            message="503 while etcd is down",
+        )
+        assert "etcd unreachable" in reason
+        etcd.start()
+        wait_for(lambda: requests.get(url, timeout=5).status_code == 200, message="200 again")
+
+    def test_bad_metrics_address(self, agent_factory):
+        """A malformed --metrics-address exits 2 naming the option."""
+        agent = agent_factory("--metrics-address", "localhost", wait_ready=False)
+        assert agent.wait() == 2
+        assert "--metrics-address" in agent.log_path.read_text()
+
+
+class TestSystemdNotify:
+    """Under systemd the agent says READY, feeds the watchdog, and says STOPPING."""
+
+    def test_ready_watchdog_stopping(self, agent_factory, tmp_path: Path):
+        """READY=1 after the first reconcile, then WATCHDOG=1, then STOPPING=1 on SIGTERM."""
+        path = tmp_path / "notify.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        sock.settimeout(10)
+        agent = agent_factory(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
+        messages: list[str] = []
+
+        def receive_until(field: str) -> None:
+            while not any(field in m.split("\n") for m in messages):
+                messages.append(sock.recv(4096).decode())
+
+        receive_until("READY=1")
+        receive_until("WATCHDOG=1")
+        agent.signal(signal.SIGTERM)
+        receive_until("STOPPING=1")
+        assert agent.wait() == 0
+        order = [
+            next(i for i, m in enumerate(messages) if field in m.split("\n"))
+            for field in ("READY=1", "WATCHDOG=1", "STOPPING=1")
+        ]
+        assert order == sorted(order)
+        assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in messages)
+        sock.close()
+
+
+class TestDryRun:
+    """--dry-run prints what it would write and writes nothing."""
+
+    def test_run_dry(self, agent_factory, containers, etcd, scope):
+        """The agent in a dry run prints the put and the delete; etcd stays empty."""
+        agent = agent_factory("--dry-run")
+        port = free_port()
+        container = containers.run(ports=published(port), labels={"sidekick.service": "d"})
+        key = f"/{scope}/d-{port}"
+        wait_for(lambda: f"would put {key} = 127.0.0.1:{port}" in agent.log_path.read_text())
+        assert etcd.keys(f"/{scope}/") == {}
+        container.stop(timeout=1)
+        wait_for(lambda: f"would delete {key}" in agent.log_path.read_text())
+        assert etcd.keys(f"/{scope}/") == {}
