@@ -271,6 +271,20 @@ def _find_host_ip(
     return str(address), source
 
 
+def parse_address(value: str, source: str) -> tuple[str, int]:
+    """HOST:PORT (or [IPv6]:PORT) to listen on."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 0 < number < 65536:
+        raise ConfigError(f"{source}: expected HOST:PORT like 127.0.0.1:9476, got {value!r}")
+    return host, number
+
+
 def _parse_prefix(value: str, source: str) -> str:
     prefix = value.rstrip("/") if value != "/" else value
     if not _PREFIX_RE.fullmatch(prefix) or any(part in {".", ".."} for part in prefix.split("/")):
