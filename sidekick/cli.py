@@ -224,3 +224,107 @@ def make_docker(config: Config) -> DockerSource:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# -- render: confd's job for the load balancer ------------------------------------------------
+
+
+@app.command()
+@with_config
+def render(
+    config: Config,
+    *,
+    dest: Annotated[
+        Path, typer.Option("--dest", help="The file to write, e.g. /etc/nginx/nginx.conf.")
+    ],
+    template: Annotated[
+        Path | None,
+        typer.Option(
+            "--template",
+            help="Jinja2 template. (default: the shipped nginx template for upstream backend)",
+            show_default=False,
+        ),
+    ] = None,
+    variables: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="A template variable NAME=VALUE (repeatable).", show_default=False
+        ),
+    ] = None,
+    check_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--check-cmd",
+            help="Shell command run on the new file, named {src}, before it goes live "
+            "(e.g. 'nginx -t -c {src}').",
+            show_default=False,
+        ),
+    ] = None,
+    reload_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--reload-cmd", help="Shell command run after a new file went live.", show_default=False
+        ),
+    ] = None,
+    reload_signal: Annotated[
+        str | None,
+        typer.Option(
+            "--reload-signal",
+            help="Signal (e.g. HUP) sent to --reload-container.",
+            show_default=False,
+        ),
+    ] = None,
+    reload_container: Annotated[
+        str | None,
+        typer.Option(
+            "--reload-container",
+            help="Container that gets --reload-signal through the Docker API.",
+            show_default=False,
+        ),
+    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Octal mode of the file.")] = "0644",
+    watch_timeout: Annotated[
+        float,
+        typer.Option(
+            "--watch-timeout",
+            help="Seconds of silence after which the watch is opened again from the last revision.",
+        ),
+    ] = 10.0,
+    once: Annotated[bool, typer.Option("--once", help="Render once and exit.")] = False,
+) -> None:
+    """Render a template from the values under --prefix each time they change (like confd)."""
+    from sidekick import render as rendering  # noqa: PLC0415 - jinja2 only for this command
+    from sidekick.store import EtcdError, EtcdUnavailable  # noqa: PLC0415
+
+    try:
+        options = rendering.make_options(
+            dest=dest,
+            template=template,
+            variables=variables or [],
+            check_cmd=check_cmd,
+            reload_cmd=reload_cmd,
+            reload_signal=reload_signal,
+            reload_container=reload_container,
+            mode=mode,
+            watch_timeout=watch_timeout,
+            once=once,
+        )
+        renderer = rendering.Renderer(
+            options,
+            config.prefix,
+            rendering.EtcdWatcher(config.etcd_endpoints, config.etcd_timeout),
+            docker_url=config.docker_url,
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    if not once:
+        renderer.run()
+        return
+    try:
+        live = renderer.once()
+    except EtcdUnavailable as exc:
+        fail(str(exc), EXIT_ETCD)
+    except (EtcdError, rendering.RenderError) as exc:
+        fail(str(exc), EXIT_NOTHING)
+    if not live:
+        fail(f"{dest} was not replaced: the new file was refused (see the log)", EXIT_NOTHING)

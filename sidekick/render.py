@@ -1,0 +1,570 @@
+"""`sidekick render`: confd's job for the seed's nginx, done here.
+
+Watches a prefix in etcd and renders a Jinja2 template to a file each time what it renders
+changes. A new file is staged beside the old one, checked (`--check-cmd`, e.g. `nginx -t`)
+and only then renamed over it, so a file that fails the check never goes live; then the
+consumer is reloaded (`--reload-cmd`, or a signal to a container through the Docker API).
+
+The watch is etcd's v3 watch over the grpc-gateway, read as a stream with a read timeout,
+because etcd3gw's watch blocks forever on a dropped connection. The loop reads the prefix
+once (`range`, revision R) and watches from R+1; it keeps the revision of the last event it
+applied and, whenever the stream drops, errors or stays silent for `--watch-timeout`
+seconds, opens a new watch from that revision + 1, so no change is missed. Only a compacted
+revision or an etcd whose revision went backwards (a new cluster) makes it read the whole
+prefix again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import jinja2
+import requests
+import structlog
+import urllib3
+
+from sidekick.config import ConfigError, Endpoint
+from sidekick.store import EtcdError, EtcdUnavailable, prefix_range_end
+
+BUILTIN_TEMPLATE = "nginx.conf.j2"
+DEFAULT_WATCH_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 60.0
+BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
+_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED = frozenset({"values", "entries", "prefix", "getv", "getvs"})
+
+
+class RenderError(Exception):
+    """The template could not be rendered, or the new file failed its check or reload."""
+
+
+class WatchSilent(Exception):
+    """No message on the watch stream for the read timeout: maybe quiet, maybe dead."""
+
+
+class WatchReset(Exception):
+    """The watch cannot resume from our revision (compacted, or a new cluster)."""
+
+
+class _Stop(BaseException):
+    """Raised from the signal handler to leave a blocking read at once."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What `sidekick render` does, validated."""
+
+    dest: Path
+    template: Path | None = None  # None: the nginx template shipped in the package
+    variables: Mapping[str, str] = field(default_factory=dict)
+    check_cmd: str | None = None
+    reload_cmd: str | None = None
+    reload_signal: str | None = None
+    reload_container: str | None = None
+    mode: int = 0o644
+    watch_timeout: float = DEFAULT_WATCH_TIMEOUT
+    once: bool = False
+
+
+def make_options(
+    *,
+    dest: Path,
+    template: Path | None = None,
+    variables: Sequence[str] = (),
+    check_cmd: str | None = None,
+    reload_cmd: str | None = None,
+    reload_signal: str | None = None,
+    reload_container: str | None = None,
+    mode: str = "0644",
+    watch_timeout: float = DEFAULT_WATCH_TIMEOUT,
+    once: bool = False,
+) -> RenderOptions:
+    """RenderOptions from command-line values; a ConfigError names the option at fault."""
+    parsed: dict[str, str] = {}
+    for item in variables:
+        name, sep, value = item.partition("=")
+        if not sep or not _VAR_RE.fullmatch(name) or name in _RESERVED:
+            raise ConfigError(
+                f"--set: expected NAME=VALUE with NAME an identifier other than "
+                f"{', '.join(sorted(_RESERVED))}, got {item!r}"
+            )
+        parsed[name] = value
+    if template is not None and not template.is_file():
+        raise ConfigError(f"--template: {template} is not a file")
+    if not dest.parent.is_dir():
+        raise ConfigError(f"--dest: directory {dest.parent} does not exist")
+    if dest.is_dir():
+        raise ConfigError(f"--dest: {dest} is a directory")
+    if check_cmd is not None and "{src}" not in check_cmd:
+        raise ConfigError(f"--check-cmd: must name the new file as {{src}}, got {check_cmd!r}")
+    if reload_cmd and (reload_signal or reload_container):
+        raise ConfigError("--reload-cmd: give either a command or --reload-signal, not both")
+    if bool(reload_signal) != bool(reload_container):
+        raise ConfigError("--reload-signal and --reload-container go together")
+    signal_name = None
+    if reload_signal:
+        signal_name = reload_signal.upper().removeprefix("SIG")
+        if signal_name not in signal.Signals.__members__ and f"SIG{signal_name}" not in (
+            signal.Signals.__members__
+        ):
+            raise ConfigError(f"--reload-signal: unknown signal {reload_signal!r}")
+    try:
+        file_mode = int(mode, 8)
+    except ValueError:
+        raise ConfigError(f"--mode: not an octal mode: {mode!r}") from None
+    if not 0 <= file_mode <= 0o7777:
+        raise ConfigError(f"--mode: not a file mode: {mode!r}")
+    if watch_timeout < 0.5:
+        raise ConfigError(f"--watch-timeout: must be at least 0.5, got {watch_timeout:g}")
+    return RenderOptions(
+        dest=dest,
+        template=template,
+        variables=parsed,
+        check_cmd=check_cmd,
+        reload_cmd=reload_cmd,
+        reload_signal=signal_name,
+        reload_container=reload_container,
+        mode=file_mode,
+        watch_timeout=watch_timeout,
+        once=once,
+    )
+
+
+# -- the template ---------------------------------------------------------------------------
+
+
+def load_template(path: Path | None) -> jinja2.Template:
+    """The template at `path`, or the shipped nginx one; a ConfigError when it does not parse."""
+    if path is None:
+        source = resources.files("sidekick").joinpath("templates", BUILTIN_TEMPLATE).read_text()
+        loader: jinja2.BaseLoader = jinja2.DictLoader({BUILTIN_TEMPLATE: source})
+        name = BUILTIN_TEMPLATE
+    else:
+        loader, name = jinja2.FileSystemLoader(str(path.parent)), path.name
+    env = jinja2.Environment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - renders a config file, not HTML
+    )
+    try:
+        return env.get_template(name)
+    except jinja2.TemplateError as exc:
+        where = f" line {exc.lineno}" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+        raise ConfigError(f"--template: {path or BUILTIN_TEMPLATE}{where}: {exc}") from exc
+
+
+def _pattern(glob: str) -> re.Pattern[str]:
+    """confd's path.Match: `*` matches within one key segment."""
+    return re.compile("".join("[^/]*" if c == "*" else re.escape(c) for c in glob) + r"\Z")
+
+
+def context(prefix: str, kv: Mapping[str, str], variables: Mapping[str, str]) -> dict[str, Any]:
+    """What a template sees.
+
+    values   the values of the keys one level under the prefix, sorted (confd's
+             getvs "<prefix>/*", which the seed's template reads)
+    entries  (key, value) for every key under the prefix, sorted by key
+    prefix   the prefix
+    getvs(pattern), getv(key, default)   as in confd
+    and every --set NAME=VALUE.
+    """
+
+    def getvs(pattern: str) -> list[str]:
+        rx = _pattern(pattern)
+        return sorted(v for k, v in kv.items() if rx.match(k))
+
+    def getv(key: str, default: str | None = None) -> str | None:
+        return kv.get(key, default)
+
+    return {
+        **variables,
+        "prefix": prefix,
+        "values": getvs(prefix.rstrip("/") + "/*"),
+        "entries": sorted(kv.items()),
+        "getvs": getvs,
+        "getv": getv,
+    }
+
+
+def render_text(
+    template: jinja2.Template,
+    prefix: str,
+    kv: Mapping[str, str],
+    variables: Mapping[str, str],
+) -> str:
+    try:
+        return template.render(context(prefix, kv, variables))
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template: {exc}") from exc
+
+
+# -- etcd: a prefix read and a watch stream ------------------------------------------------
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode(errors="replace")
+
+
+class EtcdWatcher:
+    """Range reads and watch streams on the grpc-gateway, with failover across endpoints."""
+
+    def __init__(self, endpoints: Sequence[Endpoint], timeout: float) -> None:
+        self.endpoints = tuple(endpoints)
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False  # a CA bundle in the environment must not override us
+        self._current = 0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.endpoints[self._current]
+
+    def _next_endpoint(self) -> None:
+        self._current = (self._current + 1) % len(self.endpoints)
+
+    def read_prefix(self, prefix: str) -> tuple[dict[str, str], int]:
+        """key -> value for every key under `prefix`, and the revision of the read."""
+        payload = json.dumps({"key": _b64(prefix), "range_end": prefix_range_end(prefix)})
+        last: Exception | None = None
+        for _ in self.endpoints:
+            url = f"{self.endpoint.url}/v3/kv/range"
+            try:
+                answer = self.session.post(url, data=payload, timeout=self.timeout)
+            except requests.RequestException as exc:
+                last = exc
+                self._next_endpoint()
+                continue
+            body = _json(answer)
+            if answer.status_code != 200 or "header" not in body:
+                raise EtcdError(f"etcd at {self.endpoint.url}: {_message(body, answer)}")
+            kv = {_unb64(i["key"]): _unb64(i.get("value", "")) for i in body.get("kvs", [])}
+            return kv, int(body["header"]["revision"])
+        names = ", ".join(e.url for e in self.endpoints)
+        raise EtcdUnavailable(f"no etcd endpoint answered ({names}): {last}") from last
+
+    def watch(self, prefix: str, start_revision: int, read_timeout: float) -> Iterator[Any]:
+        """The watch stream's results, from `start_revision` on.
+
+        Raises WatchSilent when nothing came for `read_timeout` seconds, EtcdUnavailable when
+        the connection fails or the stream ends (the server went away), EtcdError when etcd
+        answers with an error.
+        """
+        request = {
+            "create_request": {
+                "key": _b64(prefix),
+                "range_end": prefix_range_end(prefix),
+                "start_revision": str(start_revision),
+                "progress_notify": True,
+            }
+        }
+        url = f"{self.endpoint.url}/v3/watch"
+        try:
+            answer = self.session.post(
+                url, data=json.dumps(request), stream=True, timeout=(self.timeout, read_timeout)
+            )
+        except requests.RequestException as exc:
+            self._next_endpoint()
+            raise EtcdUnavailable(f"etcd at {url}: {exc}") from exc
+        try:
+            if answer.status_code != 200:
+                raise EtcdError(f"etcd at {url}: {_message(_json(answer), answer)}")
+            for line in answer.iter_lines(chunk_size=None):
+                if not line:
+                    continue
+                message = json.loads(line)
+                if "error" in message:
+                    raise EtcdError(f"etcd watch at {url}: {_message(message, answer)}")
+                yield message.get("result", {})
+        except requests.exceptions.ConnectionError as exc:
+            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
+                raise WatchSilent(f"no message for {read_timeout:g} s") from exc
+            self._next_endpoint()
+            raise EtcdUnavailable(f"etcd watch at {url}: {exc}") from exc
+        except (requests.RequestException, ValueError) as exc:
+            self._next_endpoint()
+            raise EtcdUnavailable(f"etcd watch at {url}: {exc}") from exc
+        finally:
+            answer.close()
+        self._next_endpoint()
+        raise EtcdUnavailable(f"etcd watch at {url}: the stream ended")
+
+
+def _json(answer: requests.Response) -> dict[str, Any]:
+    try:
+        body = answer.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _message(body: Mapping[str, Any], answer: requests.Response) -> str:
+    error = body.get("error", body)
+    if isinstance(error, dict):
+        error = error.get("message", error)
+    return str(body.get("message") or error or f"HTTP {answer.status_code}")[:300]
+
+
+# -- the file and the reload ----------------------------------------------------------------
+
+
+class Renderer:
+    """Renders, stages, checks, swaps in and reloads; keeps the etcd watch going."""
+
+    def __init__(
+        self,
+        options: RenderOptions,
+        prefix: str,
+        watcher: EtcdWatcher,
+        docker_url: str | None = None,
+    ) -> None:
+        self.options = options
+        self.prefix = prefix
+        self.watcher = watcher
+        self.docker_url = docker_url
+        self.template = load_template(options.template)
+        self.log = structlog.get_logger("sidekick.render").bind(dest=str(options.dest))
+        self.kv: dict[str, str] = {}
+        self.revision = 0
+        self.rejected: str | None = None  # the text whose check failed last
+        self._stopping = False
+        self._busy = False
+        self._outage: str | None = None
+        self._failures = 0  # between staging a file and reloading: finish before stopping
+
+    # -- one render --------------------------------------------------------------------
+
+    def update(self) -> bool:
+        """Render the current keys; if the text is new, check, swap and reload.
+
+        Returns True when the file is live (written now or already the same), False when
+        this text was refused (template error or failed check).
+        """
+        try:
+            text = render_text(self.template, self.prefix, self.kv, self.options.variables)
+        except RenderError as exc:
+            self.log.error("render failed; the old file stays", error=str(exc))
+            return False
+        if text == self._live_text():
+            self.log.debug("unchanged", revision=self.revision)
+            return True
+        if text == self.rejected:
+            self.log.debug("same text as the one refused; not checked again")
+            return False
+        self._busy = True
+        try:
+            if not self._install(text):
+                self.rejected = text
+                return False
+            self.rejected = None
+            self.log.info(
+                "rendered",
+                values=len(context(self.prefix, self.kv, {})["values"]),
+                revision=self.revision,
+            )
+            self._reload()
+            return True
+        finally:
+            self._busy = False
+            if self._stopping:
+                raise _Stop
+
+    def _live_text(self) -> str | None:
+        try:
+            return self.options.dest.read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def _install(self, text: str) -> bool:
+        """Stage `text` beside dest, check it, rename it over dest. False: check failed."""
+        dest = self.options.dest
+        fd, staged_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        staged = Path(staged_name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fchmod(out.fileno(), self.options.mode)
+                os.fsync(out.fileno())
+            if self.options.check_cmd is not None:
+                command = self.options.check_cmd.replace("{src}", shlex.quote(str(staged)))
+                ok, output = _shell(command)
+                if not ok:
+                    self.log.error(
+                        "check failed; the new file is not installed",
+                        command=command,
+                        output=output,
+                    )
+                    return False
+            os.replace(staged, dest)
+            _fsync_dir(dest.parent)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+
+    def _reload(self) -> None:
+        if self.options.reload_cmd:
+            ok, output = _shell(self.options.reload_cmd)
+            if not ok:
+                raise RenderError(f"reload command failed: {output}")
+            self.log.info("reloaded", command=self.options.reload_cmd)
+        elif self.options.reload_container and self.options.reload_signal:
+            import docker  # noqa: PLC0415 - only this reload needs docker-py
+            import docker.errors  # noqa: PLC0415
+
+            try:
+                client = docker.DockerClient(base_url=self.docker_url or None, timeout=10)
+                client.api.kill(self.options.reload_container, signal=self.options.reload_signal)
+            except docker.errors.DockerException as exc:
+                raise RenderError(f"reload signal failed: {exc}") from exc
+            self.log.info(
+                "reloaded",
+                container=self.options.reload_container,
+                signal=self.options.reload_signal,
+            )
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def once(self) -> bool:
+        """Read the prefix, render, install and reload if new. True when the file is live."""
+        self.kv, self.revision = self.watcher.read_prefix(self.prefix)
+        return self.update()
+
+    def run(self) -> None:
+        """Render now and after every change, until SIGTERM or SIGINT."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._loop()
+        except _Stop:
+            self.log.info("render stopped")
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self._stopping = True
+        if not self._busy:
+            raise _Stop
+
+    def _loop(self) -> None:
+        full_read = True
+        while not self._stopping:
+            try:
+                if full_read:
+                    self.kv, self.revision = self.watcher.read_prefix(self.prefix)
+                    full_read = False
+                    self._healthy()
+                    self._update_logged()
+                self._follow()
+            except WatchSilent:
+                # Quiet, or a connection that died without a word: a new watch from our
+                # revision tells which, and loses nothing either way.
+                self.log.debug("watch silent; resuming", revision=self.revision + 1)
+            except WatchReset as exc:
+                self.log.warning("watch cannot resume; reading the prefix again", reason=str(exc))
+                full_read = True
+            except EtcdError as exc:
+                self._failures += 1
+                if self._outage is None:
+                    self._outage = str(exc)
+                    self.log.warning("etcd unavailable; retrying with backoff", error=str(exc))
+                delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(self._failures - 1, 10))
+                time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+
+    def _healthy(self) -> None:
+        """etcd answered: end the outage, if there was one."""
+        if self._outage is not None:
+            self.log.info("etcd is back", revision=self.revision)
+        self._outage = None
+        self._failures = 0
+
+    def _update_logged(self) -> None:
+        try:
+            self.update()
+        except RenderError as exc:
+            self.log.error("reload failed", error=str(exc))
+
+    def _follow(self) -> None:
+        """Apply the watch stream to self.kv until it fails; render after each change."""
+        stream = self.watcher.watch(self.prefix, self.revision + 1, self.options.watch_timeout)
+        for result in stream:
+            header = result.get("header", {})
+            if result.get("created"):
+                current = int(header.get("revision", 0))
+                if current < self.revision:
+                    raise WatchReset(
+                        f"etcd is at revision {current}, behind ours ({self.revision})"
+                    )
+                self._healthy()
+                continue
+            if "compact_revision" in result:
+                raise WatchReset(
+                    f"revision {self.revision + 1} is compacted "
+                    f"(oldest kept: {result['compact_revision']})"
+                )
+            if result.get("canceled"):
+                raise WatchReset(f"watch canceled: {result.get('cancel_reason', 'no reason')}")
+            events = result.get("events", [])
+            if not events:  # a progress notification: every event up to here was sent
+                self.revision = max(self.revision, int(header.get("revision", 0)))
+                continue
+            for event in events:
+                kv = event.get("kv", {})
+                key = _unb64(kv.get("key", ""))
+                if event.get("type") == "DELETE":
+                    self.kv.pop(key, None)
+                else:
+                    self.kv[key] = _unb64(kv.get("value", ""))
+                self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
+            self._update_logged()
+
+
+def _shell(command: str) -> tuple[bool, str]:
+    """Run a shell command; (succeeded, the tail of its output)."""
+    try:
+        proc = subprocess.run(  # noqa: S602 - the operator's own command line, as confd runs it
+            command,
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {COMMAND_TIMEOUT:g} s"
+    output = " ".join((proc.stdout + proc.stderr).split())[-600:]
+    if proc.returncode != 0:
+        return False, f"exit {proc.returncode}: {output}"
+    return True, output
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,433 @@
+"""`sidekick render`: the template, the check-then-swap, the reload, and the watch that must
+not miss a change when its connection drops or goes silent."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sidekick.config import ConfigError
+from sidekick.render import context, load_template, make_options, render_text
+from tests.conftest import Containers, EtcdServer, wait_for
+from tests.lb import Nginx, RenderProcess, TcpProxy, nginx_binary
+
+DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+TWO_BACKENDS = {"/test/apache-8002": "127.0.0.1:8002", "/test/apache-8001": "127.0.0.1:8001"}
+
+
+def body(text: str) -> str:
+    """The text after its leading comment lines (which name the tool that rendered it)."""
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "".join(lines)
+
+
+class TestTemplate:
+    """The shipped nginx template renders what the confd template renders."""
+
+    @pytest.mark.parametrize(
+        ("fixture", "kv"),
+        [("nginx-0-backends.conf", {}), ("nginx-2-backends.conf", TWO_BACKENDS)],
+    )
+    def test_same_output_as_confd(self, fixture: str, kv: dict[str, str]) -> None:
+        """Byte for byte the confd fixture, but for the header comment naming the renderer."""
+        text = render_text(load_template(None), "/test", kv, {})
+        assert body(text) == body((DATA / fixture).read_text())
+        assert text.startswith("# Rendered by sidekick render from the values under /test")
+
+    def test_values_are_getvs_one_level(self) -> None:
+        """values = confd's getvs "<prefix>/*": one level under the prefix, sorted by value."""
+        kv = {
+            "/test/b": "10.0.0.2:80",
+            "/test/a": "10.0.0.9:80",
+            "/test/nested/x": "10.0.0.3:80",
+            "/testing/y": "10.0.0.4:80",
+        }
+        ctx = context("/test", kv, {"listen": "81"})
+        assert ctx["values"] == ["10.0.0.2:80", "10.0.0.9:80"]
+        assert ctx["getvs"]("/test/*/*") == ["10.0.0.3:80"]
+        assert ctx["getv"]("/test/a") == "10.0.0.9:80"
+        assert ctx["listen"] == "81"
+
+    def test_variables_listen_and_temp_dir(self) -> None:
+        """--set listen and temp_dir change only those lines."""
+        text = render_text(
+            load_template(None),
+            "/test",
+            TWO_BACKENDS,
+            {"listen": "127.0.0.1:8080", "temp_dir": "/t"},
+        )
+        assert "listen 127.0.0.1:8080 default_server;" in text
+        assert re.findall(r"^\s+(\w+_temp_path) /t/\w+;$", text, re.M) == [
+            "client_body_temp_path",
+            "proxy_temp_path",
+            "fastcgi_temp_path",
+            "uwsgi_temp_path",
+            "scgi_temp_path",
+        ]
+
+    @pytest.mark.parametrize("kv", [{}, TWO_BACKENDS], ids=["0-backends", "2-backends"])
+    def test_nginx_accepts_it(self, kv: dict[str, str], tmp_path: Path) -> None:
+        """Real nginx -t accepts the file, with no backend as with two."""
+        nginx = Nginx(tmp_path, 8080)
+        nginx.conf.write_text(
+            render_text(
+                load_template(None),
+                "/test",
+                kv,
+                dict(s.split("=", 1) for s in nginx.template_vars[1::2]),
+            )
+        )
+        proc = subprocess.run(  # noqa: S602 - the command line the renderer would run
+            nginx.check_cmd().replace("{src}", str(nginx.conf)),
+            shell=True,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in nginx.temp_dir.iterdir()) == [
+            "body",
+            "fastcgi",
+            "proxy",
+            "scgi",
+            "uwsgi",
+        ]
+
+    def test_template_error_names_the_line(self, tmp_path: Path) -> None:
+        """A template that does not parse is refused at start with its line."""
+        bad = tmp_path / "bad.j2"
+        bad.write_text("ok\n{% for x in values %}\n")
+        with pytest.raises(ConfigError, match=r"--template: .*bad.j2 line 2"):
+            load_template(bad)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"variables": ["nope"]}, "--set: expected NAME=VALUE"),
+            ({"variables": ["values=1"]}, "--set: expected NAME=VALUE"),
+            ({"check_cmd": "nginx -t"}, "--check-cmd: must name the new file as {src}"),
+            ({"reload_cmd": "true", "reload_signal": "HUP"}, "--reload-cmd: give either"),
+            ({"reload_signal": "HUP"}, "--reload-signal and --reload-container go together"),
+            (
+                {"reload_signal": "BOGUS", "reload_container": "nginx"},
+                "--reload-signal: unknown signal",
+            ),
+            ({"mode": "rw"}, "--mode: not an octal mode"),
+            ({"watch_timeout": 0.1}, "--watch-timeout: must be at least 0.5"),
+            ({"template": Path("/nonexistent.j2")}, "--template: /nonexistent.j2 is not a file"),
+        ],
+    )
+    def test_bad_options(self, kwargs: dict[str, object], message: str, tmp_path: Path) -> None:
+        """Each bad option is refused with a message naming it."""
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            make_options(dest=tmp_path / "out.conf", **kwargs)  # type: ignore[arg-type]
+
+    def test_bad_dest(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match=r"--dest: directory .* does not exist"):
+            make_options(dest=tmp_path / "missing" / "out.conf")
+
+    def test_signal_names(self, tmp_path: Path) -> None:
+        """HUP, SIGHUP and hup all mean SIGHUP."""
+        for name in ("HUP", "SIGHUP", "hup"):
+            options = make_options(
+                dest=tmp_path / "o", reload_signal=name, reload_container="nginx"
+            )
+            assert options.reload_signal == "HUP"
+
+
+# -- against a real etcd -------------------------------------------------------------------
+
+
+class Setup:
+    """A prefix of this test's own, a place for the output, and render processes."""
+
+    def __init__(self, etcd: EtcdServer, scope: str, tmp_path: Path) -> None:
+        self.etcd = etcd
+        self.prefix = f"/{scope}"
+        self.tmp = tmp_path
+        self.dest = tmp_path / "out.conf"
+        self.reloads = tmp_path / "reloads"
+        self.env_file = tmp_path / "environment"
+        self.env_file.touch()
+        self.processes: list[RenderProcess] = []
+
+    def template(self, text: str = "{% for v in values %}{{ v }}\n{% endfor %}") -> Path:
+        path = self.tmp / "list.j2"
+        path.write_text(text)
+        return path
+
+    def render(self, *extra: str, endpoint: str | None = None) -> RenderProcess:
+        args = [
+            "--etcd-endpoints",
+            endpoint or self.etcd.url,
+            "--prefix",
+            self.prefix,
+            "--environment-file",
+            str(self.env_file),
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--dest",
+            str(self.dest),
+            *extra,
+        ]
+        process = RenderProcess(args, self.tmp / f"render{len(self.processes)}.log")
+        self.processes.append(process)
+        return process
+
+    def reload_count(self) -> int:
+        return len(self.reloads.read_text().splitlines()) if self.reloads.exists() else 0
+
+    def lines(self) -> list[str]:
+        return self.dest.read_text().splitlines() if self.dest.exists() else []
+
+    def wait_lines(self, expected: list[str], timeout: float = 5.0) -> None:
+        wait_for(
+            lambda: self.lines() == expected, timeout=timeout, message=f"{self.dest} = {expected}"
+        )
+
+
+@pytest.fixture(name="setup")
+def _setup(live_etcd: EtcdServer, scope: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = Setup(live_etcd, scope, tmp_path)
+    yield s
+    for process in s.processes:
+        process.stop()
+
+
+class TestOnce:
+    """--once reads the prefix, installs the file if it changed, reloads, exits."""
+
+    def test_renders_then_unchanged(self, setup: Setup) -> None:
+        """First run writes and reloads; a second with the same keys touches nothing."""
+        setup.etcd.put(f"{setup.prefix}/apache-8002", "10.0.0.2:8002")
+        setup.etcd.put(f"{setup.prefix}/apache-8001", "10.0.0.1:8001")
+        reload = f"echo reloaded >> {setup.reloads}"
+        template = str(setup.template())
+        assert setup.render("--template", template, "--reload-cmd", reload).run_once() == 0
+        assert setup.lines() == ["10.0.0.1:8001", "10.0.0.2:8002"]
+        assert setup.reload_count() == 1
+        assert setup.dest.stat().st_mode & 0o777 == 0o644
+        inode = setup.dest.stat().st_ino
+        assert setup.render("--template", template, "--reload-cmd", reload).run_once() == 0
+        assert (setup.reload_count(), setup.dest.stat().st_ino) == (1, inode)
+
+    def test_failed_check_never_goes_live(self, setup: Setup) -> None:
+        """A file the check refuses is not installed, nothing is reloaded, exit 1."""
+        setup.dest.write_text("old\n")
+        setup.etcd.put(f"{setup.prefix}/a", "bad")
+        process = setup.render(
+            "--template",
+            str(setup.template()),
+            "--check-cmd",
+            "! grep -q bad {src}",
+            "--reload-cmd",
+            f"echo reloaded >> {setup.reloads}",
+        )
+        assert process.run_once() == 1
+        assert setup.dest.read_text() == "old\n"
+        assert setup.reload_count() == 0
+        [failed] = process.events("check failed; the new file is not installed")
+        assert failed["level"] == "error"
+        assert "exit 1" in failed["output"]
+        assert [p.name for p in setup.tmp.iterdir() if p.name.startswith(".out.conf")] == []
+
+    def test_etcd_unreachable_exits_3(self, setup: Setup) -> None:
+        process = setup.render("--etcd-timeout", "0.5", endpoint="http://127.0.0.1:9")
+        assert process.run_once() == 3
+        assert "no etcd endpoint answered" in setup.processes[0].log_path.read_text()
+
+    def test_shipped_template_by_default(self, setup: Setup) -> None:
+        """Without --template the nginx template is used, with --set variables."""
+        setup.etcd.put(f"{setup.prefix}/apache-8001", "127.0.0.1:8001")
+        assert setup.render("--set", "listen=127.0.0.1:8081").run_once() == 0
+        text = setup.dest.read_text()
+        assert "server 127.0.0.1:8001;" in text
+        assert "listen 127.0.0.1:8081 default_server;" in text
+
+
+class TestWatch:
+    """The file follows every change under the prefix, and only those that change it."""
+
+    def test_follows_puts_and_deletes(self, setup: Setup) -> None:
+        """Each put and delete shows in the file within a second, with one reload each."""
+        process = setup.render(
+            "--template", str(setup.template()), "--reload-cmd", f"echo r >> {setup.reloads}"
+        ).start()
+        wait_for(lambda: setup.reload_count() == 1, message="first render")
+        assert setup.lines() == []
+        setup.etcd.put(f"{setup.prefix}/b", "2")
+        setup.wait_lines(["2"], timeout=1)
+        setup.etcd.put(f"{setup.prefix}/a", "1")
+        setup.wait_lines(["1", "2"], timeout=1)
+        setup.etcd.delete(f"{setup.prefix}/b")
+        setup.wait_lines(["1"], timeout=1)
+        wait_for(lambda: setup.reload_count() == 4, timeout=2)
+        # Changes that leave the output as it is reload nothing.
+        setup.etcd.put(f"{setup.prefix}/a", "1")
+        setup.etcd.put(f"{setup.prefix}/nested/x", "9")
+        setup.etcd.put(f"{setup.prefix}x/y", "9")
+        setup.etcd.put(f"{setup.prefix}/c", "3")
+        setup.wait_lines(["1", "3"], timeout=1)
+        wait_for(lambda: setup.reload_count() == 5, timeout=2)
+        time.sleep(0.3)
+        assert setup.reload_count() == 5
+        assert process.process is not None and process.process.poll() is None
+
+    def test_refused_file_keeps_the_old_one(self, setup: Setup) -> None:
+        """A change the check refuses leaves the live file; the next good change goes live."""
+        process = setup.render(
+            "--template", str(setup.template()), "--check-cmd", "! grep -q bad {src}"
+        ).start()
+        setup.etcd.put(f"{setup.prefix}/a", "good")
+        setup.wait_lines(["good"])
+        setup.etcd.put(f"{setup.prefix}/b", "bad")
+        process.wait_log("check failed; the new file is not installed")
+        assert setup.lines() == ["good"]
+        setup.etcd.delete(f"{setup.prefix}/b")
+        setup.etcd.put(f"{setup.prefix}/c", "fine")
+        setup.wait_lines(["fine", "good"])
+
+    def test_sigterm_exits_0(self, setup: Setup) -> None:
+        process = setup.render("--template", str(setup.template())).start()
+        process.wait_log("rendered")
+        started = time.monotonic()
+        assert process.stop() == 0
+        assert time.monotonic() - started < 3
+        process.wait_log("render stopped")
+
+
+class TestWatchFaults:
+    """The field notes' watch traps: a silent or dropped watch is resumed, nothing is lost."""
+
+    def test_silent_watch_is_resumed(self, setup: Setup) -> None:
+        """A watch whose connection goes silent (no FIN, no data) is replaced within
+        --watch-timeout, from the last revision, and the change made meanwhile shows."""
+        proxy = TcpProxy(int(setup.etcd.url.rsplit(":", 1)[1]))
+        try:
+            setup.render(
+                "--template", str(setup.template()), "--watch-timeout", "1", endpoint=proxy.url
+            ).start()
+            setup.etcd.put(f"{setup.prefix}/a", "1")
+            setup.wait_lines(["1"])
+            assert proxy.freeze() >= 1
+            frozen_at = time.monotonic()
+            setup.etcd.put(f"{setup.prefix}/b", "2")
+            setup.wait_lines(["1", "2"], timeout=5)
+            took = time.monotonic() - frozen_at
+            print(f"silent watch: change seen {took:.2f} s after the connection froze")
+            assert took < 3
+        finally:
+            proxy.close()
+
+    def test_dropped_watch_misses_nothing(self, setup: Setup) -> None:
+        """etcd out of reach while keys change: on return the watch resumes from the last
+        revision it saw and every change made meanwhile shows; no full re-read needed."""
+        proxy = TcpProxy(int(setup.etcd.url.rsplit(":", 1)[1]))
+        try:
+            process = setup.render(
+                "--template", str(setup.template()), "--watch-timeout", "1", endpoint=proxy.url
+            ).start()
+            setup.etcd.put(f"{setup.prefix}/a", "1")
+            setup.wait_lines(["1"])
+            proxy.refusing = True
+            proxy.cut()
+            process.wait_log("etcd unavailable; retrying with backoff")
+            setup.etcd.put(f"{setup.prefix}/b", "2")
+            setup.etcd.put(f"{setup.prefix}/c", "3")
+            setup.etcd.delete(f"{setup.prefix}/a")
+            time.sleep(0.5)
+            assert setup.lines() == ["1"]
+            proxy.refusing = False
+            setup.wait_lines(["2", "3"], timeout=8)
+            process.wait_log("etcd is back")
+            assert process.events("watch cannot resume; reading the prefix again") == []
+        finally:
+            proxy.close()
+
+    def test_compacted_revision_reads_again(self, setup: Setup) -> None:
+        """If etcd compacted past our revision while we were away, the prefix is read again."""
+        proxy = TcpProxy(int(setup.etcd.url.rsplit(":", 1)[1]))
+        try:
+            process = setup.render(
+                "--template", str(setup.template()), "--watch-timeout", "1", endpoint=proxy.url
+            ).start()
+            setup.etcd.put(f"{setup.prefix}/a", "1")
+            setup.wait_lines(["1"])
+            proxy.refusing = True
+            proxy.cut()
+            process.wait_log("etcd unavailable; retrying with backoff")
+            setup.etcd.put(f"{setup.prefix}/a", "2")
+            setup.etcd.put(f"{setup.prefix}/b", "3")
+            revision = int(setup.etcd.post("kv/range", {"key": "AA=="})["header"]["revision"])
+            setup.etcd.post("kv/compaction", {"revision": str(revision)})
+            proxy.refusing = False
+            setup.wait_lines(["2", "3"], timeout=8)
+            [reset] = process.events("watch cannot resume; reading the prefix again")
+            assert "compacted" in reset["reason"]
+        finally:
+            proxy.close()
+
+    def test_etcd_restart(self, setup: Setup) -> None:
+        """etcd stopped and started again: the watch comes back and follows."""
+        process = setup.render("--template", str(setup.template()), "--watch-timeout", "1").start()
+        setup.etcd.put(f"{setup.prefix}/a", "1")
+        setup.wait_lines(["1"])
+        setup.etcd.stop()
+        process.wait_log("etcd unavailable; retrying with backoff")
+        setup.etcd.start()
+        setup.etcd.put(f"{setup.prefix}/b", "2")
+        setup.wait_lines(["1", "2"], timeout=10)
+        process.wait_log("etcd is back")
+
+
+class TestReloadSignal:
+    """--reload-signal HUP --reload-container NAME: the seed's `docker kill -s HUP`."""
+
+    def test_hup_through_docker(self, setup: Setup, containers: Containers, scope: str) -> None:
+        name = f"{scope}-nginx"
+        script = "trap 'echo got-hup' HUP; echo ready; while true; do sleep 0.1; done"
+        containers.run(command=["sh", "-c", script], enable=None, name=name)
+        container = containers.client.containers.get(name)
+        wait_for(lambda: b"ready" in container.logs(), message="container ready")
+        setup.render(
+            "--template",
+            str(setup.template()),
+            "--reload-signal",
+            "HUP",
+            "--reload-container",
+            name,
+        ).start()
+        wait_for(lambda: container.logs().count(b"got-hup") == 1, message="first HUP")
+        setup.etcd.put(f"{setup.prefix}/a", "1")
+        wait_for(lambda: container.logs().count(b"got-hup") == 2, message="second HUP")
+        assert container.status != "exited"
+
+    def test_missing_container_is_logged(self, setup: Setup, scope: str) -> None:
+        """A reload that fails is logged and the renderer carries on."""
+        process = setup.render(
+            "--template",
+            str(setup.template()),
+            "--reload-signal",
+            "HUP",
+            "--reload-container",
+            f"{scope}-missing",
+        ).start()
+        [failed] = process.wait_log("reload failed")
+        assert "reload signal failed" in failed["error"]
+        setup.etcd.put(f"{setup.prefix}/a", "1")
+        setup.wait_lines(["1"])
+        assert process.process is not None and process.process.poll() is None
+
+
+def test_nginx_binary_present() -> None:
+    """The end-to-end tests need Debian's nginx; scripts/test installs nginx-light."""
+    assert Path(nginx_binary()).exists()
