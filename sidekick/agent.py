@@ -19,6 +19,7 @@ import tenacity
 
 from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
+from sidekick.leasefile import LeaseFile
 from sidekick.metrics import Metrics
 from sidekick.model import (
     Announcement,
@@ -66,12 +67,14 @@ class Agent:
         retry_wait: tenacity.wait.wait_base | None = None,
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
+        lease_file: LeaseFile | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.docker = docker
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier({})
+        self.lease_file = lease_file or LeaseFile(None)
         self.docker_connected = False  # the events stream is open
         self.etcd_ok = False  # the last etcd request succeeded
         self.last_keepalive = 0.0  # monotonic time of the last renewal (or grant)
@@ -157,6 +160,7 @@ class Agent:
             return
         try:
             self.store.revoke(self.lease)
+            self.lease_file.remove()
             self.log.info("lease revoked; keys removed", lease=self.lease, keys=len(self.held))
         except EtcdError as exc:
             self.log.warning(
@@ -369,11 +373,7 @@ class Agent:
             self.log.warning("lease expired; granting a new one", lease=self.lease)
             self.lease = 0
         if not self.lease:
-            self.lease = self.store.grant(self.config.ttl)
-            self.last_keepalive = time.monotonic()
-            self.etcd_ok = True
-            self.held.clear()
-            self.log.info("lease granted", lease=self.lease, ttl=self.config.ttl)
+            self._take_lease()
         self.next_keepalive = time.monotonic() + self.config.keepalive_interval
         containers = self.docker.running_containers()
         seen = set()
@@ -406,6 +406,25 @@ class Agent:
         if not self.reconciled.is_set():
             self.reconciled.set()
             self.notifier.notify("READY=1", f"STATUS={self.status()}")
+
+    def _take_lease(self) -> None:
+        """Resume the lease a previous run left alive (kill -9, --keep-on-exit), else grant one."""
+        self.held.clear()
+        previous = self.lease_file.read()
+        if previous and self.store.time_to_live(previous) > 0:
+            self.lease = previous
+            self._renew()
+            self.log.info("lease resumed", lease=self.lease, ttl=self.config.ttl)
+            return
+        self.lease = self.store.grant(self.config.ttl)
+        self.last_keepalive = time.monotonic()
+        self.etcd_ok = True
+        self.log.info("lease granted", lease=self.lease, ttl=self.config.ttl)
+        problem = self.lease_file.write(self.lease)
+        if problem is not None:
+            self.log.warning(
+                "cannot keep the lease id; a restart starts a new lease", error=problem
+            )
 
     def _drain_queue(self) -> None:
         """Drop queued events: the snapshot about to be taken supersedes them."""

@@ -18,6 +18,7 @@ from sidekick import __version__, logs
 from sidekick.agent import Agent
 from sidekick.config import Config, ConfigError, load_config, parse_address, require_host_ip
 from sidekick.docker_source import DockerSource
+from sidekick.leasefile import DEFAULT_LEASE_FILE, LeaseFile
 from sidekick.metrics import MetricsServer
 from sidekick.store import DryRunStore, Store
 from sidekick.systemd import Notifier
@@ -175,6 +176,15 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print every write and delete; make none.")
     ] = False,
+    lease_file: Annotated[
+        Path,
+        typer.Option(
+            "--lease-file",
+            envvar="SIDEKICK_LEASE_FILE",
+            help="Where the lease id is kept, so a restarted agent resumes its lease. "
+            "One file per agent; '' disables.",
+        ),
+    ] = DEFAULT_LEASE_FILE,
 ) -> None:
     """Run the agent: follow Docker events and keep etcd right until SIGTERM."""
     try:
@@ -187,7 +197,13 @@ def run(
         if dry_run
         else make_store(config)
     )
-    agent = Agent(config, store, make_docker(config), notifier=Notifier())
+    agent = Agent(
+        config,
+        store,
+        make_docker(config),
+        notifier=Notifier(),
+        lease_file=LeaseFile(None if dry_run or str(lease_file) in {"", "."} else lease_file),
+    )
     server = None
     if address is not None:
         try:
@@ -219,6 +235,161 @@ def make_docker(config: Config) -> DockerSource:
         label_filters=config.label_filters(),
         opted_in_only=not config.all_containers,
     )
+
+
+# -- operator commands: register, deregister, ls (status), doctor ---------------------------
+# The logic lives in sidekick.oneshot, sidekick.status and sidekick.doctor; these functions
+# only parse options and turn results into exit codes.
+
+ContainerNames = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="CONTAINER",
+        help="Container names or ids. (default: every opted-in container on this node)",
+        show_default=False,
+    ),
+]
+ServiceOption = Annotated[
+    str | None,
+    typer.Option("--service", help="A backend that is not a container: its service name."),
+]
+PortOption = Annotated[
+    int | None, typer.Option("--port", help="With --service: the port it listens on.")
+]
+IpOption = Annotated[
+    str | None,
+    typer.Option("--ip", help="With --service: its address. (default: the host IP)"),
+]
+
+
+def _explicit_ttl(ctx: typer.Context) -> int | None:
+    """--ttl exactly as typed on this command line: SIDEKICK_TTL is the agent's, not register's."""
+    value = ctx.params.get("ttl")
+    return None if value is None else int(value)
+
+
+@app.command("register")
+@with_config
+def register_command(
+    config: Config,
+    ctx: typer.Context,
+    *,
+    containers: ContainerNames = None,
+    service: ServiceOption = None,
+    port: PortOption = None,
+    ip: IpOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print every write it would make; make none.")
+    ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            help="Seconds to wait for named containers to exist, run and be healthy.",
+        ),
+    ] = 10.0,
+) -> None:
+    """Announce containers (or --service/--port) once, as plain keys; with --ttl N, on a lease.
+
+    For unit files: ExecStartPost=/usr/bin/sidekick register apache-%i
+
+    Never overwrites a key that holds another value; a key with the same value is left as it is.
+
+    Exit codes: 0 registered or already announced, 1 nothing registered or a key refused,
+    2 bad usage, 3 etcd unreachable.
+    """
+    from sidekick import oneshot  # noqa: PLC0415
+
+    if wait < 0:
+        fail(f"--wait: must be at least 0, got {wait:g}")
+    code = oneshot.register(
+        oneshot.Target(tuple(containers or ()), service, port, ip),
+        config,
+        make_store(config),
+        lambda: make_docker(config),
+        oneshot.Report(sys.stdout, sys.stderr),
+        lease_ttl=_explicit_ttl(ctx),
+        dry_run=dry_run,
+        wait=wait,
+    )
+    raise typer.Exit(code)
+
+
+@app.command("deregister")
+@with_config
+def deregister_command(
+    config: Config,
+    *,
+    containers: ContainerNames = None,
+    service: ServiceOption = None,
+    port: PortOption = None,
+    ip: IpOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print every delete it would make; make none.")
+    ] = False,
+) -> None:
+    """Withdraw containers (or --service/--port) once: the inverse of register, for ExecStop=.
+
+    Deletes a key only while it holds this node's announcement; any other value is refused.
+
+    Exit codes: 0 deleted or not there, 1 nothing to deregister or a key refused,
+    2 bad usage, 3 etcd unreachable.
+    """
+    from sidekick import oneshot  # noqa: PLC0415
+
+    code = oneshot.deregister(
+        oneshot.Target(tuple(containers or ()), service, port, ip),
+        config,
+        make_store(config),
+        lambda: make_docker(config),
+        oneshot.Report(sys.stdout, sys.stderr),
+        dry_run=dry_run,
+    )
+    raise typer.Exit(code)
+
+
+@with_config
+def ls_command(
+    config: Config,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document, for scripts.")
+    ] = False,
+) -> None:
+    """List every key under the prefix: value, owner (lease and node, or plain), TTL, container."""
+    from sidekick import oneshot, status  # noqa: PLC0415
+    from sidekick.store import EtcdError  # noqa: PLC0415
+
+    report = oneshot.Report(sys.stdout, sys.stderr)
+    try:
+        rows = status.collect(config, make_store(config), make_docker(config), report.warning)
+    except EtcdError as exc:
+        fail(oneshot.etcd_message(exc), EXIT_ETCD)
+    if as_json:
+        print(status.render_json(rows, config))
+    elif rows:
+        print(status.render_table(rows, color=status.use_color(sys.stdout)))
+    else:
+        print(f"sidekick: no keys under {config.prefix}/", file=sys.stderr)
+
+
+app.command("ls")(ls_command)
+app.command("status", help="Alias of ls.")(ls_command)
+
+
+@app.command("doctor")
+@with_config
+def doctor_command(config: Config) -> None:
+    """Check what the agent needs, one line each: exit 0 when all hold, 1 otherwise."""
+    from sidekick import doctor, status  # noqa: PLC0415
+
+    color, unicode = status.use_color(sys.stdout), doctor.can_encode(sys.stdout)
+    checks = []
+    for check in doctor.run_checks(
+        config, make_docker(config), lambda endpoints: Store(endpoints, config.etcd_timeout)
+    ):
+        checks.append(check)
+        print(doctor.render(check, color=color, unicode=unicode), flush=True)
+    raise typer.Exit(doctor.exit_code(checks))
 
 
 def main() -> None:

@@ -313,11 +313,11 @@ def merge(announcements: Iterable[Iterable[Registration]]) -> Desired:
 def plan(desired: Mapping[str, str], actual: Mapping[str, KeyState], lease: int) -> Plan:
     """The fewest writes that make etcd hold `desired` on `lease`.
 
-    A key that already holds the wanted value is the same backend (announced by an earlier
-    run of this agent, or by `sidekick register`): it is adopted onto our lease without a
-    change of value. A key with another value that we do not hold is a clash and is left
-    alone. Keys on our lease that are no longer wanted are deleted. Every operation names the
-    mod_revision it expects, so a concurrent change makes the write fail instead of clobber.
+    A plain key (no lease) that already holds the wanted value is adopted onto our lease
+    without a change of value. A key on another lease is never written: with the wanted value
+    it is announced already (its owner keeps it), with another value it is a clash. Keys on
+    our lease that are no longer wanted are deleted. Every operation names the mod_revision
+    it expects, so a concurrent change makes the write fail instead of clobber.
     """
     puts, deletes, clashes = [], [], []
     for key, value in sorted(desired.items()):
@@ -325,8 +325,9 @@ def plan(desired: Mapping[str, str], actual: Mapping[str, KeyState], lease: int)
         if state is None:
             puts.append(Put(key, value, 0))
         elif state.value == value:
-            if state.lease != lease:  # the same backend announced before: adopt it
+            if state.lease == 0:  # a plain key (etcdctl, `sidekick register`): adopt it
                 puts.append(Put(key, value, state.mod_revision))
+            # on another live lease it is announced already, by its owner: leave it to them
         elif state.lease == lease:
             puts.append(Put(key, value, state.mod_revision))
         else:

@@ -395,6 +395,7 @@ def _agent_factory(
         resync: float = 60,
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
+        lease_file: str | None = None,  # default: one per agent; name one to share it
     ) -> AgentProcess:
         args = [
             "--etcd-endpoints",
@@ -411,6 +412,8 @@ def _agent_factory(
             "json",
             "--environment-file",
             str(tmp_path / "environment"),
+            "--lease-file",
+            str(tmp_path / (lease_file or f"lease{len(agents)}")),
             *extra,
         ]
         if host_ip is not None:

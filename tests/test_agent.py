@@ -259,19 +259,23 @@ class TestLease:
         wait_for(lambda: etcd.keys(f"/{scope}/") == {}, timeout=6, message="expiry")
         assert time.monotonic() - killed <= 3 + 1.0
 
-    def test_restarted_agent_takes_over_at_once(self, agent_factory, containers, etcd, scope):
-        """After kill -9 a new agent adopts its predecessor's keys instead of waiting for expiry."""
+    def test_restarted_agent_resumes_its_lease(self, agent_factory, containers, etcd, scope):
+        """After kill -9 the restarted agent resumes the lease: its keys are never rewritten."""
         agent = agent_factory(ttl=30)
         port = free_port()
         containers.run(ports=published(port), labels={"sidekick.service": "t"})
         key = f"/{scope}/t-{port}"
         wait_for(lambda: key in etcd.keys(f"/{scope}/"))
-        old_lease = etcd.entries(f"/{scope}/")[key][1]
+        before = etcd.entries(f"/{scope}/")[key]
         agent.signal(signal.SIGKILL)
         agent.wait()
-        agent_factory(ttl=30)
-        value, lease, _ = etcd.entries(f"/{scope}/")[key]
-        assert (value, lease != old_lease) == (f"127.0.0.1:{port}", True)
+        restarted = agent_factory(ttl=30, lease_file="lease0")
+        assert restarted.events("lease resumed")[0]["lease"] == before[1]
+        assert etcd.entries(f"/{scope}/")[key] == before  # same value, lease and revision
+        container_port = free_port()
+        containers.run(ports=published(container_port), labels={"sidekick.service": "t"})
+        wait_for(lambda: f"/{scope}/t-{container_port}" in etcd.keys(f"/{scope}/"))
+        assert etcd.entries(f"/{scope}/")[f"/{scope}/t-{container_port}"][1] == before[1]
 
     def test_lost_lease_is_replaced(self, agent_factory, containers, etcd, scope):
         """A lease revoked behind the agent's back: a new one is granted, every key rewritten."""

@@ -646,12 +646,16 @@ class TestPlan:
         result = plan({KEY: VALUE}, {KEY: KeyState(VALUE2, LEASE, 40)}, LEASE)
         assert result == Plan(puts=(Put(KEY, VALUE, 40),))
 
-    @pytest.mark.parametrize("lease", [OTHER, 0], ids=["other-lease", "no-lease"])
-    def test_same_value_elsewhere_is_adopted(self, lease: int) -> None:
-        """A key with the wanted value on another lease or none is adopted onto ours."""
-        result = plan({KEY: VALUE}, {KEY: KeyState(VALUE, lease, 41)}, LEASE)
+    def test_same_value_plain_is_adopted(self) -> None:
+        """A plain key with the wanted value is adopted onto our lease."""
+        result = plan({KEY: VALUE}, {KEY: KeyState(VALUE, 0, 41)}, LEASE)
         assert result == Plan(puts=(Put(KEY, VALUE, 41),))
         assert result
+
+    def test_same_value_on_another_lease_is_left_to_its_owner(self) -> None:
+        """A key with the wanted value on another lease is neither written nor a clash."""
+        result = plan({KEY: VALUE}, {KEY: KeyState(VALUE, OTHER, 41)}, LEASE)
+        assert result == Plan()
 
     @pytest.mark.parametrize("lease", [OTHER, 0], ids=["other-lease", "no-lease"])
     def test_other_value_elsewhere_is_a_clash(self, lease: int) -> None:

@@ -618,7 +618,7 @@ class TestPlanProperties:
             assert put.expect_mod_revision == (0 if held is None else held.mod_revision)
             assert put.value == desired[put.key]
             if held is not None:
-                assert held.lease == LEASE or held.value == put.value
+                assert held.lease == LEASE or (held.lease == 0 and held.value == put.value)
                 assert held != KeyState(put.value, LEASE, held.mod_revision)  # no idle write
         for delete in result.deletes:
             assert actual[delete.key].lease == LEASE
@@ -640,15 +640,20 @@ class TestPlanProperties:
             after[put.key] = (put.value, LEASE)
         for delete in result.deletes:
             del after[delete.key]
+        left_to_owner = {
+            key
+            for key, value in desired.items()
+            if key in actual and actual[key].lease not in {0, LEASE} and actual[key].value == value
+        }
         for key, value in desired.items():
-            if key in clashed:
+            if key in clashed or key in left_to_owner:
                 assert after[key] == (actual[key].value, actual[key].lease)
             else:
                 assert after[key] == (value, LEASE)
         ours = {key for key, (_, lease) in after.items() if lease == LEASE}
-        assert ours == set(desired) - clashed
+        assert ours == set(desired) - clashed - left_to_owner
         for key, state in actual.items():
-            if state.lease != LEASE and state.value != desired.get(key):
+            if state.lease not in {0, LEASE}:  # another lease's key is never written
                 assert after[key] == (state.value, state.lease)
         assert bool(result) == bool(result.puts or result.deletes)
 
