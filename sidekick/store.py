@@ -170,6 +170,28 @@ class Store:
         except (requests.RequestException, ValueError) as exc:
             raise EtcdUnavailable(f"etcd at {self.endpoint.url}: {exc}") from exc
 
+    def health(self) -> dict[str, Any]:
+        """GET /health of the endpoint in use: {"health": "true"} while it has quorum.
+
+        etcd answers 503 with {"health": "false", "reason": ...} when it has none, so the
+        document is returned whatever the status code.
+        """
+        client = self._clients[self._current]
+        try:
+            answer = client.session.get(client.base_url + "/health", timeout=self.timeout)
+            return dict(answer.json())
+        except (requests.RequestException, ValueError) as exc:
+            raise EtcdUnavailable(f"etcd at {self.endpoint.url}: {exc}") from exc
+
+    @property
+    def api_path(self) -> str:
+        """The v3 API path requests go to (the grpc-gateway's, e.g. /v3/)."""
+        return str(self._clients[self._current].api_path)
+
+    def status(self) -> dict[str, Any]:
+        """The maintenance status (version, leader, raft term) through the v3 API path."""
+        return self._post("/maintenance/status", {})
+
 
 def _detail(exc: BaseException | None) -> str:
     if exc is None:
