@@ -105,6 +105,24 @@ SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
         "auto, console or json. (default: auto: console on a terminal)",
     ),
     ("log_level", "--log-level", str, "debug, info, warning or error. (default: info)"),
+    ("etcd_ca", "--etcd-ca", Path, "CA file that etcd's server certificate must chain to."),
+    ("etcd_cert", "--etcd-cert", Path, "Client certificate for etcd (with --etcd-key)."),
+    ("etcd_key", "--etcd-key", Path, "Client key for etcd (with --etcd-cert)."),
+    (
+        "etcd_user",
+        "--etcd-user",
+        str,
+        "etcd user; the password comes from a file or the environment.",
+    ),
+    (
+        "etcd_password_file",
+        "--etcd-password-file",
+        Path,
+        "File holding the etcd password (or set SIDEKICK_ETCD_PASSWORD; never a flag value).",
+    ),
+    ("docker_tls_ca", "--docker-tls-ca", Path, "CA for a Docker engine on tcp:// with TLS."),
+    ("docker_tls_cert", "--docker-tls-cert", Path, "Client certificate for the Docker engine."),
+    ("docker_tls_key", "--docker-tls-key", Path, "Client key for the Docker engine."),
 ]
 
 
@@ -193,7 +211,7 @@ def run(
     except ConfigError as exc:
         fail(str(exc))
     store = (
-        DryRunStore(config.etcd_endpoints, config.etcd_timeout, sys.stdout)
+        DryRunStore(config.etcd_endpoints, config.etcd_timeout, sys.stdout, config.etcd_security)
         if dry_run
         else make_store(config)
     )
@@ -225,7 +243,7 @@ def run(
 
 
 def make_store(config: Config) -> Store:
-    return Store(config.etcd_endpoints, config.etcd_timeout)
+    return Store(config.etcd_endpoints, config.etcd_timeout, config.etcd_security)
 
 
 def make_docker(config: Config) -> DockerSource:
@@ -234,6 +252,7 @@ def make_docker(config: Config) -> DockerSource:
         timeout=DOCKER_TIMEOUT,
         label_filters=config.label_filters(),
         opted_in_only=not config.all_containers,
+        tls=config.docker_tls,
     )
 
 

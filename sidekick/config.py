@@ -54,6 +54,26 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class EtcdSecurity:
+    """TLS files and credentials for etcd. The password never appears in a repr or a log."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class DockerTLS:
+    """Client TLS for a Docker engine on tcp://."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the commands need, validated."""
 
@@ -75,6 +95,8 @@ class Config:
     node: str = field(default_factory=socket.gethostname)
     log_format: str = "auto"
     log_level: str = "info"
+    etcd_security: EtcdSecurity = EtcdSecurity()
+    docker_tls: DockerTLS | None = None
 
     def label_filters(self) -> list[str]:
         """The `--filter label=...` values in Docker's filter syntax."""
@@ -100,6 +122,14 @@ OPTIONS: dict[str, str] = {
     "node": "--node",
     "log_format": "--log-format",
     "log_level": "--log-level",
+    "etcd_ca": "--etcd-ca",
+    "etcd_cert": "--etcd-cert",
+    "etcd_key": "--etcd-key",
+    "etcd_user": "--etcd-user",
+    "etcd_password_file": "--etcd-password-file",
+    "docker_tls_ca": "--docker-tls-ca",
+    "docker_tls_cert": "--docker-tls-cert",
+    "docker_tls_key": "--docker-tls-key",
 }
 
 
@@ -236,7 +266,73 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
     host_ip = _find_host_ip(src, environ, file_values)
     if host_ip is not None:
         values["host_ip"], values["host_ip_source"] = host_ip
+    values["etcd_security"] = _etcd_security(src, environ, file_values)
+    values["docker_tls"] = _docker_tls(src, environ, values.get("docker_url"))
     return Config(**values)
+
+
+def _readable(src: _Sources, name: str) -> Path | None:
+    found = src.get(name)
+    if found is None:
+        return None
+    path = Path(str(found[0]))
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(f"{found[1]}: cannot read {path}")
+    return path
+
+
+def _cert_pair(src: _Sources, cert: str, key: str) -> tuple[Path | None, Path | None]:
+    pair = (_readable(src, cert), _readable(src, key))
+    if (pair[0] is None) != (pair[1] is None):
+        raise ConfigError(f"{OPTIONS[cert]}: needs {OPTIONS[key]} too (and the other way round)")
+    return pair
+
+
+def _etcd_security(
+    src: _Sources, environ: Mapping[str, str], file_values: Mapping[str, str]
+) -> EtcdSecurity:
+    cert, key = _cert_pair(src, "etcd_cert", "etcd_key")
+    user = src.get("etcd_user")
+    password_file = _readable(src, "etcd_password_file")
+    password = None
+    if password_file is not None:
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    elif environ.get("SIDEKICK_ETCD_PASSWORD") or file_values.get("SIDEKICK_ETCD_PASSWORD"):
+        password = environ.get("SIDEKICK_ETCD_PASSWORD") or file_values["SIDEKICK_ETCD_PASSWORD"]
+    if user is not None and not password:
+        raise ConfigError(
+            f"{user[1]}: needs a password from --etcd-password-file or SIDEKICK_ETCD_PASSWORD"
+        )
+    if user is None and password:
+        raise ConfigError("--etcd-user: a password is set but no user")
+    return EtcdSecurity(
+        ca=_readable(src, "etcd_ca"),
+        cert=cert,
+        key=key,
+        user=None if user is None else str(user[0]),
+        password=password,
+    )
+
+
+def _docker_tls(
+    src: _Sources, environ: Mapping[str, str], docker_url: str | None
+) -> DockerTLS | None:
+    """--docker-tls-*; else DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem) with DOCKER_TLS_VERIFY."""
+    cert, key = _cert_pair(src, "docker_tls_cert", "docker_tls_key")
+    ca = _readable(src, "docker_tls_ca")
+    if ca is None and cert is None and environ.get("DOCKER_CERT_PATH"):
+        base = Path(environ["DOCKER_CERT_PATH"])
+        if environ.get("DOCKER_TLS_VERIFY", "") not in {"", "0"}:
+            ca = base / "ca.pem"
+        cert, key = base / "cert.pem", base / "key.pem"
+        for path in (p for p in (ca, cert, key) if p is not None):
+            if not path.is_file():
+                raise ConfigError(f"DOCKER_CERT_PATH: {path} does not exist")
+    if ca is None and cert is None:
+        return None
+    if docker_url is None or not docker_url.startswith(("tcp://", "https://")):
+        raise ConfigError("--docker-tls-ca: TLS needs --docker-url tcp://HOST:PORT")
+    return DockerTLS(ca=ca, cert=cert, key=key)
 
 
 def require_host_ip(config: Config) -> str:

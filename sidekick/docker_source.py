@@ -9,8 +9,10 @@ from typing import Any, NamedTuple
 
 import docker
 import docker.errors
+import docker.tls
 import requests
 
+from sidekick.config import DockerTLS
 from sidekick.model import LABEL_ENABLE, Container, container_from_inspect
 
 # The container events that can change what a container announces.
@@ -25,6 +27,9 @@ EVENT_ACTIONS = (
     "destroy",
     "pause",
 )
+
+
+MIN_API_VERSION = "1.24"  # for the first request; the engine's own version is used after
 
 
 class DockerUnavailable(Exception):
@@ -69,8 +74,10 @@ class DockerSource:
         timeout: float,
         label_filters: list[str],
         opted_in_only: bool,
+        tls: DockerTLS | None = None,
     ) -> None:
         self.url = url
+        self.tls = tls
         self.timeout = timeout
         self.label_filters = list(label_filters)
         if opted_in_only:
@@ -83,14 +90,31 @@ class DockerSource:
         with self._lock:
             if self._api is None:
                 try:
-                    self._api = docker.APIClient(
-                        base_url=self.url, version="auto", timeout=self.timeout
+                    api = docker.APIClient(
+                        base_url=self.url,
+                        version=MIN_API_VERSION,
+                        timeout=self.timeout,
+                        tls=self._tls(),
                     )
+                    # REQUESTS_CA_BUNDLE in the environment must not replace our CA
+                    api.trust_env = False
+                    api._version = str(api.version(api_version=False)["ApiVersion"])
+                    self._api = api
                 except (docker.errors.DockerException, requests.RequestException) as exc:
                     raise DockerUnavailable(
                         f"Docker at {self.url or 'the local socket'}: {exc}"
                     ) from exc
             return self._api
+
+    def _tls(self) -> docker.tls.TLSConfig | bool:
+        if self.tls is None:
+            return False
+        pair = (str(self.tls.cert), str(self.tls.key)) if self.tls.cert and self.tls.key else None
+        return docker.tls.TLSConfig(
+            client_cert=pair,
+            ca_cert=str(self.tls.ca) if self.tls.ca else None,
+            verify=str(self.tls.ca) if self.tls.ca else True,
+        )
 
     def _drop_client(self) -> None:
         with self._lock:

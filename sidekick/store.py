@@ -18,7 +18,7 @@ import requests
 from etcd3gw import exceptions as etcd_exceptions
 from etcd3gw.client import Etcd3Client
 
-from sidekick.config import Endpoint
+from sidekick.config import Endpoint, EtcdSecurity
 from sidekick.model import Delete, KeyState, Put
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -30,6 +30,13 @@ class EtcdError(Exception):
 
 class EtcdUnavailable(EtcdError):
     """No endpoint answered in time."""
+
+
+class EtcdPermissionDenied(EtcdError):
+    """etcd refused the user (bad credentials, or a key outside its role)."""
+
+
+_TOKEN_ERRORS = ("invalid auth token", "auth token is expired", "user name is empty")
 
 
 def _b64(text: str) -> str:
@@ -50,15 +57,25 @@ def prefix_range_end(prefix: str) -> str:
 class Store:
     """etcd v3 through the grpc-gateway, with failover across endpoints."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], timeout: float) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        timeout: float,
+        security: EtcdSecurity | None = None,
+    ) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
+        self.security = security or EtcdSecurity()
         self._clients = [self._client(e) for e in self.endpoints]
         self._current = 0
 
     def _client(self, endpoint: Endpoint) -> Etcd3Client:
         session = requests.Session()
-        session.trust_env = False
+        session.trust_env = False  # REQUESTS_CA_BUNDLE must not replace our CA
+        if self.security.ca is not None:
+            session.verify = str(self.security.ca)
+        if self.security.cert is not None and self.security.key is not None:
+            session.cert = (str(self.security.cert), str(self.security.key))
         return Etcd3Client(
             host=endpoint.host,
             port=endpoint.port,
@@ -78,7 +95,7 @@ class Store:
         for _ in self._clients:
             client = self._clients[self._current]
             try:
-                return dict(client.post(client.get_url(path), data=json.dumps(payload)))
+                return self._post_authenticated(client, path, payload)
             except (
                 etcd_exceptions.ConnectionFailedError,
                 etcd_exceptions.ConnectionTimeoutError,
@@ -91,6 +108,43 @@ class Store:
                 raise EtcdError(str(exc)) from exc
         names = ", ".join(e.url for e in self.endpoints)
         raise EtcdUnavailable(f"no etcd endpoint answered ({names}): {_detail(last)}") from last
+
+    def _post_authenticated(
+        self, client: Etcd3Client, path: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One request; with a user, log in first and again when etcd says the token is bad."""
+        if self.security.user and "Authorization" not in client.session.headers:
+            self._authenticate(client)
+        try:
+            return dict(client.post(client.get_url(path), data=json.dumps(payload)))
+        except etcd_exceptions.Etcd3Exception as exc:
+            detail = _detail(exc)
+            if self.security.user and any(e in detail for e in _TOKEN_ERRORS):
+                self._authenticate(client)
+                return dict(client.post(client.get_url(path), data=json.dumps(payload)))
+            if "permission denied" in detail:
+                raise EtcdPermissionDenied(
+                    f"etcd denied {path} to user {self.security.user or '(none)'}: {detail}"
+                ) from exc
+            raise
+
+    def _authenticate(self, client: Etcd3Client) -> None:
+        client.session.headers.pop("Authorization", None)
+        try:
+            answer = client.post(
+                client.get_url("/auth/authenticate"),
+                json={"name": self.security.user, "password": self.security.password},
+            )
+        except (etcd_exceptions.ConnectionFailedError, etcd_exceptions.ConnectionTimeoutError):
+            raise
+        except etcd_exceptions.Etcd3Exception as exc:
+            raise EtcdPermissionDenied(
+                f"etcd authentication failed for user {self.security.user}: {_detail(exc)}"
+            ) from exc
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if not token:
+            raise EtcdPermissionDenied(f"etcd authentication failed for user {self.security.user}")
+        client.session.headers["Authorization"] = str(token)
 
     # -- leases --------------------------------------------------------------------------
 
@@ -207,8 +261,14 @@ class DryRunStore(Store):
 
     DRY_RUN_LEASE = -1  # never equal to a real lease id, so nothing real is taken as ours
 
-    def __init__(self, endpoints: Sequence[Endpoint], timeout: float, out: TextIO) -> None:
-        super().__init__(endpoints, timeout)
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        timeout: float,
+        out: TextIO,
+        security: EtcdSecurity | None = None,
+    ) -> None:
+        super().__init__(endpoints, timeout, security)
         self.out = out
         self._revision = 0
 

@@ -113,6 +113,7 @@ class EtcdServer:
         self.url = f"http://127.0.0.1:{self.client_port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.with_suffix(".log")
+        self.extra_args: list[str] = []  # e.g. TLS or auth-token flags
 
     def start(self) -> None:
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -136,6 +137,7 @@ class EtcdServer:
                     f"test={peer}",
                     "--log-level",
                     "error",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -507,3 +509,34 @@ def _docker_proxy(
     proxy.start()
     yield proxy
     proxy.stop()
+
+
+# -- reliability: the chaos soak's option and a bridge network of the test's own -------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-seconds",
+        type=float,
+        default=None,
+        help="seconds of random operations in tests/test_chaos.py "
+        "(default: SIDEKICK_CHAOS_SECONDS, else 100)",
+    )
+
+
+@pytest.fixture(name="own_network")
+def _own_network(
+    docker_client: docker.DockerClient, containers: Containers, scope: str
+) -> Iterator[str]:
+    """A bridge network for this test's containers, so they never depend on docker0.
+
+    A second dockerd started with --bridge none deletes the shared docker0 interface; a
+    user-defined bridge survives that.
+    """
+    network = docker_client.networks.create(
+        f"sk-{scope}", driver="bridge", labels={TEST_LABEL: scope}
+    )
+    yield str(network.name)
+    containers.remove_all()  # before the network, which cannot go while containers use it
+    with contextlib.suppress(docker.errors.APIError):
+        network.remove()
