@@ -12,7 +12,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import structlog
 import tenacity
@@ -23,6 +22,7 @@ from sidekick.leasefile import LeaseFile
 from sidekick.metrics import Metrics
 from sidekick.model import (
     Announcement,
+    Clash,
     Delete,
     KeyState,
     Put,
@@ -257,6 +257,8 @@ class Agent:
     def _sync(self) -> None:
         """Write the difference between what is announced and what etcd holds."""
         desired = merge(self.announced.values())
+        current = {(dropped.key, dropped.container_id) for _, dropped in desired.duplicates}
+        self._duplicates &= current  # forget resolved ones: a new duplicate is news again
         for kept, dropped in desired.duplicates:
             if (dropped.key, dropped.container_id) not in self._duplicates:
                 self._duplicates.add((dropped.key, dropped.container_id))
@@ -316,7 +318,9 @@ class Agent:
         self.metrics.registrations.set(len(self.held))
         return all_done
 
-    def _report_clashes(self, clashes: Sequence[Any]) -> None:
+    def _report_clashes(self, clashes: Sequence[Clash]) -> None:
+        """Log each clash once while it lasts."""
+        self._clashes &= {(c.key, c.held_lease, c.held_value) for c in clashes}
         for clash in clashes:
             marker = (clash.key, clash.held_lease, clash.held_value)
             if marker in self._clashes:
