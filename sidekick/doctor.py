@@ -13,7 +13,7 @@ from typing import NamedTuple, TextIO
 from sidekick.config import Config, ConfigError, Endpoint, require_host_ip
 from sidekick.docker_source import DockerSource, DockerUnavailable
 from sidekick.model import Container, Delete, KeyState, Put
-from sidekick.oneshot import assess, holder
+from sidekick.oneshot import assess, brief, holder
 from sidekick.store import EtcdError, Store
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
@@ -104,7 +104,7 @@ def run_checks(
     )
     try:
         ip = require_host_ip(config)
-        yield Check(OK, f"host IP {ip} (from {config.host_ip_source})")
+        yield Check(OK, f"host IP {ip}, from {config.host_ip_source}")
     except ConfigError as exc:
         yield Check(FAIL, str(exc))
 
@@ -118,7 +118,7 @@ def run_checks(
         )
     except DockerUnavailable as exc:
         docker_up = False
-        yield Check(FAIL, f"Docker not reachable: {exc}")
+        yield Check(FAIL, f"Docker not reachable: {brief(exc)}")
 
     live: list[Endpoint] = []
     for endpoint in config.etcd_endpoints:
@@ -134,7 +134,7 @@ def run_checks(
         try:
             actual, _ = store.read_prefix(config.prefix + "/")
         except EtcdError as exc:
-            yield Check(FAIL, f"cannot read the keys under {config.prefix}/: {exc}")
+            yield Check(FAIL, f"cannot read the keys under {config.prefix}/: {brief(exc)}")
     else:
         yield Check(FAIL, "no etcd endpoint works: lease and write checks not run")
 
@@ -142,7 +142,7 @@ def run_checks(
         try:
             yield from container_checks(docker.running_containers(), config, actual)
         except DockerUnavailable as exc:
-            yield Check(FAIL, f"cannot list containers: {exc}")
+            yield Check(FAIL, f"cannot list containers: {brief(exc)}")
     else:
         yield Check(INFO, "containers not checked: Docker not reachable")
 
@@ -152,7 +152,7 @@ def _endpoint_checks(store: Store, endpoint: Endpoint) -> Iterator[Check]:
     try:
         version = store.version()
     except EtcdError as exc:
-        yield Check(FAIL, f"etcd not reachable at {endpoint.url}: {exc}")
+        yield Check(FAIL, f"etcd not reachable: {brief(exc)}")
         return
     yield Check(OK, f"etcd reachable at {endpoint.url}: version {version}")
     try:
@@ -163,7 +163,7 @@ def _endpoint_checks(store: Store, endpoint: Endpoint) -> Iterator[Check]:
             reason = health.get("reason") or "no quorum?"
             yield Check(FAIL, f"etcd at {endpoint.url} is not healthy (GET /health): {reason}")
     except EtcdError as exc:
-        yield Check(FAIL, f"etcd at {endpoint.url}: GET /health failed: {exc}")
+        yield Check(FAIL, f"etcd at {endpoint.url}: GET /health failed: {brief(exc)}")
     try:
         status = store.status()
         leader = int(status.get("leader", 0))
@@ -176,7 +176,7 @@ def _endpoint_checks(store: Store, endpoint: Endpoint) -> Iterator[Check]:
         yield Check(
             FAIL,
             f"etcd v3 API does not answer at {endpoint.url}{store.api_path} "
-            f"(etcd 3.4 or newer is needed): {exc}",
+            f"(etcd 3.4 or newer is needed): {brief(exc)}",
         )
 
 
@@ -189,7 +189,7 @@ def _write_checks(store: Store, config: Config) -> Iterator[Check]:
     try:
         lease = store.grant(config.ttl)
     except EtcdError as exc:
-        yield Check(FAIL, f"cannot grant a lease: {exc}")
+        yield Check(FAIL, f"cannot grant a lease: {brief(exc)}")
         return
     yield Check(OK, f"a lease can be granted (ttl {config.ttl} s, revoked after the next check)")
     key = f"{config.prefix}/{PROBE_DIR}/{config.node}-{secrets.token_hex(4)}"
@@ -204,8 +204,8 @@ def _write_checks(store: Store, config: Config) -> Iterator[Check]:
             else:
                 yield Check(FAIL, f"{key} changed before it could be deleted")
     except EtcdError as exc:
-        yield Check(FAIL, f"cannot write and delete {key}: {exc}")
+        yield Check(FAIL, f"cannot write and delete {key}: {brief(exc)}")
     try:
         store.revoke(lease)
     except EtcdError as exc:
-        yield Check(FAIL, f"lease {lease:x} was granted but cannot be revoked: {exc}")
+        yield Check(FAIL, f"lease {lease:x} was granted but cannot be revoked: {brief(exc)}")

@@ -260,6 +260,31 @@ def plan_deregister(wanted: Mapping[str, str], actual: Mapping[str, KeyState]) -
     return DeregisterPlan(tuple(deletes), tuple(absent), tuple(refused))
 
 
+# Markers of the usual connection failures in requests' and docker-py's long messages.
+_CAUSES = (
+    ("Connection refused", "connection refused"),
+    ("timed out", "timed out"),
+    ("Name or service not known", "unknown host"),
+    ("Temporary failure in name resolution", "unknown host"),
+    ("No such file or directory", "no such socket"),
+    ("Permission denied", "permission denied"),
+    ("Connection reset", "connection reset"),
+    ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted"),
+)
+
+
+def brief(exc: BaseException) -> str:
+    """An error on one readable line: "etcd at URL: connection refused", not a urllib3 dump."""
+    text = " ".join(str(exc).split())
+    head, sep, rest = text.partition(": ")  # URLs hold "://", never ": "
+    for marker, cause in _CAUSES:
+        if marker in rest:
+            return f"{head}: {cause}"
+    if not sep and any(marker in text for marker, _ in _CAUSES):
+        return next(cause for marker, cause in _CAUSES if marker in text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def holder(lease: int) -> str:
     """Who holds a key, in words."""
     return f"lease {lease:x}" if lease else "a plain key"
@@ -357,7 +382,7 @@ def _collect(
                     report.warning(f"container {container.name} skipped: {assessment.reason}")
                 found.append(assessment.registrations)
     except DockerUnavailable as exc:
-        report.error(str(exc))
+        report.error(brief(exc))
     desired = merge(found)
     for kept, dropped in desired.duplicates:
         report.warning(
@@ -457,8 +482,8 @@ def register(
 
 def etcd_message(exc: EtcdError) -> str:
     if isinstance(exc, EtcdUnavailable):
-        return f"etcd unreachable (gave up after retries): {exc}"
-    return f"etcd refused the request: {exc}"
+        return f"etcd unreachable (gave up after retries): {brief(exc)}"
+    return f"etcd refused the request: {brief(exc)}"
 
 
 def _report_register(

@@ -17,7 +17,7 @@ from typing import NamedTuple, TextIO
 from sidekick.config import Config
 from sidekick.docker_source import DockerSource, DockerUnavailable
 from sidekick.model import KeyState, Registration, merge
-from sidekick.oneshot import assess, with_retry
+from sidekick.oneshot import assess, brief, with_retry
 from sidekick.store import EtcdUnavailable, Store
 
 _NODE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -192,7 +192,7 @@ def collect(
     try:
         containers = docker.running_containers()
     except DockerUnavailable as exc:
-        warn(f"{exc}; container names not shown")
+        warn(f"{brief(exc)}; container names not shown")
         containers = []
     mine = merge(assess(c, config).registrations for c in containers).registrations
     return build_rows(actual, ttls, mine, config)

@@ -27,6 +27,7 @@ from sidekick.oneshot import (
     UsageError,
     assess,
     batches,
+    brief,
     check_target,
     holder,
     matches_filters,
@@ -306,3 +307,29 @@ class TestHelpers:
         """Operations go in transactions of at most the given size, in order."""
         assert batches(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
         assert batches([], 2) == []
+
+    @pytest.mark.parametrize(
+        ("message", "expected"),
+        [
+            (
+                "no etcd endpoint answered (http://127.0.0.1:1): HTTPConnectionPool(host='127.0.0"
+                ".1', port=1): Max retries exceeded (Caused by NewConnectionError(\"[Errno 111] "
+                'Connection refused"))',
+                "no etcd endpoint answered (http://127.0.0.1:1): connection refused",
+            ),
+            (
+                "Docker at unix:///x.sock: ('Connection aborted.', FileNotFoundError(2, 'No such "
+                "file or directory'))",
+                "Docker at unix:///x.sock: no such socket",
+            ),
+            (
+                "etcd at http://e:2379: Read timed out. (read timeout=5)",
+                "etcd at http://e:2379: timed out",
+            ),
+            ("permission denied for key /x", "permission denied for key /x"),
+            ("x" * 400, "x" * 297 + "..."),
+        ],
+    )
+    def test_brief(self, message: str, expected: str) -> None:
+        """Connection failures shrink to their cause after the peer's name; others stay."""
+        assert brief(RuntimeError(message)) == expected
