@@ -502,7 +502,7 @@ def render(
         renderer = rendering.Renderer(
             options,
             config.prefix,
-            rendering.EtcdWatcher(config.etcd_endpoints, config.etcd_timeout),
+            rendering.EtcdWatcher(make_store(config)),
             docker_url=config.docker_url,
         )
     except ConfigError as exc:

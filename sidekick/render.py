@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import jinja2
 import requests
 import structlog
 import urllib3
 
-from sidekick.config import ConfigError, Endpoint
-from sidekick.store import EtcdError, EtcdUnavailable, prefix_range_end
+from sidekick.config import ConfigError
+from sidekick.store import EtcdError, EtcdUnavailable, Store, prefix_range_end
 
 BUILTIN_TEMPLATE = "nginx.conf.j2"
 DEFAULT_WATCH_TIMEOUT = 10.0
@@ -227,41 +227,16 @@ def _unb64(text: str) -> str:
 
 
 class EtcdWatcher:
-    """Range reads and watch streams on the grpc-gateway, with failover across endpoints."""
+    """Prefix reads and watch streams through the Store: its endpoints with failover, its
+    TLS settings and its auth token."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], timeout: float) -> None:
-        self.endpoints = tuple(endpoints)
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.trust_env = False  # a CA bundle in the environment must not override us
-        self._current = 0
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.endpoints[self._current]
-
-    def _next_endpoint(self) -> None:
-        self._current = (self._current + 1) % len(self.endpoints)
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def read_prefix(self, prefix: str) -> tuple[dict[str, str], int]:
         """key -> value for every key under `prefix`, and the revision of the read."""
-        payload = json.dumps({"key": _b64(prefix), "range_end": prefix_range_end(prefix)})
-        last: Exception | None = None
-        for _ in self.endpoints:
-            url = f"{self.endpoint.url}/v3/kv/range"
-            try:
-                answer = self.session.post(url, data=payload, timeout=self.timeout)
-            except requests.RequestException as exc:
-                last = exc
-                self._next_endpoint()
-                continue
-            body = _json(answer)
-            if answer.status_code != 200 or "header" not in body:
-                raise EtcdError(f"etcd at {self.endpoint.url}: {_message(body, answer)}")
-            kv = {_unb64(i["key"]): _unb64(i.get("value", "")) for i in body.get("kvs", [])}
-            return kv, int(body["header"]["revision"])
-        names = ", ".join(e.url for e in self.endpoints)
-        raise EtcdUnavailable(f"no etcd endpoint answered ({names}): {last}") from last
+        keys, revision = self.store.read_prefix(prefix)
+        return {key: state.value for key, state in keys.items()}, revision
 
     def watch(self, prefix: str, start_revision: int, read_timeout: float) -> Iterator[Any]:
         """The watch stream's results, from `start_revision` on.
@@ -278,36 +253,35 @@ class EtcdWatcher:
                 "progress_notify": True,
             }
         }
-        url = f"{self.endpoint.url}/v3/watch"
-        try:
-            answer = self.session.post(
-                url, data=json.dumps(request), stream=True, timeout=(self.timeout, read_timeout)
-            )
-        except requests.RequestException as exc:
-            self._next_endpoint()
-            raise EtcdUnavailable(f"etcd at {url}: {exc}") from exc
+        url = f"{self.store.endpoint.url}/v3/watch"
+        answer = self.store.open_stream("/watch", request, read_timeout)
         try:
             if answer.status_code != 200:
-                raise EtcdError(f"etcd at {url}: {_message(_json(answer), answer)}")
+                self._refused(f"etcd at {url}: {_message(_json(answer), answer)}")
             for line in answer.iter_lines(chunk_size=None):
                 if not line:
                     continue
                 message = json.loads(line)
                 if "error" in message:
-                    raise EtcdError(f"etcd watch at {url}: {_message(message, answer)}")
+                    self._refused(f"etcd watch at {url}: {_message(message, answer)}")
                 yield message.get("result", {})
         except requests.exceptions.ConnectionError as exc:
             if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
                 raise WatchSilent(f"no message for {read_timeout:g} s") from exc
-            self._next_endpoint()
+            self.store.next_endpoint()
             raise EtcdUnavailable(f"etcd watch at {url}: {exc}") from exc
         except (requests.RequestException, ValueError) as exc:
-            self._next_endpoint()
+            self.store.next_endpoint()
             raise EtcdUnavailable(f"etcd watch at {url}: {exc}") from exc
         finally:
             answer.close()
-        self._next_endpoint()
+        self.store.next_endpoint()
         raise EtcdUnavailable(f"etcd watch at {url}: the stream ended")
+
+    def _refused(self, message: str) -> NoReturn:
+        if "token" in message or "authenticat" in message:
+            self.store.forget_token()  # the next request logs in again
+        raise EtcdError(message)
 
 
 def _json(answer: requests.Response) -> dict[str, Any]:
@@ -513,6 +487,17 @@ class Renderer:
         stream = self.watcher.watch(self.prefix, self.revision + 1, self.options.watch_timeout)
         for result in stream:
             header = result.get("header", {})
+            if int(result.get("compact_revision", 0)) > 0:
+                raise WatchReset(
+                    f"revision {self.revision + 1} is compacted "
+                    f"(oldest kept: {result['compact_revision']})"
+                )
+            if result.get("canceled"):
+                reason = str(result.get("cancel_reason", "no reason"))
+                if "token" in reason or "permission" in reason:
+                    self.watcher.store.forget_token()
+                    raise EtcdError(f"watch canceled: {reason}")
+                raise WatchReset(f"watch canceled: {reason}")
             if result.get("created"):
                 current = int(header.get("revision", 0))
                 if current < self.revision:
@@ -521,13 +506,6 @@ class Renderer:
                     )
                 self._healthy()
                 continue
-            if "compact_revision" in result:
-                raise WatchReset(
-                    f"revision {self.revision + 1} is compacted "
-                    f"(oldest kept: {result['compact_revision']})"
-                )
-            if result.get("canceled"):
-                raise WatchReset(f"watch canceled: {result.get('cancel_reason', 'no reason')}")
             events = result.get("events", [])
             if not events:  # a progress notification: every event up to here was sent
                 self.revision = max(self.revision, int(header.get("revision", 0)))

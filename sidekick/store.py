@@ -215,6 +215,36 @@ class Store:
         revision = int(answer.get("header", {}).get("revision", 0))
         return bool(answer.get("succeeded", False)), revision
 
+    def open_stream(
+        self, path: str, payload: dict[str, Any], read_timeout: float
+    ) -> requests.Response:
+        """A streaming POST (a watch) to the endpoint in use, with the session, TLS and auth
+        token every request uses; the caller reads it and closes it. A connection failure
+        moves to the next endpoint and raises EtcdUnavailable."""
+        client = self._clients[self._current]
+        url = client.get_url(path)
+        try:
+            if self.security.user and "Authorization" not in client.session.headers:
+                self._authenticate(client)
+            return client.session.post(
+                url, data=json.dumps(payload), stream=True, timeout=(self.timeout, read_timeout)
+            )
+        except (
+            requests.RequestException,
+            etcd_exceptions.ConnectionFailedError,
+            etcd_exceptions.ConnectionTimeoutError,
+        ) as exc:
+            self.next_endpoint()
+            raise EtcdUnavailable(f"etcd at {url}: {_detail(exc)}") from exc
+
+    def next_endpoint(self) -> None:
+        """Move to the next endpoint (a stream on the one in use failed)."""
+        self._current = (self._current + 1) % len(self._clients)
+
+    def forget_token(self) -> None:
+        """Drop the auth token of the endpoint in use: the next request logs in again."""
+        self._clients[self._current].session.headers.pop("Authorization", None)
+
     def version(self) -> str:
         """The server version of the endpoint in use."""
         client = self._clients[self._current]

@@ -3,12 +3,14 @@ not miss a change when its connection drops or goes silent."""
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from sidekick.config import ConfigError
 from sidekick.render import context, load_template, make_options, render_text
@@ -431,3 +433,59 @@ class TestReloadSignal:
 def test_nginx_binary_present() -> None:
     """The end-to-end tests need Debian's nginx; scripts/test installs nginx-light."""
     assert Path(nginx_binary()).exists()
+
+
+class TestAuth:
+    """With etcd users, the watch logs in like every request, and again when its token dies."""
+
+    def test_follows_with_auth_and_new_token(self, tmp_path: Path, scope: str) -> None:
+        server = EtcdServer(tmp_path / "auth-etcd")
+        server.start()
+        try:
+            server.post("auth/user/add", {"name": "root", "password": "rootpw"})
+            server.post("auth/user/grant", {"user": "root", "role": "root"})
+            server.post("auth/enable", {})
+
+            def put(key: str, value: str) -> None:
+                token = server.post("auth/authenticate", {"name": "root", "password": "rootpw"})
+                requests.post(
+                    f"{server.url}/v3/kv/put",
+                    json={"key": _b64(key), "value": _b64(value)},
+                    headers={"Authorization": token["token"]},
+                    timeout=5,
+                ).raise_for_status()
+
+            (tmp_path / "pw").write_text("rootpw\n")
+            setup = Setup(server, scope, tmp_path)
+            process = setup.render(
+                "--template",
+                str(setup.template()),
+                "--etcd-user",
+                "root",
+                "--etcd-password-file",
+                str(tmp_path / "pw"),
+                "--watch-timeout",
+                "1",
+            ).start()
+            try:
+                put(f"{setup.prefix}/a", "1")
+                setup.wait_lines(["1"])
+                # auth disable + enable drops every token the server had handed out
+                token = server.post("auth/authenticate", {"name": "root", "password": "rootpw"})
+                requests.post(
+                    f"{server.url}/v3/auth/disable",
+                    json={},
+                    headers={"Authorization": token["token"]},
+                    timeout=5,
+                ).raise_for_status()
+                server.post("auth/enable", {})
+                put(f"{setup.prefix}/b", "2")
+                setup.wait_lines(["1", "2"], timeout=8)
+            finally:
+                process.stop()
+        finally:
+            server.stop()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
