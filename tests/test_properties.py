@@ -42,12 +42,15 @@ SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large
 
 # -- strategies ---------------------------------------------------------------------------
 
-junk = st.one_of(
+hashable_junk = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(),
     st.floats(allow_nan=True, allow_infinity=True),
     st.binary(max_size=8),
+)
+junk = st.one_of(
+    hashable_junk,
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
 )
@@ -157,7 +160,7 @@ labels = st.one_of(
                 ),
             },
         ),
-        st.dictionaries(st.one_of(hostile_text, junk), label_value, max_size=5),
+        st.dictionaries(st.one_of(hostile_text, hashable_junk), label_value, max_size=5),
     ),
     # thousands of labels
     st.integers(1000, 3000).map(lambda n: {f"x.{i}": "v" * (i % 50) for i in range(n)}),
