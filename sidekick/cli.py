@@ -403,9 +403,8 @@ def doctor_command(config: Config) -> None:
 
     color, unicode = status.use_color(sys.stdout), doctor.can_encode(sys.stdout)
     checks = []
-    for check in doctor.run_checks(
-        config, make_docker(config), lambda endpoints: Store(endpoints, config.etcd_timeout)
-    ):
+    store_for = functools.partial(Store, timeout=config.etcd_timeout, security=config.etcd_security)
+    for check in doctor.run_checks(config, make_docker(config), store_for):
         checks.append(check)
         print(doctor.render(check, color=color, unicode=unicode), flush=True)
     raise typer.Exit(doctor.exit_code(checks))

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_LABEL, Containers, EtcdServer, free_port, wait_for
+from tests.test_security import _pki, _tls_etcd  # noqa: F401 - the pki and tls_etcd fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -531,3 +532,28 @@ class TestDoctor:
         assert result.code == 1, result
         assert f"✗ container {evil.name} skipped: service name" in result.out
         assert f"/{scope}/taken-{port} is held by a plain key with 192.0.2.9:1" in result.out
+
+
+class TestOverTLS:
+    """The one-shot commands use the same etcd TLS options as the agent."""
+
+    def test_register_ls_doctor_over_tls(self, sidekick, tls_etcd, pki, scope):
+        """With --etcd-ca/--etcd-cert/--etcd-key: register writes, ls reads, doctor passes."""
+        tls = [
+            "--etcd-ca",
+            str(pki / "ca.pem"),
+            "--etcd-cert",
+            str(pki / "client.pem"),
+            "--etcd-key",
+            str(pki / "client.key"),
+        ]
+        result = sidekick(
+            "register", "--service", "s", "--port", "80", *tls, etcd_endpoints=tls_etcd.url
+        )
+        assert result.code == 0, result
+        assert tls_etcd.keys(f"/{scope}/") == {f"/{scope}/s-80": f"{HOST_IP}:80"}
+        listed = sidekick("ls", "--json", *tls, etcd_endpoints=tls_etcd.url)
+        assert [r["key"] for r in json.loads(listed.out)["registrations"]] == [f"/{scope}/s-80"]
+        doctor = sidekick("doctor", *tls, etcd_endpoints=tls_etcd.url)
+        assert doctor.code == 0, doctor
+        assert f"etcd reachable at {tls_etcd.url}" in doctor.out
