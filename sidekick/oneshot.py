@@ -47,8 +47,8 @@ from sidekick.model import (
 from sidekick.store import MAX_TXN_OPS, EtcdError, EtcdUnavailable, Store
 
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_ETCD = 0, 1, 2, 3
-ETCD_ATTEMPTS = 4  # one try and three retries ...
-ETCD_DEADLINE = 15.0  # ... within this many seconds
+RETRY_ATTEMPTS = 4  # one try and three retries ...
+RETRY_DEADLINE = 15.0  # ... started within this many seconds
 TXN_ATTEMPTS = 3  # re-reads after a transaction lost a race
 WAIT_POLL = 0.25  # seconds between looks at a container that is not ready yet
 
@@ -301,7 +301,9 @@ def retrying(*kinds: type[Exception]) -> tenacity.Retrying:
     """Retry a peer that did not answer: a few quick attempts, then the error goes up."""
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(kinds),
-        stop=tenacity.stop_after_attempt(ETCD_ATTEMPTS) | tenacity.stop_after_delay(ETCD_DEADLINE),
+        stop=(
+            tenacity.stop_after_attempt(RETRY_ATTEMPTS) | tenacity.stop_after_delay(RETRY_DEADLINE)
+        ),
         wait=tenacity.wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.2),
         reraise=True,
     )

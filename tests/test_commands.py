@@ -326,6 +326,16 @@ class TestDeregister:
         assert f"deregistered /{scope}/web-{port} = 127.0.0.1:{port}" in result.out
         assert etcd.keys(f"/{scope}/") == {}
 
+    def test_all_opted_in_containers(self, sidekick, containers, etcd, scope):
+        """Without names: every opted-in running container's key goes (a node drain)."""
+        for service in ("a", "b"):
+            containers.run(ports=published(free_port()), labels={"sidekick.service": service})
+        etcd.put(f"/{scope}/other-1", "192.0.2.1:1")
+        assert sidekick("register").code == 0
+        result = sidekick("deregister")
+        assert result.code == 0, result
+        assert etcd.keys(f"/{scope}/") == {f"/{scope}/other-1": "192.0.2.1:1"}
+
     def test_service_and_port_on_any_lease(self, sidekick, etcd, scope):
         """This node's value is deleted whoever holds it, e.g. a register --ttl lease."""
         assert sidekick("register", "--service", "s", "--port", "80", "--ttl", "30").code == 0
@@ -479,6 +489,12 @@ class TestLs:
         assert (result.code, result.out) == (0, "")
         assert f"no keys under /{scope}/" in result.err
 
+    def test_bad_configuration(self, sidekick):
+        """A bad option: exit 2 with one line naming it."""
+        result = sidekick("ls", "--key-template", "/elsewhere/{service}")
+        assert result.code == 2, result
+        assert len(result.err_lines) == 1 and "--key-template" in result.err_lines[0]
+
     def test_etcd_unreachable(self, sidekick):
         """A dead etcd endpoint: exit 3 with one line."""
         result = sidekick("ls", etcd_endpoints=dead_endpoint())
@@ -513,6 +529,12 @@ class TestDoctor:
         result = sidekick("doctor", etcd_endpoints=dead)
         assert result.code == 1, result
         assert f"✗ etcd not reachable: etcd at {dead}: connection refused" in result.out
+
+    def test_bad_configuration(self, sidekick):
+        """Configuration that cannot even be read: exit 2 with one line naming the option."""
+        result = sidekick("doctor", "--ttl", "1")
+        assert result.code == 2, result
+        assert result.err_lines == ["sidekick: error: --ttl: must be at least 2, got 1"]
 
     def test_no_host_ip(self, sidekick):
         """No host IP from anywhere: failed, exit 1."""
