@@ -89,6 +89,7 @@ class Agent:
         self.announced: dict[str, tuple[Registration, ...]] = {}  # container id -> its keys
         self.actual: dict[str, KeyState] = {}  # the prefix as last read, plus our writes
         self.held: dict[str, Registration] = {}  # keys we wrote on our lease
+        self.foreign: set[str] = set()  # keys we want that another lease holds (it may lapse)
         self.needs_reconcile = False  # the first reconcile follows the events stream's connection
         self.next_keepalive = float("inf")
         self.next_resync = time.monotonic() + config.resync
@@ -273,6 +274,11 @@ class Agent:
             for attempt in range(PLAN_ATTEMPTS):
                 todo = plan(values, self.actual, self.lease)
                 self._report_clashes(todo.clashes)
+                self.foreign = {
+                    key
+                    for key in values
+                    if (state := self.actual.get(key)) and state.lease not in {0, self.lease}
+                }
                 ops: list[Put | Delete] = [*todo.deletes, *todo.puts]
                 if self._write(ops, desired.registrations):
                     return
@@ -349,6 +355,18 @@ class Agent:
             )
             self.lease = 0
             self.needs_reconcile = True
+        elif self.foreign:
+            self._recheck_foreign()
+
+    def _recheck_foreign(self) -> None:
+        """Read the prefix again: a key another lease holds vanishes when that lease lapses,
+        and no event says so; without this it would stay missing until the next resync."""
+        try:
+            self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
+        except EtcdError as exc:
+            self._fault("etcd", exc)
+            return
+        self._sync()
 
     def _renew(self) -> int:
         """One keepalive, timed; returns the TTL etcd answered (<= 0: the lease is gone)."""
@@ -415,11 +433,15 @@ class Agent:
         """Resume the lease a previous run left alive (kill -9, --keep-on-exit), else grant one."""
         self.held.clear()
         previous = self.lease_file.read()
-        if previous and self.store.time_to_live(previous) > 0:
+        if previous:
+            # A keepalive, not time_to_live: the JSON gateway leaves "TTL": 0 out, so a lease
+            # in its last second reads as gone while its keys still stand. A keepalive renews
+            # it, and answers <= 0 only once etcd has revoked the lease and its keys.
             self.lease = previous
-            self._renew()
-            self.log.info("lease resumed", lease=self.lease, ttl=self.config.ttl)
-            return
+            if self._renew() > 0:
+                self.log.info("lease resumed", lease=self.lease, ttl=self.config.ttl)
+                return
+            self.lease = 0
         self.lease = self.store.grant(self.config.ttl)
         self.last_keepalive = time.monotonic()
         self.etcd_ok = True
