@@ -1,0 +1,450 @@
+"""Chaos with an invariant: random faults, then etcd must say exactly what Docker says.
+
+A bounded soak draws operations from random.Random(seed): containers created, stopped,
+killed, removed, paused and unpaused, restarted, started again, crash-looping under a
+restart policy, health flipped by a file that the HEALTHCHECK tests; and faults around them:
+the agent killed with SIGKILL and restarted on the same lease file, etcd restarted or stopped
+for a while (up to ttl + 2 s), the Docker event stream cut. After every round, in a quiet
+period, the checker compares etcd with `docker inspect` by a rule of its own (not the
+agent's model):
+
+    the keys under the prefix are exactly {prefix}/{service}-{host port} = 127.0.0.1:{host port}
+    for every container that is running, not paused, not restarting, healthy or without a
+    healthcheck, and labelled sidekick.enable=true; and they all sit on the agent's lease.
+
+It waits up to CONVERGE_WITHIN seconds for that to hold on a snapshot that Docker did not
+change while etcd was read, records how long it took, and counts a divergence otherwise.
+
+Run it longer with `--chaos-seconds N` or SIDEKICK_CHAOS_SECONDS=N; replay a run with
+SIDEKICK_CHAOS_SEED=<the printed seed> (the draws repeat; Docker's and etcd's timing do not).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import requests
+
+from tests.conftest import (
+    AgentProcess,
+    Containers,
+    DockerSocketProxy,
+    EtcdServer,
+    free_port,
+)
+
+pytestmark = pytest.mark.integration
+
+DEFAULT_SECONDS = 100.0
+CONVERGE_WITHIN = 5.0  # seconds a quiet period may take before it counts as a divergence
+LATE_LIMIT = 30.0  # after a divergence, how long to wait for it to heal before moving on
+MAX_CONTAINERS = 8
+TTL = 4  # short, so etcd outages and agent deaths longer than the ttl happen in CI time
+SERVICES = ("web", "api", "shop")
+HEALTHCHECK = {
+    "test": ["CMD", "test", "-e", "/tmp/ok"],
+    "interval": 500_000_000,  # ns
+    "timeout": 2_000_000_000,
+    "retries": 1,
+    "start_period": 0,
+}
+# kind -> (weight, command, extra run arguments)
+KINDS: dict[str, tuple[float, str, dict[str, Any]]] = {
+    "web": (3, "httpd -f -p 80", {}),
+    "health": (2, "sh -c 'touch /tmp/ok; exec httpd -f -p 80'", {"healthcheck": HEALTHCHECK}),
+    "crashloop": (1, "sh -c 'sleep 1; exit 3'", {"restart_policy": {"Name": "always"}}),
+    "optout": (1, "httpd -f -p 80", {}),  # sidekick.enable=false: never announced
+}
+CONTAINER_OPS = {  # op -> weight
+    "create": 3.0,
+    "stop": 2.0,
+    "kill": 2.0,
+    "remove": 1.0,
+    "pause": 1.5,
+    "unpause": 1.5,
+    "restart": 1.0,
+    "start": 1.5,
+    "health_flip": 2.0,
+    "hup": 0.5,
+}
+FAULTS = {  # fault -> weight
+    "agent_sigkill": 1.0,
+    "etcd_restart": 1.0,
+    "etcd_outage": 1.0,
+    "docker_stream_cut": 1.0,
+}
+FAULT_CHANCE = 0.5  # of a round having one fault around its container operations
+Entry = tuple[str, int, int]  # an etcd key's value, lease and mod_revision
+
+
+@dataclass
+class Backend:
+    name: str
+    kind: str
+    container_id: str
+
+
+@dataclass
+class Divergence:
+    round: int
+    what: str
+    expected: dict[str, str]
+    actual: dict[str, Entry]
+    lease: int | None
+    docker: tuple[Any, ...]
+    healed_after: float | None = None
+
+    def describe(self) -> str:
+        missing = sorted(set(self.expected) - set(self.actual))
+        extra = sorted(set(self.actual) - set(self.expected))
+        wrong = sorted(
+            k
+            for k in set(self.expected) & set(self.actual)
+            if self.expected[k] != self.actual[k][0]
+        )
+        healed = (
+            f"healed after {self.healed_after:.1f}s"
+            if self.healed_after is not None
+            else f"not healed within {LATE_LIMIT:.0f}s"
+        )
+        return (
+            f"round {self.round} ({self.what}): missing {missing}, stale {extra}, "
+            f"wrong value {wrong}, leases {sorted({v[1] for v in self.actual.values()})} "
+            f"(agent's {self.lease}); {healed}; docker: {self.docker}"
+        )
+
+
+@dataclass
+class Chaos:
+    rng: random.Random
+    client: docker.DockerClient
+    containers: Containers
+    network: str
+    prefix: str
+    etcd: EtcdServer
+    proxy: DockerSocketProxy
+    start_agent: Callable[[], AgentProcess]
+    lease_path: Path
+    log: Callable[[str], None]
+    backends: list[Backend] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)  # faults survived, by kind
+    applied: Counter[str] = field(default_factory=Counter)  # container operations done
+    refused: Counter[str] = field(default_factory=Counter)  # refused by Docker in that state
+    agent_restarts: list[float] = field(default_factory=list)  # exec to first reconcile
+    convergence: list[tuple[float, int, str, str]] = field(default_factory=list)
+    paused: set[str] = field(default_factory=set)  # names we paused and did not unpause since
+    divergences: list[Divergence] = field(default_factory=list)
+    serial: int = 0
+    agent: AgentProcess | None = None
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    # -- container operations ------------------------------------------------------------
+
+    def container_op(self) -> str:
+        op = self.rng.choices(list(CONTAINER_OPS), weights=list(CONTAINER_OPS.values()))[0]
+        if op == "create" and len(self.backends) >= MAX_CONTAINERS:
+            op = "remove"
+        if op != "create" and not self.backends:
+            op = "create"
+        if op == "create":
+            kind = self.rng.choices(list(KINDS), weights=[k[0] for k in KINDS.values()])[0]
+            self._create(kind, self.rng.choice(SERVICES))
+            return f"create {kind}"
+        if op == "health_flip":
+            candidates = [b for b in self.backends if b.kind == "health"]
+            if not candidates:
+                return "health_flip (no health container)"
+            target = self.rng.choice(candidates)
+            healthy = self.rng.random() < 0.5
+            self._docker(op, target, lambda: self._exec(target, healthy))
+            return f"health_flip {target.name} -> {'healthy' if healthy else 'unhealthy'}"
+        pool = self.backends
+        if op == "unpause" and self.paused:
+            pool = [b for b in self.backends if b.name in self.paused]
+        target = self.rng.choice(pool)
+        actions: dict[str, Callable[[], Any]] = {
+            "stop": lambda: self.api.stop(target.container_id, timeout=1),
+            "kill": lambda: self.api.kill(target.container_id),
+            "remove": lambda: self.api.remove_container(target.container_id, force=True),
+            "pause": lambda: self.api.pause(target.container_id),
+            "unpause": lambda: self.api.unpause(target.container_id),
+            "restart": lambda: self.api.restart(target.container_id, timeout=1),
+            "start": lambda: self.api.start(target.container_id),
+            "hup": lambda: self.api.kill(target.container_id, signal="SIGHUP"),
+        }
+        if self._docker(op, target, actions[op]):
+            if op == "pause":
+                self.paused.add(target.name)
+            elif op in {"unpause", "remove"}:
+                self.paused.discard(target.name)
+            if op == "remove":
+                self.backends.remove(target)
+        return f"{op} {target.name}"
+
+    def _create(self, kind: str, service: str) -> None:
+        self.serial += 1
+        _, command, extra = KINDS[kind]
+        container = self.containers.run(
+            name=f"{self.prefix.strip('/')}-{self.serial:03d}-{kind}",
+            command=command,
+            ports={"80/tcp": ("127.0.0.1", free_port())},
+            labels={"sidekick.service": service},
+            enable=kind != "optout",
+            network=self.network,
+            **extra,
+        )
+        self.backends.append(Backend(container.name, kind, container.id))
+        self.applied["create " + kind] += 1
+
+    def _exec(self, target: Backend, healthy: bool) -> None:
+        command = "touch /tmp/ok" if healthy else "rm -f /tmp/ok"
+        exec_id = self.api.exec_create(target.container_id, command)["Id"]
+        self.api.exec_start(exec_id)
+
+    def _docker(self, op: str, target: Backend, action: Callable[[], Any]) -> bool:
+        try:
+            action()
+        except docker.errors.APIError:  # e.g. unpause of a running container: nothing happened
+            self.refused[op] += 1
+            return False
+        self.applied[op] += 1
+        return True
+
+    def some_ops(self, low: int, high: int) -> list[str]:
+        return [self.container_op() for _ in range(self.rng.randint(low, high))]
+
+    # -- faults around the operations ----------------------------------------------------
+
+    def fault(self, kind: str) -> list[str]:
+        if kind == "agent_sigkill":
+            assert self.agent is not None
+            self.agent.signal(signal.SIGKILL)
+            self.agent.wait()
+            done = self.some_ops(0, 2)
+            dead_for = self.rng.uniform(0, TTL + 2)  # past the ttl the lease expires
+            time.sleep(dead_for)
+            restarted = time.monotonic()
+            self.agent = self.start_agent()
+            self.agent_restarts.append(time.monotonic() - restarted)
+            resumed = bool(self.agent.events("lease resumed"))
+            self.faults[f"{kind} (lease {'resumed' if resumed else 'expired'})"] += 1
+            return [f"agent SIGKILL, {dead_for:.1f}s dead", *done]
+        if kind == "etcd_restart":
+            self.etcd.stop()
+            self.etcd.start()
+            self.faults[kind] += 1
+            return ["etcd restart", *self.some_ops(0, 2)]
+        if kind == "etcd_outage":
+            self.etcd.stop()
+            done = self.some_ops(1, 3)
+            down_for = self.rng.uniform(0.5, TTL + 2)
+            time.sleep(down_for)
+            self.etcd.start()
+            self.faults[kind] += 1
+            return [f"etcd down {down_for:.1f}s", *done]
+        if kind == "docker_stream_cut":
+            self.proxy.stop()
+            done = self.some_ops(1, 3)
+            cut_for = self.rng.uniform(0.2, 3)
+            time.sleep(cut_for)
+            self.proxy.start()
+            self.faults[kind] += 1
+            return [f"docker stream cut {cut_for:.1f}s", *done]
+        raise AssertionError(kind)
+
+    def round(self) -> tuple[str, list[str]]:
+        """(the round's fault, or "container operations only"; what was done)."""
+        if self.rng.random() < FAULT_CHANCE:
+            kind = self.rng.choices(list(FAULTS), weights=list(FAULTS.values()))[0]
+            return kind, self.fault(kind)
+        return "container operations only", self.some_ops(1, 4)
+
+    # -- the invariant ---------------------------------------------------------------------
+
+    def docker_view(self) -> tuple[dict[str, str], tuple[Any, ...]]:
+        """Expected keys by the checker's own rule, and a signature of every container state."""
+        expected: dict[str, str] = {}
+        states = []
+        for backend in self.backends:
+            try:
+                data = self.api.inspect_container(backend.container_id)
+            except docker.errors.NotFound:
+                continue
+            state = data["State"]
+            health = (state.get("Health") or {}).get("Status")
+            states.append((backend.name, state["Status"], state["StartedAt"], state["Pid"], health))
+            labels = data["Config"]["Labels"] or {}
+            port = data["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"]
+            if (
+                state["Running"]
+                and not state["Paused"]
+                and not state["Restarting"]
+                and health in {None, "healthy"}
+                and labels.get("sidekick.enable") == "true"
+            ):
+                expected[f"{self.prefix}{labels['sidekick.service']}-{port}"] = f"127.0.0.1:{port}"
+        return expected, tuple(states)
+
+    def agent_lease(self) -> int | None:
+        try:
+            return int(self.lease_path.read_text().strip(), 16)
+        except (OSError, ValueError):
+            return None
+
+    def holds(self) -> tuple[bool, dict[str, str], dict[str, Entry], tuple[Any, ...]]:
+        before, states = self.docker_view()
+        try:
+            actual = self.etcd.entries(self.prefix)
+        except requests.RequestException:
+            return False, before, {}, states
+        after, states_after = self.docker_view()
+        lease = self.agent_lease()
+        right = (
+            states == states_after
+            and before == after
+            and {k: v[0] for k, v in actual.items()} == before
+            and all(v[1] == lease for v in actual.values())
+        )
+        return right, before, actual, states
+
+    def check(self, number: int, kind: str, what: str) -> None:
+        assert self.agent is not None and self.agent.process is not None
+        assert self.agent.process.poll() is None, f"the agent exited: {self.agent.log_path}"
+        started = time.monotonic()
+        while True:
+            right, expected, actual, states = self.holds()
+            took = time.monotonic() - started
+            if right:
+                self.convergence.append((took, number, kind, what))
+                return
+            if took > CONVERGE_WITHIN:
+                break
+            time.sleep(0.02)
+        divergence = Divergence(number, what, expected, actual, self.agent_lease(), states)
+        self.divergences.append(divergence)
+        while time.monotonic() - started < CONVERGE_WITHIN + LATE_LIMIT:
+            if self.holds()[0]:
+                divergence.healed_after = time.monotonic() - started
+                break
+            time.sleep(0.1)
+        self.log(f"DIVERGENCE {divergence.describe()}")
+
+
+def chaos_seconds(config: pytest.Config) -> float:
+    option = config.getoption("--chaos-seconds")
+    if option is not None:
+        return float(option)
+    return float(os.environ.get("SIDEKICK_CHAOS_SECONDS") or DEFAULT_SECONDS)
+
+
+def test_chaos_invariant(
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    agent_factory,
+    containers: Containers,
+    own_network: str,
+    docker_client: docker.DockerClient,
+    docker_proxy: DockerSocketProxy,
+    scope: str,
+    tmp_path: Path,
+):
+    """Random containers and faults; after each round etcd equals Docker's truth, or we count."""
+    seconds = chaos_seconds(request.config)
+    seed = int(os.environ.get("SIDEKICK_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
+
+    def say(line: str) -> None:
+        with capsys.disabled():
+            print(f"\n[chaos] {line}", end="", flush=True)
+
+    say(f"seed {seed} (SIDEKICK_CHAOS_SEED={seed} replays the draws), {seconds:.0f}s")
+    etcd = EtcdServer(tmp_path / "chaos-etcd")  # our own: stopping it disturbs no other test
+    etcd.start()
+    lease_file = "chaos.lease"
+
+    def start_agent() -> AgentProcess:
+        return agent_factory(
+            "--docker-url",
+            docker_proxy.url,
+            etcd_endpoints=etcd.url,
+            ttl=TTL,
+            lease_file=lease_file,
+        )
+
+    chaos = Chaos(
+        rng=random.Random(seed),
+        client=docker_client,
+        containers=containers,
+        network=own_network,
+        prefix=f"/{scope}/",
+        etcd=etcd,
+        proxy=docker_proxy,
+        start_agent=start_agent,
+        lease_path=tmp_path / lease_file,
+        log=say,
+    )
+    number, soak = 0, 0.0
+    try:
+        chaos.agent = start_agent()
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            number += 1
+            kind, done = chaos.round()
+            chaos.check(number, kind, "; ".join(done))
+        soak = time.monotonic() - began
+
+        # The end: every container removed, then SIGTERM revokes the lease.
+        for backend in list(chaos.backends):
+            docker_client.api.remove_container(backend.container_id, force=True)
+            chaos.backends.remove(backend)
+        chaos.check(number + 1, "the end", "every container removed")
+        chaos.agent.signal(signal.SIGTERM)
+        assert chaos.agent.wait() == 0
+        assert etcd.keys(chaos.prefix) == {}
+    finally:
+        etcd.stop()
+        for line in summary(chaos, seed, number, soak):
+            say(line)
+        say("")
+    assert not chaos.divergences, "\n".join(
+        [f"seed {seed}", *(d.describe() for d in chaos.divergences)]
+    )
+
+
+def summary(chaos: Chaos, seed: int, rounds: int, soak: float) -> list[str]:
+    """The figures docs/reliability.md records."""
+    times = [c[0] for c in chaos.convergence]
+    worst = max(chaos.convergence, default=(0.0, 0, "", "none"))
+    by_kind: dict[str, float] = {}
+    for took, _, kind, _ in chaos.convergence:
+        by_kind[kind] = max(by_kind.get(kind, 0.0), took)
+    restarts = max(chaos.agent_restarts, default=0.0)
+    return [
+        f"seed {seed}; {rounds} rounds in {soak:.0f}s; {len(times)} quiet periods checked",
+        f"faults survived: {sum(chaos.faults.values())} -- "
+        + ", ".join(f"{k} {n}" for k, n in sorted(chaos.faults.items())),
+        f"container operations: {sum(chaos.applied.values())} -- "
+        + ", ".join(f"{k} {n}" for k, n in sorted(chaos.applied.items())),
+        "refused by Docker in that state (nothing changed): "
+        + (", ".join(f"{k} {n}" for k, n in sorted(chaos.refused.items())) or "none"),
+        f"divergences: {len(chaos.divergences)}",
+        f"convergence: worst {worst[0]:.2f}s (round {worst[1]}: {worst[3]}), "
+        f"median {statistics.median(times) if times else 0:.2f}s, bound {CONVERGE_WITHIN:.0f}s",
+        "worst convergence by round: "
+        + ", ".join(f"{k} {t:.2f}s" for k, t in sorted(by_kind.items())),
+        f"agent restart (exec to its first reconcile): worst {restarts:.2f}s",
+    ]
