@@ -1,0 +1,415 @@
+"""The harness's instruments: containers, the Docker events clock, the etcd watcher, etcd's
+request counters, /proc readings and percentiles.
+
+Every container made here carries BENCH_LABEL=<run id> (and the pid of the harness that made
+it), so the end of a run, or the start of a later one, removes exactly what a run left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_LABEL = "sidekick.bench"
+PID_LABEL = "sidekick.bench.pid"
+GROUP_LABEL = "sidekick.bench.group"
+KEY_LABEL = "sidekick.bench.key"  # "<service>-<host port>": what the seed's unit name carried
+# PID 1 is a shell that exits at SIGUSR1: `docker kill -s USR1` makes the container die on its
+# own (a `die` with no SIGTERM/SIGKILL `kill` before it, like a crash), so the deregistration
+# is timed from `die`. `sleep 3600` bounds a container's life if everything else fails.
+COMMAND = ["sh", "-c", 'trap "exit 0" USR1; sleep 3600 & wait']
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- numbers ------------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); nan when empty."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    pos = (len(ordered) - 1) * q / 100
+    low, high = math.floor(pos), math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summary(values: list[float], missing: int = 0) -> dict[str, float | int]:
+    """n, p50, p95, p99, max, mean (in the unit given) and how many never arrived."""
+    return {
+        "n": len(values),
+        "missing": missing,
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else math.nan,
+        "mean": sum(values) / len(values) if values else math.nan,
+    }
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.005) -> Any:
+    """Poll predicate until truthy; its value, or None after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+# -- the process table --------------------------------------------------------------------
+
+
+def cpu_ticks(pid: int, children: bool = False) -> int:
+    """utime + stime of a process (its threads included), plus reaped children if asked."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process(process: subprocess.Popen[Any] | None, group: bool = False) -> None:
+    """SIGTERM (the process group when it leads one), then SIGKILL after 10 s."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(process.pid, 15)
+        else:
+            process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(process.pid, 9)
+            else:
+                process.kill()
+        process.wait(10)
+
+
+# -- etcd's request counters --------------------------------------------------------------
+
+WRITE_METHODS = frozenset(
+    {"Put", "Txn", "DeleteRange", "LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "Compact"}
+)
+_STARTED = re.compile(r'^grpc_server_started_total\{grpc_method="([^"]+)",[^}]*\}\s+(\S+)$')
+
+
+def etcd_requests(url: str) -> dict[str, int]:
+    """grpc_server_started_total by method, Watch left out (the harness's own watcher).
+
+    The JSON gateway forwards every /v3/... call to the gRPC server, so an HTTP request the
+    agent makes and an etcdctl call count alike.
+    """
+    counts: dict[str, int] = defaultdict(int)
+    text = requests.get(url + "/metrics", timeout=5).text
+    for line in text.splitlines():
+        match = _STARTED.match(line)
+        if match and match.group(1) != "Watch":
+            counts[match.group(1)] += int(float(match.group(2)))
+    return dict(counts)
+
+
+def diff_counts(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+def writes(counts: dict[str, int]) -> int:
+    return sum(v for k, v in counts.items() if k in WRITE_METHODS)
+
+
+# -- the watcher --------------------------------------------------------------------------
+
+
+class Watch:
+    """bench.watch in a subprocess; keeps, per key, every (type, arrival ns) it reported."""
+
+    def __init__(self, url: str, prefix: str, log: Path) -> None:
+        self.prefix = prefix
+        self._cond = threading.Condition()
+        self.history: dict[str, list[tuple[str, int, str]]] = defaultdict(list)
+        self.present: dict[str, str] = {}
+        self.errors: list[str] = []
+        self._stderr = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.watch", url, prefix, str(3 * 3600)],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=ROOT,
+            text=True,
+        )
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="watch-reader")
+        self._reader.start()
+        if not self._ready.wait(15):
+            self.close()
+            raise RuntimeError(f"the etcd watcher did not start: {self.errors}")
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            record = json.loads(line)
+            if record.get("ready"):
+                self._ready.set()
+                continue
+            if "error" in record:
+                self.errors.append(str(record["error"]))
+                continue
+            with self._cond:
+                key = record["key"]
+                self.history[key].append((record["type"], record["t"], record["value"]))
+                if record["type"] == "DELETE":
+                    self.present.pop(key, None)
+                else:
+                    self.present[key] = record["value"]
+                self._cond.notify_all()
+
+    def first(self, key: str, kind: str) -> int | None:
+        """Arrival time (ns) of the first PUT or DELETE of key."""
+        with self._cond:
+            for seen, t, _ in self.history.get(key, ()):
+                if seen == kind:
+                    return t
+        return None
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def wait_seen(self, keys: Iterable[str], kind: str, timeout: float) -> bool:
+        """Until every key has had a PUT (or DELETE) event."""
+        wanted = list(keys)
+
+        def done() -> bool:
+            return all(any(s == kind for s, _, _ in self.history.get(k, ())) for k in wanted)
+
+        return self.wait(done, timeout)
+
+    def close(self) -> None:
+        stop_process(self.process)
+        self._stderr.close()
+
+
+# -- Docker ------------------------------------------------------------------------------
+
+
+class DockerEvents:
+    """Docker's own clock: the timeNano of each start and die of this run's containers."""
+
+    def __init__(self, api: docker.APIClient, run_id: str) -> None:
+        self._stream = api.events(
+            decode=True,
+            filters={
+                "type": "container",
+                "event": ["start", "die"],
+                "label": [f"{BENCH_LABEL}={run_id}"],
+            },
+        )
+        self._lock = threading.Lock()
+        self.times: dict[str, dict[str, int]] = defaultdict(dict)
+        self._thread = threading.Thread(target=self._read, daemon=True, name="docker-events")
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):  # the stream ends in many ways when closed
+            for raw in self._stream:
+                action = str(raw.get("Action") or raw.get("status") or "")
+                cid = str((raw.get("Actor") or {}).get("ID") or raw.get("id") or "")
+                with self._lock:
+                    self.times[cid].setdefault(action, int(raw.get("timeNano") or 0))
+
+    def time_of(self, container_id: str, action: str, timeout: float = 5.0) -> int | None:
+        def seen() -> int | None:
+            with self._lock:
+                return self.times.get(container_id, {}).get(action)
+
+        return wait_until(seen, timeout, interval=0.01)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stream.close()
+
+
+@dataclass(frozen=True)
+class Member:
+    """One bench container and the key (after the prefix) it should have."""
+
+    id: str
+    name: str
+    service: str
+    port: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.service}-{self.port}"
+
+    @property
+    def value(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class Fleet:
+    """Starts, kills and removes this run's containers; ports published on 127.0.0.1 only.
+
+    The containers sit on a bridge network of the run's own (not docker0), so nothing another
+    user of the shared engine does to the default bridge can break a run.
+    """
+
+    def __init__(self, client: docker.DockerClient, image: str, run_id: str) -> None:
+        self.client = client
+        self.api: docker.APIClient = client.api
+        self.image = image
+        self.run_id = run_id
+        self.network = f"skb-{run_id}"
+        self._lock = threading.Lock()
+        self._serial = 0
+        self._next_port = 20000 + (os.getpid() % 50) * 100
+
+    def create_network(self) -> None:
+        self.api.create_network(
+            self.network,
+            driver="bridge",
+            labels={BENCH_LABEL: self.run_id, PID_LABEL: str(os.getpid())},
+        )
+
+    def remove_network(self) -> None:
+        with contextlib.suppress(docker.errors.APIError):
+            self.api.remove_network(self.network)
+
+    def _port(self) -> int:
+        """A loopback port nothing listens on (ports are never reused within a run)."""
+        with self._lock:
+            while True:
+                port = self._next_port
+                self._next_port += 1
+                if self._next_port > 32000:
+                    self._next_port = 20000
+                with socket.socket() as sock:
+                    try:
+                        sock.bind(("127.0.0.1", port))
+                    except OSError:
+                        continue
+                return port
+
+    def start(self, group: str, labels: dict[str, str] | None = None) -> Member:
+        with self._lock:
+            self._serial += 1
+            serial = self._serial
+        service = f"{group}{serial:04d}"
+        for _ in range(5):
+            port = self._port()
+            all_labels = {
+                BENCH_LABEL: self.run_id,
+                PID_LABEL: str(os.getpid()),
+                GROUP_LABEL: f"{self.run_id}-{group}",
+                KEY_LABEL: f"{service}-{port}",
+                "sidekick.enable": "true",
+                "sidekick.service": service,
+                **(labels or {}),
+            }
+            created = self.api.create_container(
+                self.image,
+                command=COMMAND,
+                labels=all_labels,
+                ports=[80],
+                name=f"skb-{self.run_id}-{service}",
+                host_config=self.api.create_host_config(
+                    port_bindings={80: ("127.0.0.1", port)}, network_mode=self.network
+                ),
+            )
+            try:
+                self.api.start(created["Id"])
+            except docker.errors.APIError as exc:  # the port was taken after all
+                self.api.remove_container(created["Id"], force=True)
+                if "allocated" in str(exc) or "in use" in str(exc):
+                    continue
+                raise
+            return Member(created["Id"], f"skb-{self.run_id}-{service}", service, port)
+        raise RuntimeError("could not find a free loopback port in 5 tries")
+
+    def start_many(
+        self, group: str, count: int, labels_for: Callable[[int], dict[str, str]] | None = None
+    ) -> list[Member]:
+        """count containers, 8 at a time; in index order."""
+        with ThreadPoolExecutor(8) as pool:
+            return list(
+                pool.map(
+                    lambda i: self.start(group, labels_for(i) if labels_for else None), range(count)
+                )
+            )
+
+    def crash(self, member: Member) -> None:
+        """Make it exit by itself: a `die` with no stopping `kill` before it."""
+        with contextlib.suppress(docker.errors.APIError):
+            self.api.kill(member.id, signal="SIGUSR1")
+
+    def remove(self, members: Iterable[Member]) -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(self._remove, [m.id for m in members]))
+
+    def _remove(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.APIError):
+            self.api.remove_container(container_id, force=True)
+
+    def remove_run(self) -> int:
+        """Every container of this run, whatever state it is in."""
+        found = self.api.containers(all=True, filters={"label": f"{BENCH_LABEL}={self.run_id}"})
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(self._remove, [c["Id"] for c in found]))
+        return len(found)
+
+    def remove_orphans(self) -> int:
+        """Containers of earlier runs whose harness process is gone."""
+        found = self.api.containers(all=True, filters={"label": BENCH_LABEL})
+        orphans = [
+            c["Id"]
+            for c in found
+            if not pid_alive(int((c.get("Labels") or {}).get(PID_LABEL, "0") or 0))
+        ]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(self._remove, orphans))
+        for network in self.api.networks(filters={"label": BENCH_LABEL}):
+            labels = network.get("Labels") or {}
+            if not pid_alive(int(labels.get(PID_LABEL, "0") or 0)):
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.remove_network(network["Id"])
+        return len(orphans)

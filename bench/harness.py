@@ -1,0 +1,894 @@
+"""The benchmark: sidekick against a real Docker engine and a real etcd, with the seed's ways
+measured in the same run. Started by ./bench/run (which installs what is missing).
+
+    python -m bench.harness [--quick] [--profile DIR] [--keep]
+
+Phases (all loopback, all bounded, everything labelled and removed at the end):
+  1. registration / deregistration latency, containers one after another and in bursts of 20;
+     baseline: one `etcdctl put`/`del` per start/die event (bench/seed-follow.sh)
+  2. cold start with N = 50, 100, 200 running containers, and etcd requests made;
+     baseline: one `etcdctl put` per running container (bench/seed-coldstart.sh)
+  3. steady state with 100 registrations: etcd writes per minute, agent CPU and RSS;
+     baseline: one CoreOS TTL loop per registration (bench/ttl-loop.sh)
+  4. recovery after an etcd outage of 2 x ttl and after the Docker socket is cut
+The last line on stdout is one JSON object with the headline figures; docs/benchmarks.md and
+docs/benchmarks-latency.png are written from the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+
+from bench import report
+from bench.common import (
+    CLK_TCK,
+    GROUP_LABEL,
+    ROOT,
+    DockerEvents,
+    Fleet,
+    Member,
+    Watch,
+    cpu_ticks,
+    diff_counts,
+    etcd_requests,
+    rss_kb,
+    stop_process,
+    summary,
+    wait_until,
+    writes,
+)
+from tests.conftest import (
+    AgentProcess,
+    DockerSocketProxy,
+    EtcdServer,
+    build_busybox_image,
+)
+
+BENCH = Path(__file__).resolve().parent
+BURST = 20
+# Not passed to the agent: its own settings, and PYTHONDONTWRITEBYTECODE (set in some dev
+# shells; a pip-installed agent has its bytecode compiled, so start-up is timed that way).
+AGENT_ENV_DROP = frozenset({"COREOS_PRIVATE_IPV4", "DOCKER_HOST", "PYTHONDONTWRITEBYTECODE"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each phase to run."""
+
+    quick: bool
+    sequential: int  # containers started one after another
+    bursts: int  # bursts of BURST containers started at once
+    cold_sizes: tuple[int, ...]
+    cold_repeats: int
+    steady_registrations: int
+    steady_ttl: int
+    steady_seconds: float
+    ttl_loop_period: int
+    ttl_loop_ttl: int
+    ttl_loop_seconds: float
+    recovery_ttl: int
+    recovery_containers: int
+    recovery_repeats: int
+    docker_cut_seconds: float
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        return cls(
+            quick=quick,
+            sequential=40 if quick else 200,
+            bursts=2 if quick else 10,
+            cold_sizes=(50, 100, 200),
+            cold_repeats=1 if quick else 3,
+            steady_registrations=100,
+            steady_ttl=30,
+            steady_seconds=60 if quick else 300,
+            ttl_loop_period=45,
+            ttl_loop_ttl=60,
+            ttl_loop_seconds=45 if quick else 135,  # whole periods: every loop runs k rounds
+            recovery_ttl=6 if quick else 30,
+            recovery_containers=20,
+            recovery_repeats=3,
+            docker_cut_seconds=10,
+        )
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, plan: Plan, workdir: Path, profile_dir: Path | None) -> None:
+        self.plan = plan
+        self.workdir = workdir
+        self.profile_dir = profile_dir
+        self.run_id = "b" + uuid.uuid4().hex[:8]
+        self.base = f"/bench-{self.run_id}"
+        self.client = docker.from_env(timeout=120)
+        self.client.ping()
+        self.image = build_busybox_image(self.client)
+        self.fleet = Fleet(self.client, self.image, self.run_id)
+        self.etcd = EtcdServer(workdir / "etcd-data")
+        self.etcdctl = str(Path(sys.executable).parent / "etcdctl")
+        self.events: DockerEvents | None = None
+        self.watch: Watch | None = None
+        self.agents: list[AgentProcess] = []
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.proxy: DockerSocketProxy | None = None
+        self.results: dict[str, Any] = {"plan": plan.__dict__, "run_id": self.run_id}
+        help_text = subprocess.run(
+            [sys.executable, "-m", "sidekick", "run", "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={
+                **{k: v for k, v in os.environ.items() if k not in AGENT_ENV_DROP},
+                "COLUMNS": "200",
+            },
+        ).stdout
+        self.has_lease_file = "--lease-file" in help_text
+
+    # -- set-up and clean-up -------------------------------------------------------------
+
+    def setup(self) -> None:
+        orphans = self.fleet.remove_orphans()
+        if orphans:
+            log(f"removed {orphans} containers left by an earlier, dead bench run")
+        self.fleet.create_network()
+        self.etcd.start()
+        self.events = DockerEvents(self.client.api, self.run_id)
+        self.watch = Watch(self.etcd.url, self.base + "/", self.workdir / "watch.log")
+        log(f"etcd {self.etcd.url} (data {self.etcd.data_dir}); run id {self.run_id}")
+
+    def cleanup(self) -> None:
+        for agent in self.agents:
+            with contextlib.suppress(Exception):
+                agent.stop()
+        for process in self.processes:
+            with contextlib.suppress(Exception):
+                stop_process(process, group=True)
+        if self.watch is not None:
+            self.watch.close()
+        if self.events is not None:
+            self.events.close()
+        if self.proxy is not None:
+            self.proxy.stop()
+        with contextlib.suppress(Exception):
+            removed = self.fleet.remove_run()
+            log(f"removed {removed} containers")
+        self.fleet.remove_network()
+        with contextlib.suppress(Exception):
+            self.etcd.stop()
+        logs = ROOT / ".tmp" / "bench-logs"
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir(parents=True, exist_ok=True)
+        for path in self.workdir.glob("*.log"):
+            with contextlib.suppress(OSError):
+                shutil.copy(path, logs / path.name)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def start_agent(
+        self,
+        name: str,
+        prefix: str,
+        group: str,
+        *,
+        ttl: int = 30,
+        docker_url: str | None = None,
+        wait_ready: bool = True,
+        extra_filter: str | None = None,
+    ) -> AgentProcess:
+        args = [
+            "--etcd-endpoints",
+            self.etcd.url,
+            "--prefix",
+            prefix,
+            "--filter",
+            extra_filter or f"label={GROUP_LABEL}={self.run_id}-{group}",
+            "--ttl",
+            str(ttl),
+            "--host-ip",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+            "--environment-file",
+            str(self.workdir / "environment"),
+        ]
+        if self.has_lease_file:  # one per agent, as on separate nodes
+            args += ["--lease-file", str(self.workdir / f"lease-{name}")]
+        if docker_url:
+            args += ["--docker-url", docker_url]
+        (self.workdir / "environment").touch()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SIDEKICK_") and k not in AGENT_ENV_DROP
+        }
+        agent = AgentProcess(args, self.workdir / f"agent-{name}.log", env).start()
+        self.agents.append(agent)
+        if wait_ready:
+            agent.wait_log("reconciled", timeout=60)
+        return agent
+
+    def stop_agent(self, agent: AgentProcess) -> None:
+        agent.stop()
+        with contextlib.suppress(ValueError):
+            self.agents.remove(agent)
+
+    def spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        with (self.workdir / log_name).open("ab") as out:
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.processes.append(process)
+        return process
+
+    def reap(self, process: subprocess.Popen[Any]) -> None:
+        stop_process(process, group=True)
+        with contextlib.suppress(ValueError):
+            self.processes.remove(process)
+
+    # -- 1. latency ------------------------------------------------------------------------
+
+    def latency_round(self, tag: str, prefix: str, group: str) -> dict[str, Any]:
+        """Sequential then bursts; per container: start -> PUT seen, die -> DELETE seen."""
+        assert self.watch is not None and self.events is not None
+        watch, fleet, plan = self.watch, self.fleet, self.plan
+
+        def full(m: Member) -> str:
+            return f"{prefix}/{m.key}"
+
+        # one warm-up container, not counted: first connections, first imports on the path
+        warm = fleet.start(group)
+        watch.wait_seen([full(warm)], "PUT", 15)
+        fleet.crash(warm)
+        watch.wait_seen([full(warm)], "DELETE", 15)
+        fleet.remove([warm])
+
+        log(f"{tag}: {plan.sequential} containers one after another")
+        sequential: list[Member] = []
+        for _ in range(plan.sequential):
+            member = fleet.start(group)
+            watch.wait_seen([full(member)], "PUT", 10)
+            sequential.append(member)
+            time.sleep(0.02)
+        for member in sequential:
+            fleet.crash(member)
+            watch.wait_seen([full(member)], "DELETE", 10)
+            time.sleep(0.02)
+        fleet.remove(sequential)
+
+        log(f"{tag}: {plan.bursts} bursts of {BURST} at once")
+        bursts: list[Member] = []
+        with ThreadPoolExecutor(BURST) as pool:
+            for _ in range(plan.bursts):
+                members = list(pool.map(lambda _i: fleet.start(group), range(BURST)))
+                watch.wait_seen([full(m) for m in members], "PUT", 20)
+                list(pool.map(fleet.crash, members))
+                watch.wait_seen([full(m) for m in members], "DELETE", 20)
+                fleet.remove(members)
+                bursts.extend(members)
+                time.sleep(0.2)
+
+        out: dict[str, Any] = {}
+        for mode, members in (("sequential", sequential), ("burst", bursts)):
+            reg, dereg, reg_missing, dereg_missing = [], [], 0, 0
+            for m in members:
+                started = self.events.time_of(m.id, "start")
+                died = self.events.time_of(m.id, "die")
+                put = watch.first(full(m), "PUT")
+                gone = watch.first(full(m), "DELETE")
+                if started and put:
+                    reg.append((put - started) / 1e6)
+                else:
+                    reg_missing += 1
+                if died and gone:
+                    dereg.append((gone - died) / 1e6)
+                else:
+                    dereg_missing += 1
+            out[mode] = {
+                "register_ms": reg,
+                "deregister_ms": dereg,
+                "register": summary(reg, reg_missing),
+                "deregister": summary(dereg, dereg_missing),
+            }
+        every_reg = out["sequential"]["register_ms"] + out["burst"]["register_ms"]
+        every_dereg = out["sequential"]["deregister_ms"] + out["burst"]["deregister_ms"]
+        out["all"] = {
+            "register": summary(
+                every_reg,
+                out["sequential"]["register"]["missing"] + out["burst"]["register"]["missing"],
+            ),
+            "deregister": summary(
+                every_dereg,
+                out["sequential"]["deregister"]["missing"] + out["burst"]["deregister"]["missing"],
+            ),
+        }
+        return out
+
+    def phase_latency(self) -> None:
+        log("phase 1: registration latency (sidekick)")
+        prefix = f"{self.base}/lat"
+        agent = self.start_agent("latency", prefix, "lat")
+        profiler = None
+        if self.profile_dir is not None:
+            profiler = self.start_profiler(agent, "latency")
+        assert agent.process is not None
+        ticks = cpu_ticks(agent.process.pid)
+        try:
+            self.results["latency"] = self.latency_round("sidekick", prefix, "lat")
+            events = 2 * (self.results["latency"]["all"]["register"]["n"] + 1)  # + warm-up
+            self.results["latency"]["agent_cpu_ms_per_event"] = (
+                (cpu_ticks(agent.process.pid) - ticks) / CLK_TCK * 1000 / events
+            )
+        finally:
+            if profiler is not None:
+                self.stop_profiler(profiler)
+            self.stop_agent(agent)
+
+        log("phase 1: registration latency (baseline: etcdctl per event)")
+        prefix = f"{self.base}/seed"
+        follower = self.spawn(
+            [
+                str(BENCH / "seed-follow.sh"),
+                self.etcdctl,
+                self.etcd.url,
+                prefix,
+                f"{GROUP_LABEL}={self.run_id}-seed",
+                "3600",
+            ],
+            "seed-follow.log",
+        )
+        time.sleep(1.0)  # `docker events` connects; the warm-up container checks it did
+        try:
+            self.results["latency_seed"] = self.latency_round("seed", prefix, "seed")
+        finally:
+            self.reap(follower)
+
+    # -- 2. cold start ---------------------------------------------------------------------
+
+    def phase_coldstart(self) -> list[Member]:
+        plan = self.plan
+        biggest = max(plan.cold_sizes)
+        log(f"phase 2: cold start; starting {biggest} containers")
+
+        def labels(index: int) -> dict[str, str]:
+            return {f"sidekick.bench.first{n}": self.run_id for n in plan.cold_sizes if index < n}
+
+        members = self.fleet.start_many("cold", biggest, labels)
+        assert self.watch is not None
+        out: dict[str, Any] = {}
+        for n in plan.cold_sizes:
+            label = f"label=sidekick.bench.first{n}={self.run_id}"
+            keys_of = members[:n]
+            runs, seed_runs = [], []
+            for repeat in range(plan.cold_repeats):
+                time.sleep(1.0)
+                prefix = f"{self.base}/cold{n}r{repeat}"
+                keys = [f"{prefix}/{m.key}" for m in keys_of]
+                before = etcd_requests(self.etcd.url)
+                t0 = time.time_ns()
+                agent = self.start_agent(
+                    f"cold{n}r{repeat}", prefix, "cold", wait_ready=False, extra_filter=label
+                )
+                complete = self.watch.wait_seen(keys, "PUT", 60)
+                arrivals = [self.watch.first(k, "PUT") or 0 for k in keys]
+                time.sleep(0.5)
+                counts = diff_counts(etcd_requests(self.etcd.url), before)
+                reconciled = [e.get("seconds") for e in agent.events("reconciled")]
+                self.stop_agent(agent)
+                runs.append(
+                    {
+                        "seconds": (max(arrivals) - t0) / 1e9 if complete else math.nan,
+                        "first_key_seconds": (min(arrivals) - t0) / 1e9 if complete else math.nan,
+                        "requests": sum(counts.values()),
+                        "by_method": counts,
+                        "reconcile_seconds": reconciled[0] if reconciled else None,
+                    }
+                )
+                # baseline: one etcdctl put per running container
+                prefix = f"{self.base}/seedcold{n}r{repeat}"
+                keys = [f"{prefix}/{m.key}" for m in keys_of]
+                before = etcd_requests(self.etcd.url)
+                t0 = time.time_ns()
+                script = self.spawn(
+                    [
+                        str(BENCH / "seed-coldstart.sh"),
+                        self.etcdctl,
+                        self.etcd.url,
+                        prefix,
+                        label.removeprefix("label="),
+                    ],
+                    "seed-coldstart.log",
+                )
+                complete = self.watch.wait_seen(keys, "PUT", 120)
+                arrivals = [self.watch.first(k, "PUT") or 0 for k in keys]
+                script.wait(60)
+                self.reap(script)
+                counts = diff_counts(etcd_requests(self.etcd.url), before)
+                seed_runs.append(
+                    {
+                        "seconds": (max(arrivals) - t0) / 1e9 if complete else math.nan,
+                        "requests": sum(counts.values()),
+                        "by_method": counts,
+                    }
+                )
+            out[str(n)] = {
+                "runs": runs,
+                "seed_runs": seed_runs,
+                "seconds": _median([r["seconds"] for r in runs]),
+                "requests": _median([r["requests"] for r in runs]),
+                "seed_seconds": _median([r["seconds"] for r in seed_runs]),
+                "seed_requests": _median([r["requests"] for r in seed_runs]),
+            }
+            log(
+                f"cold start {n}: {out[str(n)]['seconds']:.3f} s, "
+                f"{out[str(n)]['requests']} etcd requests "
+                f"(seed: {out[str(n)]['seed_seconds']:.3f} s, {out[str(n)]['seed_requests']})"
+            )
+        if self.profile_dir is not None:
+            self.profile_coldstart(members, max(plan.cold_sizes))
+        self.results["coldstart"] = out
+        return members
+
+    # -- 3. steady state -------------------------------------------------------------------
+
+    def phase_steady(self, members: list[Member]) -> None:
+        plan = self.plan
+        n = plan.steady_registrations
+        assert self.watch is not None
+        log(
+            f"phase 3: steady state, {n} registrations, {plan.steady_seconds:.0f} s, "
+            f"ttl {plan.steady_ttl}"
+        )
+        prefix = f"{self.base}/steady"
+        label = f"label=sidekick.bench.first{n}={self.run_id}"
+        agent = self.start_agent("steady", prefix, "cold", ttl=plan.steady_ttl, extra_filter=label)
+        assert agent.process is not None
+        pid = agent.process.pid
+        keys = [f"{prefix}/{m.key}" for m in members[:n]]
+        self.watch.wait_seen(keys, "PUT", 30)
+        time.sleep(3)  # let start-up settle; the window starts idle
+        rss_start = rss_kb(pid)
+        before = etcd_requests(self.etcd.url)
+        ticks = cpu_ticks(pid)
+        t0 = time.monotonic()
+        samples = []
+        write_marks: list[tuple[float, int]] = []  # (time, writes so far) at each change
+        last = 0
+        while time.monotonic() - t0 < plan.steady_seconds:
+            samples.append(rss_kb(pid))
+            time.sleep(0.5)
+            now_writes = writes(diff_counts(etcd_requests(self.etcd.url), before))
+            if now_writes != last:
+                write_marks.append((time.monotonic(), now_writes))
+                last = now_writes
+        elapsed = time.monotonic() - t0
+        cpu = (cpu_ticks(pid) - ticks) / CLK_TCK
+        counts = diff_counts(etcd_requests(self.etcd.url), before)
+        present = sum(1 for k in keys if self.watch.present.get(k))
+        self.stop_agent(agent)
+        steady = {
+            "registrations": n,
+            "present_at_end": present,
+            "seconds": elapsed,
+            "writes_per_min": _interval_rate(write_marks, writes(counts), elapsed),
+            "writes_in_window_per_min": writes(counts) / elapsed * 60,
+            "requests_per_min": sum(counts.values()) / elapsed * 60,
+            "by_method": counts,
+            "cpu_percent": cpu / elapsed * 100,
+            "rss_mb_start": rss_start / 1024,
+            "rss_mb_mean": sum(samples) / len(samples) / 1024,
+            "rss_mb_max": max(samples) / 1024,
+        }
+        log(
+            f"steady: {steady['writes_per_min']:.1f} writes/min, "
+            f"cpu {steady['cpu_percent']:.2f} %, rss {steady['rss_mb_max']:.1f} MB"
+        )
+
+        log(
+            f"phase 3: baseline, {n} TTL loops (period {plan.ttl_loop_period} s), "
+            f"{plan.ttl_loop_seconds:.0f} s"
+        )
+        prefix = f"{self.base}/ttlloop"
+        rng = random.Random(7)
+        before = etcd_requests(self.etcd.url)
+        t0 = time.monotonic()
+        loops = []
+        for m in members[:n]:
+            loops.append(
+                self.spawn(
+                    [
+                        str(BENCH / "ttl-loop.sh"),
+                        self.etcdctl,
+                        self.etcd.url,
+                        f"{prefix}/{m.key}",
+                        m.value,
+                        str(plan.ttl_loop_period),
+                        str(plan.ttl_loop_ttl),
+                        f"{rng.uniform(0, plan.ttl_loop_period - 1):.2f}",
+                        str(int(plan.ttl_loop_seconds + plan.ttl_loop_period + 30)),
+                    ],
+                    "ttl-loop.log",
+                )
+            )
+        loop_rss: list[int] = []
+        while time.monotonic() - t0 < plan.ttl_loop_seconds:
+            time.sleep(1.0)
+            with contextlib.suppress(OSError):
+                loop_rss.append(sum(rss_kb(p.pid) for p in loops))
+        elapsed = time.monotonic() - t0
+        counts = diff_counts(etcd_requests(self.etcd.url), before)
+        loop_ticks = 0
+        for p in loops:
+            with contextlib.suppress(OSError):
+                loop_ticks += cpu_ticks(p.pid, children=True)
+        for p in loops:
+            self.reap(p)
+        rounds = counts.get("Put", 0)
+        self.results["steady"] = steady
+        self.results["steady_ttl_loop"] = {
+            "registrations": n,
+            "period": plan.ttl_loop_period,
+            "seconds": elapsed,
+            "writes_per_min": writes(counts) / elapsed * 60,
+            "puts_per_min": rounds / elapsed * 60,
+            "computed_writes_per_min": n * 2 * 60 / plan.ttl_loop_period,
+            "computed_puts_per_min": n * 60 / plan.ttl_loop_period,
+            "by_method": counts,
+            "cpu_percent": loop_ticks / CLK_TCK / elapsed * 100,
+            "rss_mb_mean": (sum(loop_rss) / len(loop_rss) / 1024) if loop_rss else math.nan,
+        }
+        log(f"ttl loops: {self.results['steady_ttl_loop']['writes_per_min']:.1f} writes/min")
+
+    # -- 4. recovery -----------------------------------------------------------------------
+
+    def right(self, prefix: str, members: list[Member], session: requests.Session) -> bool:
+        """etcd holds exactly the keys of these containers under prefix."""
+        want = {f"{prefix}/{m.key}": m.value for m in members}
+        try:
+            have = _range(session, self.etcd.url, prefix + "/")
+        except (requests.RequestException, ValueError):
+            return False
+        return have == want
+
+    def churn(self, alive: list[Member], group: str, count: int = 5) -> list[Member]:
+        """While a peer is away: `count` containers die and `count` new ones start."""
+        gone, kept = alive[:count], alive[count:]
+        for m in gone:
+            self.fleet.crash(m)
+        wait_until(lambda: all(not self._running(m) for m in gone), 15, 0.05)
+        return kept + [self.fleet.start(group) for _ in range(count)]
+
+    def _running(self, member: Member) -> bool:
+        try:
+            return bool(self.client.api.inspect_container(member.id)["State"]["Running"])
+        except docker.errors.NotFound:
+            return False
+
+    def phase_recovery(self) -> None:
+        """Each peer goes away `recovery_repeats` times, with churn while it is away."""
+        plan = self.plan
+        ttl = plan.recovery_ttl
+        session = requests.Session()
+        alive = [self.fleet.start("rec") for _ in range(plan.recovery_containers)]
+
+        log(
+            f"phase 4: recovery from an etcd outage of {2 * ttl} s (ttl {ttl}), "
+            f"{plan.recovery_repeats} times"
+        )
+        prefix = f"{self.base}/recetcd"
+        agent = self.start_agent("recovery-etcd", prefix, "rec", ttl=ttl)
+        if self.watch is not None:  # its stream ends with etcd; the later phases need none
+            self.watch.close()
+            self.watch = None
+        etcd_runs = []
+        for _ in range(plan.recovery_repeats):
+            wait_until(lambda now=alive: self.right(prefix, now, session), 30, 0.05)
+            time.sleep(1.0)
+            self.etcd.stop()
+            down = time.monotonic()
+            alive = self.churn(alive, "rec")
+            time.sleep(max(0.0, down + 2 * ttl - time.monotonic()))
+            back, fixed = self._restart_etcd_and_time(prefix, alive, session)
+            etcd_runs.append(
+                {
+                    "seconds": fixed - back["healthy"] if fixed else math.nan,
+                    "etcd_boot_seconds": back["boot"],
+                }
+            )
+            log(f"recovery from etcd: {etcd_runs[-1]['seconds']:.3f} s after it answered")
+        retries = len(agent.events("retry scheduled"))
+        self.stop_agent(agent)
+        etcd_result = {
+            "ttl": ttl,
+            "outage_seconds": 2 * ttl,
+            "runs": etcd_runs,
+            "seconds": max(r["seconds"] for r in etcd_runs),
+            "median_seconds": _median([r["seconds"] for r in etcd_runs]),
+            "etcd_boot_seconds": _median([r["etcd_boot_seconds"] for r in etcd_runs]),
+            "retries_logged": retries,
+        }
+
+        log(
+            f"phase 4: recovery from a Docker socket cut of {plan.docker_cut_seconds:.0f} s, "
+            f"{plan.recovery_repeats} times"
+        )
+        self.proxy = DockerSocketProxy(Path(tempfile.mkdtemp(prefix="skb-")) / "docker.sock")
+        self.proxy.start()
+        prefix = f"{self.base}/recdocker"
+        agent = self.start_agent(
+            "recovery-docker", prefix, "rec", ttl=ttl, docker_url=self.proxy.url
+        )
+        docker_runs = []
+        for _ in range(plan.recovery_repeats):
+            wait_until(lambda now=alive: self.right(prefix, now, session), 30, 0.05)
+            time.sleep(1.0)
+            self.proxy.stop()
+            cut = time.monotonic()
+            alive = self.churn(alive, "rec")
+            time.sleep(max(0.0, cut + plan.docker_cut_seconds - time.monotonic()))
+            self.proxy.start()
+            restored = time.monotonic()
+            fixed_at = None
+            while time.monotonic() < restored + 60:
+                if self.right(prefix, alive, session):
+                    fixed_at = time.monotonic()
+                    break
+                time.sleep(0.005)
+            docker_runs.append({"seconds": fixed_at - restored if fixed_at else math.nan})
+            log(f"recovery from docker: {docker_runs[-1]['seconds']:.3f} s after it returned")
+        retries = len(agent.events("retry scheduled"))
+        self.stop_agent(agent)
+        docker_result = {
+            "cut_seconds": plan.docker_cut_seconds,
+            "runs": docker_runs,
+            "seconds": max(r["seconds"] for r in docker_runs),
+            "median_seconds": _median([r["seconds"] for r in docker_runs]),
+            "retries_logged": retries,
+        }
+        self.results["recovery"] = {"etcd": etcd_result, "docker": docker_result}
+
+    def _restart_etcd_and_time(
+        self, prefix: str, alive: list[Member], session: requests.Session
+    ) -> tuple[dict[str, float], float | None]:
+        """Start etcd again; poll every 5 ms for healthy, then for right."""
+        spawned = time.monotonic()
+        starter = threading.Thread(target=self.etcd.start, daemon=True)
+        starter.start()
+        healthy = None
+        deadline = spawned + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException, ValueError):
+                answer = session.get(self.etcd.url + "/health", timeout=0.5).json()
+                if answer.get("health") == "true":
+                    healthy = time.monotonic()
+                    break
+            time.sleep(0.005)
+        if healthy is None:
+            raise RuntimeError("etcd did not come back")
+        fixed = None
+        while time.monotonic() < deadline:
+            if self.right(prefix, alive, session):
+                fixed = time.monotonic()
+                break
+            time.sleep(0.005)
+        starter.join(30)
+        return {"healthy": healthy, "boot": healthy - spawned}, fixed
+
+    # -- profiling (optional) --------------------------------------------------------------
+
+    def start_profiler(self, agent: AgentProcess, name: str) -> subprocess.Popen[bytes] | None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists() or agent.process is None or self.profile_dir is None:
+            log("py-spy not found; no profile")
+            return None
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        argv = [spy, "record", "--pid", str(agent.process.pid), "--rate", "200", "--nonblocking"]
+        argv += ["--format"]
+        argv += ["raw", "--output", str(self.profile_dir / f"{name}.txt"), "--threads"]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_profiler(self, profiler: subprocess.Popen[bytes]) -> None:
+        profiler.send_signal(signal.SIGINT)
+        try:
+            profiler.wait(30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+
+    def profile_coldstart(self, members: list[Member], n: int) -> None:
+        """One more cold start of n under py-spy (not counted: the sampler slows it)."""
+        spy = Path(sys.executable).parent / "py-spy"
+        if not spy.exists() or self.profile_dir is None:
+            return
+        assert self.watch is not None
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        prefix = f"{self.base}/coldprof"
+        label = f"label=sidekick.bench.first{n}={self.run_id}"
+        agent = self.start_agent("coldprof", prefix, "cold", wait_ready=False, extra_filter=label)
+        assert agent.process is not None
+        profiler = subprocess.Popen(
+            [
+                *(str(spy), "record", "--pid", str(agent.process.pid), "--rate", "500"),
+                "--nonblocking",
+                *("--format", "raw", "--output", str(self.profile_dir / "coldstart.txt")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.watch.wait_seen([f"{prefix}/{m.key}" for m in members[:n]], "PUT", 60)
+        self.stop_profiler(profiler)
+        self.stop_agent(agent)
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        self.results["machine"] = report.machine(self.client, self.etcd.url)
+        self.phase_latency()
+        members = self.phase_coldstart()
+        self.phase_steady(members)
+        self.fleet.remove(members)
+        self.phase_recovery()
+        self.results["duration_seconds"] = time.monotonic() - started
+        self.results["machine"]["load_end"] = os.getloadavg()[0]
+        return self.results
+
+
+def _interval_rate(marks: list[tuple[float, int]], total: int, elapsed: float) -> float:
+    """Writes per minute from the times the count went up (0.5 s resolution).
+
+    A 60 s window holds 6 or 7 keepalives sent every 10 s depending on where it starts; the
+    writes after the first change, over the time from the first change to the last, do not
+    depend on that phase. Falls back to count / window with fewer than 3 changes.
+    """
+    if len(marks) < 3:
+        return total / elapsed * 60
+    (t_first, n_first), (t_last, n_last) = marks[0], marks[-1]
+    return (n_last - n_first) / (t_last - t_first) * 60
+
+
+def _median(values: list[float]) -> float:
+    clean = sorted(v for v in values if not (isinstance(v, float) and math.isnan(v)))
+    if not clean:
+        return math.nan
+    mid = len(clean) // 2
+    return clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
+
+
+def _range(session: requests.Session, url: str, prefix: str) -> dict[str, str]:
+    end = bytearray(prefix.encode())
+    end[-1] += 1
+    answer = session.post(
+        f"{url}/v3/kv/range",
+        json={
+            "key": base64.b64encode(prefix.encode()).decode(),
+            "range_end": base64.b64encode(bytes(end)).decode(),
+        },
+        timeout=1,
+    )
+    answer.raise_for_status()
+    return {
+        base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+        for kv in answer.json().get("kvs", [])
+    }
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures of the last stdout line."""
+    lat, seed = results["latency"], results["latency_seed"]
+    cold, steady = results["coldstart"], results["steady"]
+    loop, rec = results["steady_ttl_loop"], results["recovery"]
+
+    def r(value: float, digits: int = 2) -> float | None:
+        return None if value is None or math.isnan(value) else round(value, digits)
+
+    line = {
+        "register_p50_ms": r(lat["all"]["register"]["p50"]),
+        "register_p95_ms": r(lat["all"]["register"]["p95"]),
+        "register_p99_ms": r(lat["all"]["register"]["p99"]),
+        "register_max_ms": r(lat["all"]["register"]["max"]),
+        "deregister_p50_ms": r(lat["all"]["deregister"]["p50"]),
+        "deregister_p99_ms": r(lat["all"]["deregister"]["p99"]),
+        "deregister_max_ms": r(lat["all"]["deregister"]["max"]),
+        "latency_samples": lat["all"]["register"]["n"],
+        "latency_missing": lat["all"]["register"]["missing"] + lat["all"]["deregister"]["missing"],
+    }
+    for n in (50, 100, 200):
+        if str(n) in cold:
+            line[f"coldstart_{n}_s"] = r(cold[str(n)]["seconds"], 3)
+            line[f"coldstart_{n}_etcd_requests"] = cold[str(n)]["requests"]
+    line.update(
+        {
+            "steady_writes_per_min": r(steady["writes_per_min"]),
+            "idle_rss_mb": r(steady["rss_mb_max"], 1),
+            "idle_cpu_percent": r(steady["cpu_percent"], 3),
+            "recovery_etcd_s": r(rec["etcd"]["seconds"], 3),
+            "recovery_docker_s": r(rec["docker"]["seconds"], 3),
+            "baseline_register_p50_ms": r(seed["all"]["register"]["p50"]),
+            "baseline_register_p99_ms": r(seed["all"]["register"]["p99"]),
+            "baseline_deregister_p99_ms": r(seed["all"]["deregister"]["p99"]),
+            "baseline_coldstart_200_s": r(cold.get("200", {}).get("seed_seconds", math.nan), 3),
+            "baseline_coldstart_200_etcd_requests": cold.get("200", {}).get("seed_requests"),
+            "baseline_steady_writes_per_min": r(loop["writes_per_min"]),
+            "quick": results["plan"]["quick"],
+        }
+    )
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer containers, 1-minute steady")
+    parser.add_argument("--profile", type=Path, help="also record py-spy profiles into DIR")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, etcd)")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks*")
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: write docs/ and the JSON line from a saved .tmp/bench-results.json",
+    )
+    args = parser.parse_args(argv)
+    if args.from_results is not None:
+        results = json.loads(args.from_results.read_text())
+        line = headline(results)
+        quick = " --quick" if results["plan"]["quick"] else ""
+        report.write(results, line, "./bench/run" + quick, ROOT / "docs")
+        print(json.dumps(line))
+        return 0
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    plan = Plan.make(args.quick)
+    workdir = Path(tempfile.mkdtemp(prefix="sidekick-bench-"))
+    bench = Bench(plan, workdir, args.profile)
+    ok = False
+    try:
+        bench.setup()
+        results = bench.run()
+        ok = True
+    finally:
+        bench.cleanup()
+        if args.keep or not ok:
+            log(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    line = headline(results)
+    command = "./bench/run" + (" --quick" if args.quick else "")
+    (ROOT / ".tmp").mkdir(exist_ok=True)
+    (ROOT / ".tmp" / "bench-results.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.profile is not None and not args.no_docs:
+        log("--profile: the sampler perturbs the figures, so docs/ is left as it is")
+    elif not args.no_docs:
+        report.write(results, line, command, ROOT / "docs")
+        log("wrote docs/benchmarks.md and docs/benchmarks-latency.png")
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
