@@ -76,8 +76,18 @@ CONTAINER_OPS = {  # op -> weight
     "unpause": 1.5,
     "restart": 1.0,
     "start": 1.5,
-    "health_flip": 2.0,
+    "health_flip": 3.0,
     "hup": 0.5,
+}
+# op -> the container states it applies to (None: any); "remove" and "restart" take any
+OP_STATES: dict[str, set[str] | None] = {
+    "stop": {"running", "paused", "restarting"},
+    "kill": {"running", "paused"},
+    "pause": {"running"},
+    "unpause": {"paused"},
+    "start": {"created", "exited"},
+    "hup": {"running"},
+    "health_flip": {"running"},
 }
 FAULTS = {  # fault -> weight
     "agent_sigkill": 1.0,
@@ -144,7 +154,6 @@ class Chaos:
     refused: Counter[str] = field(default_factory=Counter)  # refused by Docker in that state
     agent_restarts: list[float] = field(default_factory=list)  # exec to first reconcile
     convergence: list[tuple[float, int, str, str]] = field(default_factory=list)
-    paused: set[str] = field(default_factory=set)  # names we paused and did not unpause since
     divergences: list[Divergence] = field(default_factory=list)
     serial: int = 0
     agent: AgentProcess | None = None
@@ -165,18 +174,10 @@ class Chaos:
             kind = self.rng.choices(list(KINDS), weights=[k[0] for k in KINDS.values()])[0]
             self._create(kind, self.rng.choice(SERVICES))
             return f"create {kind}"
-        if op == "health_flip":
-            candidates = [b for b in self.backends if b.kind == "health"]
-            if not candidates:
-                return "health_flip (no health container)"
-            target = self.rng.choice(candidates)
-            healthy = self.rng.random() < 0.5
-            self._docker(op, target, lambda: self._exec(target, healthy))
-            return f"health_flip {target.name} -> {'healthy' if healthy else 'unhealthy'}"
-        pool = self.backends
-        if op == "unpause" and self.paused:
-            pool = [b for b in self.backends if b.name in self.paused]
-        target = self.rng.choice(pool)
+        target = self.pick(op)
+        healthy = self.rng.random() < 0.5  # drawn for every op, so the draws never shift
+        if op == "health_flip" and target.kind != "health":
+            return "health_flip (no health container)"
         actions: dict[str, Callable[[], Any]] = {
             "stop": lambda: self.api.stop(target.container_id, timeout=1),
             "kill": lambda: self.api.kill(target.container_id),
@@ -186,15 +187,36 @@ class Chaos:
             "restart": lambda: self.api.restart(target.container_id, timeout=1),
             "start": lambda: self.api.start(target.container_id),
             "hup": lambda: self.api.kill(target.container_id, signal="SIGHUP"),
+            "health_flip": lambda: self._exec(target, healthy),
         }
-        if self._docker(op, target, actions[op]):
-            if op == "pause":
-                self.paused.add(target.name)
-            elif op in {"unpause", "remove"}:
-                self.paused.discard(target.name)
-            if op == "remove":
-                self.backends.remove(target)
+        if self._docker(op, target, actions[op]) and op == "remove":
+            self.backends.remove(target)
+        if op == "health_flip":
+            return f"health_flip {target.name} -> {'healthy' if healthy else 'unhealthy'}"
         return f"{op} {target.name}"
+
+    def pick(self, op: str) -> Backend:
+        """A target in a state the op applies to, when there is one.
+
+        One draw whatever the pool, so a seed gives the same sequence of draws however
+        Docker's timing shapes the pools.
+        """
+        draw = self.rng.random()
+        states = OP_STATES.get(op)
+        pool = [
+            b
+            for b in self.backends
+            if (states is None or self._status(b) in states)
+            and (op != "health_flip" or b.kind == "health")
+        ]
+        pool = pool or self.backends
+        return pool[int(draw * len(pool))]
+
+    def _status(self, backend: Backend) -> str | None:
+        try:
+            return str(self.api.inspect_container(backend.container_id)["State"]["Status"])
+        except docker.errors.NotFound:
+            return None
 
     def _create(self, kind: str, service: str) -> None:
         self.serial += 1
