@@ -40,6 +40,12 @@ GONE_ACTIONS = frozenset({"die", "stop", "destroy", "pause"})
 STOP_SIGNALS = frozenset({"9", "15", "SIGKILL", "SIGTERM", "KILL", "TERM"})
 TRANSIENT = (EtcdError, DockerUnavailable)
 PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
+MAX_EVENT_BATCH = 256  # events handled together when they arrive faster than etcd answers
+
+
+def _keeps_serving(event: DockerEvent) -> bool:
+    """`docker kill -s HUP` and the like: the container goes on serving."""
+    return event.action == "kill" and event.attributes.get("signal", "") not in STOP_SIGNALS
 
 
 class _Marker:
@@ -82,9 +88,12 @@ class Agent:
         self.log = structlog.get_logger("sidekick")
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.stopping = threading.Event()
+        # etcd may be far and shared: back off to 2 s. The Docker socket is local: 1 s.
         self.retry_wait = retry_wait or tenacity.wait_exponential_jitter(
             initial=0.05, max=min(2.0, config.ttl / 3), jitter=0.25
         )
+        self.docker_retry_wait = tenacity.wait_exponential_jitter(initial=0.05, max=1.0, jitter=0.1)
+        self._wakeup = threading.Event()  # cuts the reconcile's backoff short: Docker is back
         self.lease = 0
         self.announced: dict[str, tuple[Registration, ...]] = {}  # container id -> its keys
         self.actual: dict[str, KeyState] = {}  # the prefix as last read, plus our writes
@@ -105,6 +114,7 @@ class Agent:
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler or another thread)."""
         self.stopping.set()
+        self._wakeup.set()
         self.queue.put(STOP)
         self.docker.close_events()
 
@@ -136,10 +146,19 @@ class Agent:
             item: Item | None = self.queue.get(timeout=timeout)
         except queue.Empty:
             item = None
-        if item is DOCKER_CONNECTED:
+        events: list[DockerEvent] = []
+        while isinstance(item, DockerEvent) and len(events) < MAX_EVENT_BATCH:
+            events.append(item)  # a burst (20 containers at once) costs one transaction
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                item = None
+        if events:
+            self._on_events(events)
+        if isinstance(item, DockerEvent):
+            self.queue.put(item)  # the batch was full: next cycle
+        elif item is DOCKER_CONNECTED:
             self.needs_reconcile = True
-        elif isinstance(item, DockerEvent):
-            self._on_event(item)
         now = time.monotonic()
         if self.lease and not self.needs_reconcile and now >= self.next_keepalive:
             self._keepalive()
@@ -206,11 +225,13 @@ class Agent:
     def _read_events(self) -> None:
         while not self.stopping.is_set():
             try:
-                events = self._retry("docker events", self._sleep)(self.docker.open_events)
+                retrying = self._retry("docker events", self._sleep, self.docker_retry_wait)
+                events = retrying(self.docker.open_events)
             except tenacity.RetryError:
                 return  # stopping
             self.docker_connected = True
             self.queue.put(DOCKER_CONNECTED)
+            self._wakeup.set()
             for event in events:
                 self.metrics.docker_events.labels(event.action).inc()
                 self.queue.put(event)
@@ -221,12 +242,14 @@ class Agent:
 
     # -- events ---------------------------------------------------------------------------
 
-    def _on_event(self, event: DockerEvent) -> None:
-        if event.action == "kill" and event.attributes.get("signal", "") not in STOP_SIGNALS:
-            return  # e.g. HUP: nginx reloads, the container keeps serving
-        if event.action in GONE_ACTIONS or event.action == "kill":
-            self._set_announcement(event.container_id, event.name, Announcement())
-        else:
+    def _on_events(self, events: Sequence[DockerEvent]) -> None:
+        """Update the announcements the events touch, then write the difference once."""
+        relevant = [e for e in events if not _keeps_serving(e)]
+        last = {e.container_id: e for e in relevant}  # a container's last event decides
+        for event in last.values():
+            if event.action in GONE_ACTIONS or event.action == "kill":
+                self._set_announcement(event.container_id, event.name, Announcement())
+                continue
             try:
                 container = self.docker.inspect(event.container_id)
             except DockerUnavailable as exc:
@@ -234,7 +257,8 @@ class Agent:
                 return
             announcement = announce(container, self.config) if container else Announcement()
             self._set_announcement(event.container_id, event.name, announcement)
-        self._sync()
+        if last:
+            self._sync()
 
     def _set_announcement(self, container_id: str, name: str, announcement: Announcement) -> None:
         if announcement.problem is not None:
@@ -493,11 +517,15 @@ class Agent:
     def _sleep_beating(self, seconds: float) -> None:
         """The loop's own backoff: still alive, so the watchdog keeps being fed."""
         deadline = time.monotonic() + seconds
+        self._wakeup.clear()
         while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
             self._heartbeat()
-            self.stopping.wait(min(left, max(0.05, self._next_watchdog - time.monotonic())))
+            if self._wakeup.wait(min(left, max(0.05, self._next_watchdog - time.monotonic()))):
+                return
 
-    def _retry(self, what: str, sleep: Callable[[float], None]) -> tenacity.Retrying:
+    def _retry(
+        self, what: str, sleep: Callable[[float], None], wait: tenacity.wait.wait_base | None = None
+    ) -> tenacity.Retrying:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             if exc is not None:
@@ -512,7 +540,7 @@ class Agent:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TRANSIENT),
-            wait=self.retry_wait,
+            wait=wait or self.retry_wait,
             stop=lambda _state: self.stopping.is_set(),
             sleep=sleep,
             before_sleep=before_sleep,
