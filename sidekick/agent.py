@@ -43,6 +43,11 @@ PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full rec
 MAX_EVENT_BATCH = 256  # events handled together when they arrive faster than etcd answers
 
 
+def backoff(longest: float, jitter: float) -> tenacity.wait.wait_base:
+    """Exponential from 50 ms up to `longest`, plus up to `jitter` seconds of randomness."""
+    return tenacity.wait_exponential(multiplier=0.05, max=longest) + tenacity.wait_random(0, jitter)
+
+
 def _keeps_serving(event: DockerEvent) -> bool:
     """`docker kill -s HUP` and the like: the container goes on serving."""
     return event.action == "kill" and event.attributes.get("signal", "") not in STOP_SIGNALS
@@ -89,10 +94,8 @@ class Agent:
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.stopping = threading.Event()
         # etcd may be far and shared: back off to 2 s. The Docker socket is local: 1 s.
-        self.retry_wait = retry_wait or tenacity.wait_exponential_jitter(
-            initial=0.05, max=min(2.0, config.ttl / 3), jitter=0.25
-        )
-        self.docker_retry_wait = tenacity.wait_exponential_jitter(initial=0.05, max=1.0, jitter=0.1)
+        self.retry_wait = retry_wait or backoff(min(2.0, config.ttl / 3), jitter=0.25)
+        self.docker_retry_wait = backoff(1.0, jitter=0.1)
         self._wakeup = threading.Event()  # cuts the reconcile's backoff short: Docker is back
         self.lease = 0
         self.announced: dict[str, tuple[Registration, ...]] = {}  # container id -> its keys

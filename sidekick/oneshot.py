@@ -304,7 +304,7 @@ def retrying(*kinds: type[Exception]) -> tenacity.Retrying:
         stop=(
             tenacity.stop_after_attempt(RETRY_ATTEMPTS) | tenacity.stop_after_delay(RETRY_DEADLINE)
         ),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.2),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=2.0) + tenacity.wait_random(0, 0.2),
         reraise=True,
     )
 
