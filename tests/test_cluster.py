@@ -228,6 +228,7 @@ class TestCluster:
 
         # 1. The member the agent talks to (the first of its endpoints) dies.
         first = etcd_cluster.members[0]
+        print(f"{first.name} is in use; the leader is {etcd_cluster.leader().name}")
         first.kill()
         killed = time.monotonic()
         web.start("b")
