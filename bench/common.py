@@ -188,6 +188,8 @@ class Watch:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             record = json.loads(line)
+            if record.get("connected"):
+                continue
             if record.get("ready"):
                 self._ready.set()
                 continue
@@ -233,29 +235,40 @@ class Watch:
 
 
 class DockerEvents:
-    """Docker's own clock: the timeNano of each start and die of this run's containers."""
+    """Docker's clock and ours: for each start and die of this run's containers, its timeNano
+    and when it reached a subscriber (bench.events, a process of its own, stamps arrivals)."""
 
-    def __init__(self, api: docker.APIClient, run_id: str) -> None:
-        self._stream = api.events(
-            decode=True,
-            filters={
-                "type": "container",
-                "event": ["start", "die"],
-                "label": [f"{BENCH_LABEL}={run_id}"],
-            },
-        )
+    def __init__(self, run_id: str, log: Path, socket_path: str = "/var/run/docker.sock") -> None:
         self._lock = threading.Lock()
         self.times: dict[str, dict[str, int]] = defaultdict(dict)
+        self.arrivals: dict[str, dict[str, int]] = defaultdict(dict)
+        self._stderr = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.events", socket_path, f"{BENCH_LABEL}={run_id}"],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=ROOT,
+            text=True,
+        )
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True, name="docker-events")
         self._thread.start()
+        if not self._ready.wait(15):
+            self.close()
+            raise RuntimeError("the Docker events reader did not start")
 
     def _read(self) -> None:
-        with contextlib.suppress(Exception):  # the stream ends in many ways when closed
-            for raw in self._stream:
-                action = str(raw.get("Action") or raw.get("status") or "")
-                cid = str((raw.get("Actor") or {}).get("ID") or raw.get("id") or "")
-                with self._lock:
-                    self.times[cid].setdefault(action, int(raw.get("timeNano") or 0))
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            record = json.loads(line)
+            if record.get("connected"):
+                self._ready.set()
+                continue
+            if "error" in record:
+                continue
+            with self._lock:
+                self.times[record["id"]].setdefault(record["action"], record["time_nano"])
+                self.arrivals[record["id"]].setdefault(record["action"], record["t"])
 
     def time_of(self, container_id: str, action: str, timeout: float = 5.0) -> int | None:
         def seen() -> int | None:
@@ -264,9 +277,16 @@ class DockerEvents:
 
         return wait_until(seen, timeout, interval=0.01)
 
+    def delivery_ms(self, container_id: str, action: str) -> float | None:
+        """How long after its timeNano the event reached a subscriber."""
+        with self._lock:
+            stamped = self.times.get(container_id, {}).get(action)
+            arrived = self.arrivals.get(container_id, {}).get(action)
+        return (arrived - stamped) / 1e6 if stamped and arrived else None
+
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._stream.close()
+        stop_process(self.process)
+        self._stderr.close()
 
 
 @dataclass(frozen=True)

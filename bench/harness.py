@@ -156,7 +156,7 @@ class Bench:
             log(f"removed {orphans} containers left by an earlier, dead bench run")
         self.fleet.create_network()
         self.etcd.start()
-        self.events = DockerEvents(self.client.api, self.run_id)
+        self.events = DockerEvents(self.run_id, self.workdir / "events.log")
         self.watch = Watch(self.etcd.url, self.base + "/", self.workdir / "watch.log")
         log(f"etcd {self.etcd.url} (data {self.etcd.data_dir}); run id {self.run_id}")
 
@@ -294,6 +294,7 @@ class Bench:
         out: dict[str, Any] = {}
         for mode, members in (("sequential", sequential), ("burst", bursts)):
             reg, dereg, reg_missing, dereg_missing = [], [], 0, 0
+            after_delivery: dict[str, list[float]] = {"register": [], "deregister": []}
             for m in members:
                 started = self.events.time_of(m.id, "start")
                 died = self.events.time_of(m.id, "die")
@@ -301,15 +302,27 @@ class Bench:
                 gone = watch.first(full(m), "DELETE")
                 if started and put:
                     reg.append((put - started) / 1e6)
+                    if (late := self.events.delivery_ms(m.id, "start")) is not None:
+                        after_delivery["register"].append((put - started) / 1e6 - late)
                 else:
                     reg_missing += 1
                 if died and gone:
                     dereg.append((gone - died) / 1e6)
+                    if (late := self.events.delivery_ms(m.id, "die")) is not None:
+                        after_delivery["deregister"].append((gone - died) / 1e6 - late)
                 else:
                     dereg_missing += 1
+            delivery = {
+                action: [
+                    d for m in members if (d := self.events.delivery_ms(m.id, action)) is not None
+                ]
+                for action in ("start", "die")
+            }
             out[mode] = {
                 "register_ms": reg,
                 "deregister_ms": dereg,
+                "docker_delivery": {a: summary(v) for a, v in delivery.items()},
+                "after_delivery": {k: summary(v) for k, v in after_delivery.items()},
                 "register": summary(reg, reg_missing),
                 "deregister": summary(dereg, dereg_missing),
             }

@@ -267,6 +267,31 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
                 + " | ".join(_fmt(dereg[k]) for k in ("p50", "p95", "p99", "max"))
                 + " |"
             )
+    floor = []
+    for who, data in (("sidekick", lat), ("seed", seed)):
+        for mode in ("sequential", "burst"):
+            d = data[mode].get("docker_delivery")
+            a = data[mode].get("after_delivery")
+            if d and a:
+                floor.append(
+                    f"| {who} | {mode} | {_fmt(d['start']['p50'])} | {_fmt(d['start']['p99'])} | "
+                    f"{_fmt(a['register']['p50'])} | {_fmt(a['register']['p99'])} | "
+                    f"{_fmt(d['die']['p50'])} | {_fmt(d['die']['p99'])} | "
+                    f"{_fmt(a['deregister']['p50'])} | {_fmt(a['deregister']['p99'])} |"
+                )
+    if floor:
+        out += [
+            "",
+            "Where the time goes: Docker's own share (the floor under any agent) is how long "
+            "after its `timeNano` the event reached a subscriber of the events API (a separate "
+            "reader process, stamped on arrival); the rest is the latency minus that share, per "
+            "container (the agent's inspect and write, and etcd's commit and watch).",
+            "",
+            "| run | mode | start: Docker p50 | p99 | register after it p50 | p99 "
+            "| die: Docker p50 | p99 | deregister after it p50 | p99 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *floor,
+        ]
     out += [
         "",
         "All in milliseconds. The agent's CPU time over the whole latency phase was "

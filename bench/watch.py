@@ -17,6 +17,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 
@@ -65,20 +66,12 @@ def _handle(line: bytes, now: int) -> None:
         )
 
 
-def watch(url: str, prefix: str, max_seconds: float) -> int:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 2379
-    end = bytearray(prefix.encode())
-    end[-1] += 1
-    request = json.dumps(
-        {"create_request": {"key": _b64(prefix.encode()), "range_end": _b64(bytes(end))}}
-    ).encode()
-    sock = socket.create_connection((host, port), timeout=5)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(
-        b"POST /v3/watch HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % (host.encode(), port, len(request)) + request
-    )
+def follow(
+    sock: socket.socket, request: bytes, handle: Callable[[bytes, int], None], max_seconds: float
+) -> int:
+    """Send request, then feed each newline-delimited message of the chunked answer to handle
+    with the time.time_ns() at which its last bytes arrived. 0 when the server ends it."""
+    sock.sendall(request)
     sock.settimeout(1.0)
     deadline = time.monotonic() + max_seconds
     raw = bytearray()  # bytes not yet de-chunked
@@ -107,6 +100,7 @@ def watch(url: str, prefix: str, max_seconds: float) -> int:
                 _emit({"error": head.split("\r\n", 1)[0]})
                 return 1
             headers_done = True
+            _emit({"connected": True, "t": now})
         while raw:
             if data_left:
                 take = min(data_left, len(raw))
@@ -128,8 +122,25 @@ def watch(url: str, prefix: str, max_seconds: float) -> int:
                 return 0
             data_left, crlf_left = size, 2
         for line in _messages(body):
-            _handle(line, now)
+            handle(line, now)
     return 0
+
+
+def watch(url: str, prefix: str, max_seconds: float) -> int:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 2379
+    end = bytearray(prefix.encode())
+    end[-1] += 1
+    body = json.dumps(
+        {"create_request": {"key": _b64(prefix.encode()), "range_end": _b64(bytes(end))}}
+    ).encode()
+    sock = socket.create_connection((host, port), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = (
+        b"POST /v3/watch HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (host.encode(), port, len(body)) + body
+    )
+    return follow(sock, request, _handle, max_seconds)
 
 
 def main() -> int:
