@@ -332,8 +332,15 @@ class Fleet:
         )
 
     def remove_network(self) -> None:
-        with contextlib.suppress(docker.errors.APIError):
-            self.api.remove_network(self.network)
+        """Remove the run's network; the engine may still be detaching removed containers."""
+        for _ in range(10):
+            try:
+                self.api.remove_network(self.network)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError:
+                time.sleep(1.0)
 
     def _port(self) -> int:
         """A loopback port nothing listens on (ports are never reused within a run)."""
