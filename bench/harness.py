@@ -648,7 +648,7 @@ class Bench:
             f"phase 4: recovery from a Docker socket cut of {plan.docker_cut_seconds:.0f} s, "
             f"{plan.recovery_repeats} times"
         )
-        self.proxy = DockerSocketProxy(Path(tempfile.mkdtemp(prefix="skb-")) / "docker.sock")
+        self.proxy = DockerSocketProxy(self.workdir / "docker.sock")  # removed with workdir
         self.proxy.start()
         prefix = f"{self.base}/recdocker"
         agent = self.start_agent(
