@@ -23,7 +23,6 @@ from sidekick.metrics import Metrics
 from sidekick.model import (
     Announcement,
     Clash,
-    Container,
     Delete,
     KeyState,
     Put,
@@ -41,7 +40,6 @@ GONE_ACTIONS = frozenset({"die", "stop", "destroy", "pause"})
 STOP_SIGNALS = frozenset({"9", "15", "SIGKILL", "SIGTERM", "KILL", "TERM"})
 TRANSIENT = (EtcdError, DockerUnavailable)
 PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
-MAX_CREATED = 1024  # containers inspected at create and awaiting their start
 MAX_EVENT_BATCH = 256  # events handled together when they arrive faster than etcd answers
 
 
@@ -111,7 +109,6 @@ class Agent:
         self._warned: dict[str, str] = {}  # container id -> last problem logged
         self._clashes: set[tuple[str, int, str]] = set()
         self._duplicates: set[tuple[str, str]] = set()
-        self._created: dict[str, Container] = {}  # inspected at create, not started yet
         self._outages: dict[str, str] = {}  # peer -> first error of the current outage
         self._reader: threading.Thread | None = None
 
@@ -252,40 +249,19 @@ class Agent:
         """Update the announcements the events touch, then write the difference once."""
         relevant = [e for e in events if not _keeps_serving(e)]
         last = {e.container_id: e for e in relevant}  # a container's last event decides
-        changed = False
         for event in last.values():
-            if event.action == "destroy":
-                self._created.pop(event.container_id, None)
             if event.action in GONE_ACTIONS or event.action == "kill":
                 self._set_announcement(event.container_id, event.name, Announcement())
-                changed = True
                 continue
             try:
-                container = self._look_up(event)
+                container = self.docker.inspect(event.container_id)
             except DockerUnavailable as exc:
                 self._fault("docker", exc)
                 return
-            if event.action == "create":
-                continue  # nothing to announce before the start
             announcement = announce(container, self.config) if container else Announcement()
             self._set_announcement(event.container_id, event.name, announcement)
-            changed = True
-        if changed:
+        if last:
             self._sync()
-
-    def _look_up(self, event: DockerEvent) -> Container | None:
-        """The container as the event leaves it; a start after a create needs no inspect."""
-        created = self._created.pop(event.container_id, None)
-        if event.action == "start" and created is not None:
-            started = created.as_started()
-            if started is not None:
-                return started
-        container = self.docker.inspect(event.container_id)
-        if event.action == "create" and container is not None:
-            if len(self._created) >= MAX_CREATED:
-                self._created.pop(next(iter(self._created)))  # created long ago, never started
-            self._created[event.container_id] = container
-        return container
 
     def _set_announcement(self, container_id: str, name: str, announcement: Announcement) -> None:
         if announcement.problem is not None:

@@ -17,7 +17,6 @@ from sidekick.model import LABEL_ENABLE, Container, container_from_inspect
 
 # The container events that can change what a container announces.
 EVENT_ACTIONS = (
-    "create",  # inspected ahead, so that its start needs no round trip to Docker
     "start",
     "restart",
     "unpause",

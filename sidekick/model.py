@@ -43,24 +43,10 @@ class Container(NamedTuple):
     host_network: bool
     bindings: tuple[PortBinding, ...]
     exposed_ports: tuple[int, ...]
-    # What `docker create` asked for, when every host port in it is explicit (-p IP:8001:80):
-    # the bindings a start will give, known before the start. None when any port is dynamic.
-    requested_bindings: tuple[PortBinding, ...] | None = None
-    has_healthcheck: bool = False
 
     @property
     def short_id(self) -> str:
         return self.id[:12]
-
-    def as_started(self) -> Container | None:
-        """This container (inspected at create) as it is once started, if that is certain.
-
-        Certain when nothing decided at start time matters: every host port was explicit (or
-        the container uses the host network) and there is no healthcheck to wait for.
-        """
-        if self.has_healthcheck or (self.requested_bindings is None and not self.host_network):
-            return None
-        return self._replace(running=True, paused=False, bindings=self.requested_bindings or ())
 
 
 class Registration(NamedTuple):
@@ -140,10 +126,6 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
     exposed = sorted(
         {p for p in (_tcp_port(spec) for spec in _mapping(config.get("ExposedPorts"))) if p}
     )
-    healthcheck = _mapping(config.get("Healthcheck")).get("Test")
-    has_healthcheck = (
-        isinstance(healthcheck, list) and bool(healthcheck) and healthcheck != ["NONE"]
-    )
     return Container(
         id=str(data.get("Id") or ""),
         name=str(data.get("Name") or "").lstrip("/"),
@@ -155,30 +137,7 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         host_network=str(host_config.get("NetworkMode") or "") == "host",
         bindings=tuple(bindings),
         exposed_ports=tuple(exposed),
-        requested_bindings=_requested_bindings(host_config.get("PortBindings")),
-        has_healthcheck=has_healthcheck or health is not None,
     )
-
-
-def _requested_bindings(port_bindings: Any) -> tuple[PortBinding, ...] | None:
-    """HostConfig.PortBindings when every TCP host port in it is explicit, else None.
-
-    None too when nothing is requested: `-P` publishes on ports Docker picks at start.
-    """
-    requested: list[PortBinding] = []
-    for spec, hosts in _mapping(port_bindings).items():
-        port = _tcp_port(spec)
-        if port is None:
-            continue
-        if not isinstance(hosts, list) or not hosts:
-            return None
-        for raw_host in hosts:
-            host = _mapping(raw_host)
-            host_port = _port_number(host.get("HostPort"))
-            if host_port is None:  # "" or "0": Docker picks the port at start
-                return None
-            requested.append(PortBinding(port, str(host.get("HostIp") or ""), host_port))
-    return tuple(requested) or None
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

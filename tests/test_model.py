@@ -132,7 +132,6 @@ class TestContainerFromInspect:
             host_network=False,
             bindings=(PortBinding(80, "172.17.8.203", 8001), PortBinding(443, "", 8443)),
             exposed_ports=(80, 443),
-            has_healthcheck=True,
         )
 
     def test_short_id_is_twelve_characters(self) -> None:
@@ -697,48 +696,3 @@ class TestPlan:
             deletes=(Delete("/test/gone", 14),),
             clashes=(Clash("/test/d", "4", "someone", OTHER),),
         )
-
-
-class TestAsStarted:
-    """A container inspected at `create` predicts its start when nothing is left to chance."""
-
-    @staticmethod
-    def created() -> dict[str, Any]:
-        doc = inspect_doc(running=False)
-        binding = {"HostIp": "127.0.0.1", "HostPort": "8001"}
-        doc["HostConfig"] = {"PortBindings": {"80/tcp": [binding]}}
-        return doc
-
-    def test_explicit_ports_predict_the_start(self, config: Config) -> None:
-        """-p 127.0.0.1:8001:80 at create: started, it announces 127.0.0.1:8001 with no inspect."""
-        started = container_from_inspect(self.created()).as_started()
-        assert started is not None and started.running
-        assert announce(started, config).registrations[0][:2] == (
-            "/test/apache-8001",
-            "127.0.0.1:8001",
-        )
-
-    @pytest.mark.parametrize("host_port", ["", "0"])
-    def test_dynamic_port_needs_the_inspect(self, host_port: str) -> None:
-        """-p 80 (Docker picks the host port at start): no prediction."""
-        doc = self.created()
-        doc["HostConfig"] = {"PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": host_port}]}}
-        assert container_from_inspect(doc).as_started() is None
-
-    def test_publish_all_needs_the_inspect(self) -> None:
-        """-P requests no binding at create: no prediction."""
-        doc = self.created()
-        doc["HostConfig"] = {"PortBindings": {}, "PublishAllPorts": True}
-        assert container_from_inspect(doc).as_started() is None
-
-    def test_healthcheck_needs_the_events(self) -> None:
-        """With a HEALTHCHECK the start announces nothing: health_status decides."""
-        doc = self.created()
-        doc["Config"]["Healthcheck"] = {"Test": ["CMD", "true"]}
-        assert container_from_inspect(doc).as_started() is None
-
-    def test_disabled_healthcheck_is_no_healthcheck(self) -> None:
-        """HEALTHCHECK NONE counts as none."""
-        doc = self.created()
-        doc["Config"]["Healthcheck"] = {"Test": ["NONE"]}
-        assert container_from_inspect(doc).as_started() is not None
