@@ -70,6 +70,16 @@ class TestRegistration:
         containers.run(ports={"80/tcp": port}, labels={"sidekick.service": "any"})
         wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/any-{port}": f"192.0.2.10:{port}"})
 
+    def test_dynamic_host_port(self, agent_factory, containers, etcd, scope):
+        """-p 127.0.0.1::80 (Docker picks the host port at start): the picked port is announced."""
+        agent_factory()
+        container = containers.run(
+            ports={"80/tcp": ("127.0.0.1", None)}, labels={"sidekick.service": "dyn"}
+        )
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {f"/{scope}/dyn-{port}": f"127.0.0.1:{port}"})
+
     def test_host_ip_from_environment_file(self, agent_factory, containers, etcd, scope, tmp_path):
         """COREOS_PRIVATE_IPV4 in the environment file is the node's address, as in the seed."""
         agent = agent_factory(host_ip=None, wait_ready=False)
