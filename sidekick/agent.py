@@ -93,8 +93,9 @@ class Agent:
         self.log = structlog.get_logger("sidekick")
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.stopping = threading.Event()
-        # etcd may be far and shared: back off to 2 s. The Docker socket is local: 1 s.
-        self.retry_wait = retry_wait or backoff(min(2.0, config.ttl / 3), jitter=0.25)
+        # Both back off to 1 s (plus jitter, so a fleet does not retry in step): a peer that
+        # returns is noticed within about a second.
+        self.retry_wait = retry_wait or backoff(min(1.0, config.ttl / 3), jitter=0.25)
         self.docker_retry_wait = backoff(1.0, jitter=0.1)
         self._wakeup = threading.Event()  # cuts the reconcile's backoff short: Docker is back
         self.lease = 0
@@ -308,6 +309,13 @@ class Agent:
                 }
                 ops: list[Put | Delete] = [*todo.deletes, *todo.puts]
                 if self._write(ops, desired.registrations):
+                    # what we hold now, counting keys a resumed lease already carried
+                    self.held = {
+                        key: registration
+                        for key, registration in desired.registrations.items()
+                        if (state := self.actual.get(key)) and state.lease == self.lease
+                    }
+                    self.metrics.registrations.set(len(self.held))
                     return
                 if attempt + 1 < PLAN_ATTEMPTS:
                     self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
@@ -418,12 +426,16 @@ class Agent:
         """Rebuild both sides from scratch and write the difference."""
         started = time.monotonic()
         self._drain_queue()
-        if self.lease and self._renew() <= 0:
-            self.log.warning("lease expired; granting a new one", lease=self.lease)
-            self.lease = 0
+        # A periodic resync on a healthy lease needs no extra keepalive: the timer renews it.
+        fresh = self.etcd_ok and time.monotonic() < self.next_keepalive
+        if self.lease and not fresh:
+            if self._renew() <= 0:
+                self.log.warning("lease expired; granting a new one", lease=self.lease)
+                self.lease = 0
+            self.next_keepalive = time.monotonic() + self.config.keepalive_interval
         if not self.lease:
             self._take_lease()
-        self.next_keepalive = time.monotonic() + self.config.keepalive_interval
+            self.next_keepalive = time.monotonic() + self.config.keepalive_interval
         containers = self.docker.running_containers()
         seen = set()
         for container in containers:

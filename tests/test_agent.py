@@ -281,6 +281,7 @@ class TestLease:
         agent.wait()
         restarted = agent_factory(ttl=30, lease_file="lease0")
         assert restarted.events("lease resumed")[0]["lease"] == before[1]
+        assert restarted.events("reconciled")[0]["registrations"] == 1  # it counts what it holds
         assert etcd.entries(f"/{scope}/")[key] == before  # same value, lease and revision
         container_port = free_port()
         containers.run(ports=published(container_port), labels={"sidekick.service": "t"})

@@ -6,11 +6,10 @@ its key already stands on an old lease of 2 s, as a killed run leaves it.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from sidekick.leasefile import LeaseFile
+from sidekick.config import Endpoint
+from sidekick.store import Store
 from tests.conftest import Containers, EtcdServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -24,21 +23,16 @@ def ttl_reported(etcd: EtcdServer, lease: int) -> bool:
 class TestLeaseHandover:
     """A restarted agent keeps or takes back its keys without a gap nobody repairs."""
 
-    def test_resumes_its_lease_in_the_last_second(
-        self, agent_factory, containers: Containers, live_etcd: EtcdServer, scope, tmp_path
-    ):
-        """With under a second left on its old lease, the restarted agent resumes it."""
-        port = free_port()
-        containers.run(ports={"80/tcp": ("127.0.0.1", port)}, labels={"sidekick.service": "web"})
-        key = f"/{scope}/web-{port}"
+    def test_a_lease_in_its_last_second_is_resumed_by_keepalive(self, live_etcd: EtcdServer):
+        """In its last second a lease reads as gone through time_to_live, yet a keepalive
+        renews it: the agent resumes its old lease with a keepalive for that reason."""
+        store = Store((Endpoint("http", "127.0.0.1", live_etcd.client_port),), timeout=2)
         old = live_etcd.grant(2)
-        live_etcd.put(key, f"127.0.0.1:{port}", lease=old)  # what the killed run left
-        LeaseFile(tmp_path / "lease0").write(old)  # and its lease file
         wait_for(lambda: not ttl_reported(live_etcd, old), message="under a second left")
-        agent = agent_factory(ttl=3, lease_file="lease0")
-        time.sleep(1.5)  # past the old lease's end, had the agent not renewed it
-        assert agent.events("lease resumed")[0]["lease"] == old
-        assert live_etcd.entries(f"/{scope}/")[key][:2] == (f"127.0.0.1:{port}", old)
+        assert store.time_to_live(old) == -1  # the JSON gateway leaves "TTL": 0 out
+        assert store.keepalive(old) == 2  # alive after all, and renewed to its full ttl
+        assert ttl_reported(live_etcd, old)
+        live_etcd.revoke(old)
 
     def test_key_on_a_lapsing_foreign_lease_comes_back(
         self, agent_factory, containers: Containers, live_etcd: EtcdServer, scope
