@@ -40,7 +40,6 @@ GONE_ACTIONS = frozenset({"die", "stop", "destroy", "pause"})
 STOP_SIGNALS = frozenset({"9", "15", "SIGKILL", "SIGTERM", "KILL", "TERM"})
 TRANSIENT = (EtcdError, DockerUnavailable)
 PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
-MAX_EVENT_BATCH = 256  # events handled together when they arrive faster than etcd answers
 
 
 def backoff(longest: float, jitter: float) -> tenacity.wait.wait_base:
@@ -151,7 +150,7 @@ class Agent:
         except queue.Empty:
             item = None
         events: list[DockerEvent] = []
-        while isinstance(item, DockerEvent) and len(events) < MAX_EVENT_BATCH:
+        while isinstance(item, DockerEvent):
             events.append(item)  # a burst (20 containers at once) costs one transaction
             try:
                 item = self.queue.get_nowait()
@@ -159,9 +158,7 @@ class Agent:
                 item = None
         if events:
             self._on_events(events)
-        if isinstance(item, DockerEvent):
-            self.queue.put(item)  # the batch was full: next cycle
-        elif item is DOCKER_CONNECTED:
+        if item is DOCKER_CONNECTED:
             self.needs_reconcile = True
         now = time.monotonic()
         if self.lease and not self.needs_reconcile and now >= self.next_keepalive:
@@ -227,22 +224,31 @@ class Agent:
     # -- the Docker events reader (its own thread) -----------------------------------------
 
     def _read_events(self) -> None:
+        quick_ends = 0  # streams that ended at once (e.g. a proxy refusing /events)
         while not self.stopping.is_set():
             try:
                 retrying = self._retry("docker events", self._sleep, self.docker_retry_wait)
                 events = retrying(self.docker.open_events)
             except tenacity.RetryError:
                 return  # stopping
+            connected = time.monotonic()
             self.docker_connected = True
             self.queue.put(DOCKER_CONNECTED)
             self._wakeup.set()
-            for event in events:
-                self.metrics.docker_events.labels(event.action).inc()
-                self.queue.put(event)
+            try:
+                for event in events:
+                    self.metrics.docker_events.labels(event.action).inc()
+                    self.queue.put(event)
+            except Exception as exc:  # the reader must outlive any odd answer
+                self.log.error("docker event stream failed", error=repr(exc))
             self.docker_connected = False
-            if not self.stopping.is_set():
-                self.metrics.errors.labels("docker", "stream-ended").inc()
-                self.log.warning("docker event stream ended; reconnecting")
+            if self.stopping.is_set():
+                return
+            self.metrics.errors.labels("docker", "stream-ended").inc()
+            self.log.warning("docker event stream ended; reconnecting")
+            quick_ends = quick_ends + 1 if time.monotonic() - connected < 1.0 else 0
+            if quick_ends:
+                self._sleep(min(1.0, 0.05 * 2**quick_ends))
 
     # -- events ---------------------------------------------------------------------------
 
@@ -257,8 +263,8 @@ class Agent:
             try:
                 container = self.docker.inspect(event.container_id)
             except DockerUnavailable as exc:
-                self._fault("docker", exc)
-                return
+                self._fault("docker", exc)  # the reconcile will look again
+                continue
             announcement = announce(container, self.config) if container else Announcement()
             self._set_announcement(event.container_id, event.name, announcement)
         if last:
@@ -425,6 +431,7 @@ class Agent:
     def _reconcile(self) -> None:
         """Rebuild both sides from scratch and write the difference."""
         started = time.monotonic()
+        self._wakeup.clear()  # a reconnect from now on cuts the next backoff short
         self._drain_queue()
         # A periodic resync on a healthy lease needs no extra keepalive: the timer renews it.
         fresh = self.etcd_ok and time.monotonic() < self.next_keepalive
@@ -446,9 +453,6 @@ class Agent:
         for container_id in set(self._warned) - seen:
             self._warned.pop(container_id, None)
         self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
-        self.held = {
-            k: r for k, r in self.held.items() if self.actual.get(k, _NO_KEY).lease == self.lease
-        }
         self.needs_reconcile = False
         self._sync()
         if self.needs_reconcile:  # _sync hit a fault: let the retry policy take over
@@ -492,15 +496,24 @@ class Agent:
             )
 
     def _drain_queue(self) -> None:
-        """Drop queued events: the snapshot about to be taken supersedes them."""
+        """Take queued events off: the snapshot about to be taken supersedes them. A withdrawal
+        is applied at once all the same, so it reaches etcd even if Docker fails the snapshot."""
+        last: dict[str, DockerEvent] = {}
         while True:
             try:
                 item = self.queue.get_nowait()
             except queue.Empty:
-                return
+                break
             if item is STOP:
                 self.queue.put(STOP)
-                return
+                break
+            if isinstance(item, DockerEvent) and not _keeps_serving(item):
+                last[item.container_id] = item
+        gone = [e for e in last.values() if e.action in GONE_ACTIONS or e.action == "kill"]
+        for event in gone:
+            self._set_announcement(event.container_id, event.name, Announcement())
+        if gone and self.lease:
+            self._sync()
 
     # -- faults and retries ---------------------------------------------------------------
 
@@ -532,7 +545,6 @@ class Agent:
     def _sleep_beating(self, seconds: float) -> None:
         """The loop's own backoff: still alive, so the watchdog keeps being fed."""
         deadline = time.monotonic() + seconds
-        self._wakeup.clear()
         while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
             self._heartbeat()
             if self._wakeup.wait(min(left, max(0.05, self._next_watchdog - time.monotonic()))):
@@ -561,6 +573,3 @@ class Agent:
             before_sleep=before_sleep,
         )
         return retrying
-
-
-_NO_KEY = KeyState("", 0, 0)

@@ -43,24 +43,29 @@ class DockerEvent(NamedTuple):
     detail: str  # "healthy" for "health_status: healthy", else ""
     container_id: str
     name: str
-    time_nano: int
     attributes: dict[str, str]
 
 
-def event_from_raw(raw: dict[str, Any]) -> DockerEvent | None:
+def event_from_raw(raw: Any) -> DockerEvent | None:
     """Turn one decoded events-API message into a DockerEvent (None if it is not one)."""
+    if not isinstance(raw, dict):
+        return None
     action, _, detail = str(raw.get("Action") or raw.get("status") or "").partition(":")
-    actor = raw.get("Actor") or {}
+    actor: dict[str, Any] = raw["Actor"] if isinstance(raw.get("Actor"), dict) else {}
     container_id = str(actor.get("ID") or raw.get("id") or "")
     if raw.get("Type", "container") != "container" or not container_id or not action:
         return None
-    attributes = {str(k): str(v) for k, v in (actor.get("Attributes") or {}).items()}
+    raw_attributes = actor.get("Attributes")
+    attributes = (
+        {str(k): str(v) for k, v in raw_attributes.items()}
+        if isinstance(raw_attributes, dict)
+        else {}
+    )
     return DockerEvent(
         action=action.strip(),
         detail=detail.strip(),
         container_id=container_id,
         name=attributes.get("name", ""),
-        time_nano=int(raw.get("timeNano") or 0),
         attributes=attributes,
     )
 
@@ -126,12 +131,16 @@ class DockerSource:
         """The engine's version document."""
         return dict(self._call(lambda api: api.version()))
 
-    def _call(self, fn: Any) -> Any:
+    def _call(self, fn: Any, *, missing_ok: bool = False) -> Any:
+        """fn(api); Docker's failures become DockerUnavailable (NotFound too, unless missing_ok)."""
         api = self._client()
         try:
             return fn(api)
-        except docker.errors.NotFound:
-            raise
+        except docker.errors.NotFound as exc:
+            if missing_ok:
+                raise
+            self._drop_client()
+            raise DockerUnavailable(f"Docker at {self.url or 'the local socket'}: {exc}") from exc
         except (docker.errors.DockerException, requests.RequestException) as exc:
             self._drop_client()
             raise DockerUnavailable(f"Docker at {self.url or 'the local socket'}: {exc}") from exc
@@ -140,7 +149,7 @@ class DockerSource:
         """The container now, or None when it no longer exists."""
         try:
             return container_from_inspect(
-                self._call(lambda api: api.inspect_container(container_id))
+                self._call(lambda api: api.inspect_container(container_id), missing_ok=True)
             )
         except docker.errors.NotFound:
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 import requests
@@ -150,16 +150,22 @@ class Store:
 
     def grant(self, ttl: int) -> int:
         """A new lease of `ttl` seconds; returns its id."""
-        return int(self._post("/lease/grant", {"TTL": ttl, "ID": 0})["ID"])
+        answer = self._post("/lease/grant", {"TTL": ttl, "ID": 0})
+        with _parsing("/lease/grant"):
+            return int(answer["ID"])
 
     def keepalive(self, lease: int) -> int:
         """Renew a lease; returns its TTL, or a value <= 0 when the lease is gone."""
         answer = self._post("/lease/keepalive", {"ID": lease})
-        return int(answer.get("result", {}).get("TTL", -1))
+        with _parsing("/lease/keepalive"):
+            return int(answer.get("result", {}).get("TTL", -1))
 
     def time_to_live(self, lease: int) -> int:
-        """Seconds left on a lease, or -1 when it is gone."""
-        return int(self._post("/lease/timetolive", {"ID": lease}).get("TTL", -1))
+        """Seconds left on a lease, or -1 when it is gone (or in its last second: etcd's JSON
+        gateway leaves out a TTL of 0; a keepalive is the way to know)."""
+        answer = self._post("/lease/timetolive", {"ID": lease})
+        with _parsing("/lease/timetolive"):
+            return int(answer.get("TTL", -1))
 
     def revoke(self, lease: int) -> None:
         """Revoke a lease: every key attached to it goes at once."""
@@ -176,15 +182,16 @@ class Store:
         answer = self._post(
             "/kv/range", {"key": _b64(prefix), "range_end": prefix_range_end(prefix)}
         )
-        keys = {
-            _unb64(kv["key"]): KeyState(
-                value=_unb64(kv.get("value", "")),
-                lease=int(kv.get("lease", 0)),
-                mod_revision=int(kv.get("mod_revision", 0)),
-            )
-            for kv in answer.get("kvs", [])
-        }
-        return keys, int(answer.get("header", {}).get("revision", 0))
+        with _parsing("/kv/range"):
+            keys = {
+                _unb64(kv["key"]): KeyState(
+                    value=_unb64(kv.get("value", "")),
+                    lease=int(kv.get("lease", 0)),
+                    mod_revision=int(kv.get("mod_revision", 0)),
+                )
+                for kv in answer.get("kvs", [])
+            }
+            return keys, int(answer.get("header", {}).get("revision", 0))
 
     def txn(self, operations: Sequence[Put | Delete], lease: int) -> tuple[bool, int]:
         """Apply up to MAX_TXN_OPS operations in one transaction; (succeeded, revision).
@@ -212,8 +219,9 @@ class Store:
             else:
                 success.append({"request_delete_range": {"key": _b64(op.key)}})
         answer = self._post("/kv/txn", {"compare": compare, "success": success})
-        revision = int(answer.get("header", {}).get("revision", 0))
-        return bool(answer.get("succeeded", False)), revision
+        with _parsing("/kv/txn"):
+            revision = int(answer.get("header", {}).get("revision", 0))
+            return bool(answer.get("succeeded", False)), revision
 
     def open_stream(
         self, path: str, payload: dict[str, Any], read_timeout: float
@@ -275,6 +283,15 @@ class Store:
     def status(self) -> dict[str, Any]:
         """The maintenance status (version, leader, raft term) through the v3 API path."""
         return self._post("/maintenance/status", {})
+
+
+@contextlib.contextmanager
+def _parsing(path: str) -> Iterator[None]:
+    """An answer that is not what etcd's API promises is an EtcdError, not a crash."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise EtcdError(f"unexpected answer from etcd to {path}: {exc!r}") from exc
 
 
 def _detail(exc: BaseException | None) -> str:
