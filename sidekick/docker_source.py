@@ -13,7 +13,12 @@ import docker.tls
 import requests
 
 from sidekick.config import DockerTLS
-from sidekick.model import LABEL_ENABLE, Container, container_from_inspect
+from sidekick.model import (
+    LABEL_ENABLE,
+    Container,
+    container_from_inspect,
+    container_from_summary,
+)
 
 # The container events that can change what a container announces.
 EVENT_ACTIONS = (
@@ -155,14 +160,16 @@ class DockerSource:
             return None
 
     def running_containers(self) -> list[Container]:
-        """Every running container in scope, inspected."""
+        """Every running container in scope: from the listing, inspected only when need be."""
         filters = {"status": "running"}
         summaries = self._call(
             lambda api: api.containers(filters={**filters, "label": self.label_filters})
         )
         containers = []
         for summary in summaries:
-            container = self.inspect(summary["Id"])
+            container = container_from_summary(summary)
+            if container is None and isinstance(summary, dict) and summary.get("Id"):
+                container = self.inspect(str(summary["Id"]))
             if container is not None:
                 containers.append(container)
         return containers

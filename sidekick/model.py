@@ -140,6 +140,44 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
     )
 
 
+def container_from_summary(summary: Any) -> Container | None:
+    """A `docker ps` entry as a Container, or None when only an inspect can tell.
+
+    The listing has the labels, the published ports and the state, so a reconcile needs no
+    inspect per container, except for what the listing lacks: a healthcheck's verdict (its
+    status text is for people) and a host-network container's exposed ports.
+    """
+    if not isinstance(summary, Mapping):
+        return None
+    network_mode = str(_mapping(summary.get("HostConfig")).get("NetworkMode") or "")
+    status = str(summary.get("Status") or "")
+    if summary.get("State") != "running" or network_mode == "host" or "health" in status:
+        return None
+    bindings = []
+    for raw_port in summary.get("Ports") or []:
+        port = _mapping(raw_port)
+        private, public = (
+            _port_number(port.get("PrivatePort")),
+            _port_number(port.get("PublicPort")),
+        )
+        if port.get("Type") == "tcp" and private is not None and public is not None:
+            bindings.append(PortBinding(private, str(port.get("IP") or ""), public))
+    names = summary.get("Names")
+    own = [str(n) for n in names if str(n).count("/") == 1] if isinstance(names, list) else []
+    return Container(
+        id=str(summary.get("Id") or ""),
+        name=own[0].lstrip("/") if own else "",
+        image=str(summary.get("Image") or ""),
+        labels={str(k): str(v) for k, v in _mapping(summary.get("Labels")).items()},
+        running=True,
+        paused=False,
+        health=None,
+        host_network=False,
+        bindings=tuple(bindings),
+        exposed_ports=(),
+    )
+
+
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 

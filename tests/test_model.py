@@ -5,7 +5,7 @@ Pure functions only: no Docker, no etcd.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -25,6 +25,7 @@ from sidekick.model import (
     Registration,
     announce,
     container_from_inspect,
+    container_from_summary,
     key_is_confined,
     merge,
     plan,
@@ -696,3 +697,56 @@ class TestPlan:
             deletes=(Delete("/test/gone", 14),),
             clashes=(Clash("/test/d", "4", "someone", OTHER),),
         )
+
+
+class TestContainerFromSummary:
+    """`docker ps` entries become containers, or None where only inspect can tell."""
+
+    SUMMARY: ClassVar[dict[str, Any]] = {
+        "Id": CID,
+        "Names": ["/web"],
+        "Image": "dash/apache:latest",
+        "Labels": ENABLED,
+        "State": "running",
+        "Status": "Up 3 minutes",
+        "Ports": [
+            {"IP": "127.0.0.1", "PrivatePort": 80, "PublicPort": 8001, "Type": "tcp"},
+            {"IP": "0.0.0.0", "PrivatePort": 81, "PublicPort": 8002, "Type": "tcp"},
+            {"PrivatePort": 82, "Type": "tcp"},
+            {"IP": "0.0.0.0", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"},
+        ],
+        "HostConfig": {"NetworkMode": "default"},
+    }
+
+    def test_published_tcp_ports(self, config: Config) -> None:
+        """Published TCP ports become bindings; unpublished and UDP ports do not."""
+        container = container_from_summary(self.SUMMARY)
+        assert container is not None
+        assert (container.name, container.running) == ("web", True)
+        assert container.bindings == (
+            PortBinding(80, "127.0.0.1", 8001),
+            PortBinding(81, "0.0.0.0", 8002),
+        )
+        assert [r.key for r in announce(container, config).registrations] == [
+            "/test/apache-8001",
+            "/test/apache-8002",
+        ]
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"Status": "Up 3 minutes (healthy)"},
+            {"Status": "Up 1 second (health: starting)"},
+            {"HostConfig": {"NetworkMode": "host"}},
+            {"State": "paused"},
+        ],
+    )
+    def test_needs_inspect(self, change: dict[str, Any]) -> None:
+        """Healthchecks, host networking and anything not running go to inspect."""
+        assert container_from_summary({**self.SUMMARY, **change}) is None
+
+    @pytest.mark.parametrize("junk", [None, [], "x", {"Ports": "x", "State": "running"}])
+    def test_junk(self, junk: Any) -> None:
+        """Odd entries never raise."""
+        result = container_from_summary(junk)
+        assert result is None or result.bindings == ()

@@ -1,0 +1,55 @@
+"""The Docker adapter against the real engine: the listing agrees with inspect."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidekick.config import Config
+from sidekick.docker_source import DockerSource
+from sidekick.model import announce, container_from_summary
+from tests.conftest import TEST_LABEL, Containers, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+class TestListing:
+    """A reconcile built from `docker ps` announces exactly what inspect would."""
+
+    def test_listing_matches_inspect(self, containers: Containers, scope: str, docker_client):
+        """For every kind of container the listing-based snapshot gives inspect's keys."""
+        containers.run(ports={"80/tcp": ("127.0.0.1", free_port())})
+        containers.run(ports={"80/tcp": free_port(), "81/tcp": ("127.0.0.1", free_port())})
+        containers.run(ports={"80/tcp": ("127.0.0.1", None)})
+        containers.run(
+            labels={"sidekick.service": "named", "sidekick.port": "80"},
+            ports={"80/tcp": ("127.0.0.1", free_port()), "81/tcp": free_port()},
+        )
+        healthy = containers.run(
+            ports={"80/tcp": ("127.0.0.1", free_port())},
+            healthcheck={"test": ["CMD", "true"], "interval": 200_000_000},
+        )
+        host_port = free_port()
+        containers.run(
+            command=f"httpd -f -p 127.0.0.1:{host_port}",
+            network_mode="host",
+            labels={"sidekick.port": str(host_port)},
+        )
+        wait_for(
+            lambda: healthy.reload() or healthy.attrs["State"]["Health"]["Status"] == "healthy"
+        )
+        source = DockerSource(
+            None, timeout=10, label_filters=[f"{TEST_LABEL}={scope}"], opted_in_only=True
+        )
+        config = Config(prefix="/x", host_ip="192.0.2.5", node="n")
+        listed = {c.id: announce(c, config) for c in source.running_containers()}
+        inspected = {}
+        for summary in docker_client.api.containers(filters={"label": f"{TEST_LABEL}={scope}"}):
+            container = source.inspect(summary["Id"])
+            assert container is not None
+            inspected[container.id] = announce(container, config)
+        assert listed == inspected
+        assert len(listed) == 6
+        assert all(a.registrations for a in listed.values())
+        # most came from the listing alone; the healthy and the host-network ones were inspected
+        summaries = docker_client.api.containers(filters={"label": f"{TEST_LABEL}={scope}"})
+        assert sum(container_from_summary(s) is not None for s in summaries) == 4
