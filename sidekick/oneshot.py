@@ -346,6 +346,31 @@ def _inspect_until_ready(
         time.sleep(WAIT_POLL)
 
 
+def _wanted(
+    target: Target,
+    config: Config,
+    docker: Callable[[], DockerSource],
+    report: Report,
+    *,
+    wait: float,
+    deregistering: bool,
+) -> dict[str, Registration] | int:
+    """The target's registrations by key, or the exit code when there are none."""
+    try:
+        check_target(target)
+        wanted = _collect(target, config, docker, report, wait=wait, deregistering=deregistering)
+    except UsageError as exc:
+        report.error(str(exc))
+        return EXIT_USAGE
+    if not wanted:
+        if not report.failed:
+            verb = "deregister" if deregistering else "register"
+            scope = "" if config.all_containers else f" with {LABEL_ENABLE}=true"
+            report.error(f"nothing to {verb}: no running container{scope} publishes a port")
+        return EXIT_NOTHING
+    return wanted
+
+
 def _collect(
     target: Target,
     config: Config,
@@ -430,17 +455,9 @@ def register(
     seconds, which nobody renews. With `wait`, named containers that do not exist yet, or are
     not running or not healthy yet, are looked at again until they are ready or time is up.
     """
-    try:
-        check_target(target)
-        wanted = _collect(target, config, docker, report, wait=wait, deregistering=False)
-    except UsageError as exc:
-        report.error(str(exc))
-        return EXIT_USAGE
-    if not wanted:
-        if not report.failed:
-            scope = "" if config.all_containers else f" with {LABEL_ENABLE}=true"
-            report.error(f"nothing to register: no running container{scope} publishes a port")
-        return EXIT_NOTHING
+    wanted = _wanted(target, config, docker, report, wait=wait, deregistering=False)
+    if isinstance(wanted, int):
+        return wanted
     values = {key: r.value for key, r in wanted.items()}
     ttl = lease_ttl or 0
     lease = 0
@@ -533,17 +550,9 @@ def deregister(
     dry_run: bool = False,
 ) -> int:
     """Delete the target's keys once, only while they hold this node's value; the exit code."""
-    try:
-        check_target(target)
-        wanted = _collect(target, config, docker, report, wait=0.0, deregistering=True)
-    except UsageError as exc:
-        report.error(str(exc))
-        return EXIT_USAGE
-    if not wanted:
-        if not report.failed:
-            scope = "" if config.all_containers else f" with {LABEL_ENABLE}=true"
-            report.error(f"nothing to deregister: no running container{scope} publishes a port")
-        return EXIT_NOTHING
+    wanted = _wanted(target, config, docker, report, wait=0.0, deregistering=True)
+    if isinstance(wanted, int):
+        return wanted
     values = {key: r.value for key, r in wanted.items()}
     deleted: dict[str, KeyState] = {}
     todo = DeregisterPlan()
