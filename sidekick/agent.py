@@ -39,6 +39,7 @@ GONE_ACTIONS = frozenset({"die", "stop", "destroy", "pause"})
 # `docker kill -s` signals that end a container; any other (HUP to reload nginx) changes nothing.
 STOP_SIGNALS = frozenset({"9", "15", "SIGKILL", "SIGTERM", "KILL", "TERM"})
 TRANSIENT = (EtcdError, DockerUnavailable)
+BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
 PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
 
 
@@ -253,13 +254,23 @@ class Agent:
     # -- events ---------------------------------------------------------------------------
 
     def _on_events(self, events: Sequence[DockerEvent]) -> None:
-        """Update the announcements the events touch, then write the difference once."""
-        relevant = [e for e in events if not _keeps_serving(e)]
-        last = {e.container_id: e for e in relevant}  # a container's last event decides
+        """Update the announcements the events touch and write the difference.
+
+        Withdrawals need no inspect: they are written first, in one transaction. Look-ups
+        (an inspect each) are written as they come, batched only while a burst keeps the
+        loop busy for less than BATCH_SECONDS, so the first of 20 containers is not held
+        back by the inspects of the other 19.
+        """
+        last = {e.container_id: e for e in events if not _keeps_serving(e)}  # last one decides
+        gone = [e for e in last.values() if e.action in GONE_ACTIONS or e.action == "kill"]
+        for event in gone:
+            self._set_announcement(event.container_id, event.name, Announcement())
+        if gone:
+            self._sync()
+        pending, written = False, time.monotonic()
         for event in last.values():
             if event.action in GONE_ACTIONS or event.action == "kill":
-                self._set_announcement(event.container_id, event.name, Announcement())
-                continue
+                continue  # written above
             try:
                 container = self.docker.inspect(event.container_id)
             except DockerUnavailable as exc:
@@ -267,7 +278,11 @@ class Agent:
                 continue
             announcement = announce(container, self.config) if container else Announcement()
             self._set_announcement(event.container_id, event.name, announcement)
-        if last:
+            pending = True
+            if time.monotonic() - written >= BATCH_SECONDS:
+                self._sync()
+                pending, written = False, time.monotonic()
+        if pending:
             self._sync()
 
     def _set_announcement(self, container_id: str, name: str, announcement: Announcement) -> None:
