@@ -326,7 +326,30 @@ def _containers(
 # -- the agent ----------------------------------------------------------------------------
 
 
-class AgentProcess:
+class JsonLog:
+    """Reads a sidekick process's JSON log lines from its log_path."""
+
+    log_path: Path
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+        return lines
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs() if line.get("event") == name]
+
+    def wait_log(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        return wait_for(
+            lambda: len(self.events(name)) >= count and self.events(name),
+            timeout=timeout,
+            message=f"{count} log line(s) {name!r} in {self.log_path}",
+        )
+
+
+class AgentProcess(JsonLog):
     """`sidekick run` in a subprocess, logging JSON lines to a file."""
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
@@ -345,23 +368,6 @@ class AgentProcess:
         )
         log.close()
         return self
-
-    def logs(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                lines.append(json.loads(line))
-        return lines
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.logs() if line.get("event") == name]
-
-    def wait_log(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
-        return wait_for(
-            lambda: len(self.events(name)) >= count and self.events(name),
-            timeout=timeout,
-            message=f"{count} log line(s) {name!r} in {self.log_path}",
-        )
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

@@ -4,7 +4,6 @@ loopback, and a TCP proxy in front of etcd that can go silent or drop its connec
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import shlex
@@ -16,11 +15,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, wait_for
+from tests.conftest import IN_CI, JsonLog, wait_for
 
 
 def nginx_binary() -> str:
@@ -45,7 +43,7 @@ def clean_env() -> dict[str, str]:
     }
 
 
-class RenderProcess:
+class RenderProcess(JsonLog):
     """`sidekick render` in a subprocess, logging JSON lines to a file."""
 
     def __init__(self, args: list[str], log_path: Path) -> None:
@@ -69,23 +67,6 @@ class RenderProcess:
         self.start()
         assert self.process is not None
         return self.process.wait(timeout)
-
-    def logs(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                lines.append(json.loads(line))
-        return lines
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.logs() if line.get("event") == name]
-
-    def wait_log(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
-        return wait_for(  # type: ignore[no-any-return]
-            lambda: len(self.events(name)) >= count and self.events(name),
-            timeout=timeout,
-            message=f"{count} log line(s) {name!r} in {self.log_path}",
-        )
 
     def stop(self) -> int | None:
         if self.process is None:
