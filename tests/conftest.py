@@ -85,6 +85,20 @@ def wait_for(
         time.sleep(interval)
 
 
+def stop_process(
+    process: subprocess.Popen[bytes] | None, signum: int = signal.SIGTERM, grace: float = 15
+) -> None:
+    """Send `signum`; SIGKILL if the process has not exited after `grace` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -378,13 +392,7 @@ class AgentProcess(JsonLog):
         return self.process.wait(timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture(name="agent_factory")

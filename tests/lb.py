@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, JsonLog, wait_for
+from tests.conftest import IN_CI, JsonLog, stop_process, wait_for
 
 
 def nginx_binary() -> str:
@@ -71,13 +71,7 @@ class RenderProcess(JsonLog):
     def stop(self) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         return self.process.returncode
 
 
@@ -132,13 +126,7 @@ class Nginx:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGQUIT, grace=10)  # nginx: graceful shutdown
 
 
 class TcpProxy:

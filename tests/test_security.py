@@ -21,6 +21,7 @@ from tests.conftest import (
     EtcdServer,
     free_port,
     missing,
+    stop_process,
     wait_for,
 )
 
@@ -442,13 +443,7 @@ class TlsDockerd:
             return False
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=30)
         subprocess.run(["ip", "link", "delete", self.bridge], check=False)
 
 
