@@ -340,7 +340,7 @@ class Bench:
         }
         return out
 
-    def phase_latency(self) -> None:
+    def phase_latency(self, baseline: bool = True) -> None:
         log("phase 1: registration latency (sidekick)")
         prefix = f"{self.base}/lat"
         agent = self.start_agent("latency", prefix, "lat")
@@ -359,6 +359,8 @@ class Bench:
             if profiler is not None:
                 self.stop_profiler(profiler)
             self.stop_agent(agent)
+        if not baseline:
+            return
 
         log("phase 1: registration latency (baseline: etcdctl per event)")
         prefix = f"{self.base}/seed"
@@ -851,12 +853,45 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
+def _print_latency(latency: dict[str, Any]) -> int:
+    """--latency-only: one line per mode, then the figures as JSON."""
+    for mode in ("sequential", "burst", "all"):
+        for what in ("register", "deregister"):
+            figures = latency[mode][what]
+            shown = " ".join(f"{k}={v:.1f}" for k, v in figures.items() if isinstance(v, float))
+            log(f"{mode:10} {what:10} n={figures['n']} {shown}")
+        if mode != "all":
+            docker_share = latency[mode]["docker_delivery"]
+            after = latency[mode]["after_delivery"]
+            log(
+                f"{mode:10} docker start p99={docker_share['start']['p99']:.1f} "
+                f"die p99={docker_share['die']['p99']:.1f}; after it: register "
+                f"p99={after['register']['p99']:.1f} "
+                f"deregister p99={after['deregister']['p99']:.1f}"
+            )
+    print(
+        json.dumps(
+            {
+                m: {w: latency[m][w] for w in ("register", "deregister")}
+                for m in latency
+                if isinstance(latency[m], dict) and "register" in latency[m]
+            }
+        )
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer containers, 1-minute steady")
     parser.add_argument("--profile", type=Path, help="also record py-spy profiles into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, etcd)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks*")
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only phase 1 for sidekick, no baseline; prints its figures, writes no docs",
+    )
     parser.add_argument(
         "--from-results",
         type=Path,
@@ -882,6 +917,10 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         bench.setup()
+        if args.latency_only:
+            bench.phase_latency(baseline=False)
+            ok = True
+            return _print_latency(bench.results["latency"])
         results = bench.run()
         ok = True
     finally:

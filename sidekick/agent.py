@@ -256,10 +256,11 @@ class Agent:
     def _on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference.
 
-        Withdrawals need no inspect: they are written first, in one transaction. Look-ups
-        (an inspect each) are written as they come, batched only while a burst keeps the
-        loop busy for less than BATCH_SECONDS, so the first of 20 containers is not held
-        back by the inspects of the other 19.
+        Withdrawals need no look-up: they are written first, in one transaction. Starts are
+        looked up together in one `docker ps` listing and written in one more. What the
+        listing cannot tell (healthchecks, host networking, a container gone meanwhile) is
+        inspected, and written as it comes, batched only while the inspects take less than
+        BATCH_SECONDS, so one slow inspect does not hold back the rest.
         """
         last = {e.container_id: e for e in events if not _keeps_serving(e)}  # last one decides
         gone = [e for e in last.values() if e.action in GONE_ACTIONS or e.action == "kill"]
@@ -267,16 +268,31 @@ class Agent:
             self._set_announcement(event.container_id, event.name, Announcement())
         if gone:
             self._sync()
+        lookups = [e for e in last.values() if e.action not in GONE_ACTIONS and e.action != "kill"]
+        if not lookups:
+            return
+        try:
+            listed = self.docker.listed([e.container_id for e in lookups])
+        except DockerUnavailable as exc:
+            self._fault("docker", exc)  # the reconcile will look again
+            return
+        for event in lookups:
+            if (container := listed.get(event.container_id)) is not None:
+                self._set_announcement(
+                    event.container_id, event.name, announce(container, self.config)
+                )
+        if listed:
+            self._sync()
         pending, written = False, time.monotonic()
-        for event in last.values():
-            if event.action in GONE_ACTIONS or event.action == "kill":
-                continue  # written above
+        for event in lookups:
+            if event.container_id in listed:
+                continue
             try:
-                container = self.docker.inspect(event.container_id)
+                inspected = self.docker.inspect(event.container_id)
             except DockerUnavailable as exc:
                 self._fault("docker", exc)  # the reconcile will look again
                 continue
-            announcement = announce(container, self.config) if container else Announcement()
+            announcement = announce(inspected, self.config) if inspected else Announcement()
             self._set_announcement(event.container_id, event.name, announcement)
             pending = True
             if time.monotonic() - written >= BATCH_SECONDS:

@@ -53,3 +53,28 @@ class TestListing:
         # most came from the listing alone; the healthy and the host-network ones were inspected
         summaries = docker_client.api.containers(filters={"label": f"{TEST_LABEL}={scope}"})
         assert sum(container_from_summary(s) is not None for s in summaries) == 4
+
+    def test_listed_by_id_matches_inspect(self, containers: Containers, scope: str):
+        """The agent's look-up of started containers: one listing by id, inspect's answer for
+        each container it returns, and nothing for the ones only an inspect can tell."""
+        plain = containers.run(ports={"80/tcp": ("127.0.0.1", free_port())})
+        ephemeral = containers.run(ports={"80/tcp": ("127.0.0.1", None)})
+        checked = containers.run(
+            ports={"80/tcp": ("127.0.0.1", free_port())},
+            healthcheck={"test": ["CMD", "true"], "interval": 200_000_000},
+        )
+        stopped = containers.run(ports={"80/tcp": ("127.0.0.1", free_port())})
+        stopped.stop(timeout=0)
+        source = DockerSource(
+            None, timeout=10, label_filters=[f"{TEST_LABEL}={scope}"], opted_in_only=True
+        )
+        config = Config(prefix="/x", host_ip="192.0.2.5", node="n")
+        ids = [plain.id, ephemeral.id, checked.id, stopped.id, "0" * 64]
+        listed = source.listed(ids)
+        assert set(listed) == {plain.id, ephemeral.id}  # the rest needs inspect()
+        for container_id, container in listed.items():
+            inspected = source.inspect(container_id)
+            assert inspected is not None
+            assert announce(container, config) == announce(inspected, config)
+            assert announce(container, config).registrations
+        assert source.listed([]) == {}
