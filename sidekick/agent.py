@@ -23,6 +23,7 @@ from sidekick.metrics import Metrics
 from sidekick.model import (
     Announcement,
     Clash,
+    Container,
     Delete,
     KeyState,
     Put,
@@ -41,6 +42,10 @@ STOP_SIGNALS = frozenset({"9", "15", "SIGKILL", "SIGTERM", "KILL", "TERM"})
 TRANSIENT = (EtcdError, DockerUnavailable)
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
 PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
+PREPARE_THREADS = 4  # look-aheads at once: each may wait while dockerd starts its container
+MAX_PREPARED = 10_000  # containers created and looked ahead at, not yet started or removed
+# Events after which a prepared container (see Agent.prepared) is running and not paused.
+RUNNING_ACTIONS = frozenset({"start", "restart", "unpause"})
 
 
 def backoff(longest: float, jitter: float) -> tenacity.wait.wait_base:
@@ -112,6 +117,11 @@ class Agent:
         self._duplicates: set[tuple[str, str]] = set()
         self._outages: dict[str, str] = {}  # peer -> first error of the current outage
         self._reader: threading.Thread | None = None
+        # Containers as they will be once started, read just after `create` by a thread of
+        # their own, so a `start` is written with no Docker request on the loop's path
+        # (dockerd answers slowly while it starts many containers at once).
+        self.prepared: dict[str, Container] = {}
+        self._creates: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -120,6 +130,8 @@ class Agent:
         self.stopping.set()
         self._wakeup.set()
         self.queue.put(STOP)
+        for _ in range(PREPARE_THREADS):
+            self._creates.put(None)
         self.docker.close_events()
 
     def run(self) -> None:
@@ -133,6 +145,13 @@ class Agent:
         )
         self._reader = threading.Thread(target=self._read_events, name="docker-events", daemon=True)
         self._reader.start()
+        for number in range(PREPARE_THREADS):
+            threading.Thread(
+                target=self._prepare,
+                args=(self.docker.clone(),),
+                name=f"docker-prepare-{number}",
+                daemon=True,
+            ).start()
         try:
             while not self.stopping.is_set():
                 self._cycle()
@@ -239,7 +258,10 @@ class Agent:
             try:
                 for event in events:
                     self.metrics.docker_events.labels(event.action).inc()
-                    self.queue.put(event)
+                    if event.action == "create":
+                        self._creates.put(event.container_id)
+                    else:
+                        self.queue.put(event)
             except Exception as exc:  # the reader must outlive any odd answer
                 self.log.error("docker event stream failed", error=repr(exc))
             self.docker_connected = False
@@ -251,28 +273,49 @@ class Agent:
             if quick_ends:
                 self._sleep(min(1.0, 0.05 * 2**quick_ends))
 
+    def _prepare(self, docker: DockerSource) -> None:
+        """Look ahead at created containers (in PREPARE_THREADS threads, a connection each)."""
+        while (container_id := self._creates.get()) is not None:
+            if len(self.prepared) >= MAX_PREPARED:
+                continue
+            try:
+                container = docker.as_started(container_id)
+            except DockerUnavailable:
+                continue  # its start is looked up instead
+            if container is not None:
+                self.prepared[container_id] = container
+
     # -- events ---------------------------------------------------------------------------
 
     def _on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference.
 
-        Withdrawals need no look-up: they are written first, in one transaction. Starts are
-        looked up together in one `docker ps` listing and written in one more. What the
-        listing cannot tell (healthchecks, host networking, a container gone meanwhile) is
-        inspected, and written as it comes, batched only while the inspects take less than
-        BATCH_SECONDS, so one slow inspect does not hold back the rest.
+        Withdrawals need no look-up: they are written first, in one transaction. Starts of
+        prepared containers need none either; the others are looked up together in one
+        `docker ps` listing, and all are written in one more. What the listing cannot tell
+        (healthchecks, host networking, a container gone meanwhile) is inspected, and written
+        as it comes, batched only while the inspects take less than BATCH_SECONDS, so one
+        slow inspect does not hold back the rest.
         """
         last = {e.container_id: e for e in events if not _keeps_serving(e)}  # last one decides
         gone = [e for e in last.values() if e.action in GONE_ACTIONS or e.action == "kill"]
         for event in gone:
             self._set_announcement(event.container_id, event.name, Announcement())
+            if event.action == "destroy":
+                self.prepared.pop(event.container_id, None)
         if gone:
             self._sync()
         lookups = [e for e in last.values() if e.action not in GONE_ACTIONS and e.action != "kill"]
         if not lookups:
             return
+        known: dict[str, Container] = {}
+        for event in lookups:
+            ready = self.prepared.get(event.container_id)
+            if ready is not None and event.action in RUNNING_ACTIONS:
+                known[event.container_id] = ready._replace(name=event.name or ready.name)
         try:
-            listed = self.docker.listed([e.container_id for e in lookups])
+            unknown = [e.container_id for e in lookups if e.container_id not in known]
+            listed = {**known, **(self.docker.listed(unknown) if unknown else {})}
         except DockerUnavailable as exc:
             self._fault("docker", exc)  # the reconcile will look again
             return
@@ -483,6 +526,8 @@ class Agent:
             self.announced.pop(container_id, None)
         for container_id in set(self._warned) - seen:
             self._warned.pop(container_id, None)
+        for container_id in set(self.prepared) - seen:  # bounded: created and never started
+            self.prepared.pop(container_id, None)
         self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
         self.needs_reconcile = False
         self._sync()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -16,12 +17,15 @@ from sidekick.config import DockerTLS
 from sidekick.model import (
     LABEL_ENABLE,
     Container,
+    container_as_started,
     container_from_inspect,
     container_from_summary,
 )
 
-# The container events that can change what a container announces.
+# The container events that can change what a container announces, and `create`, after which
+# the agent looks ahead at what the container's start will announce.
 EVENT_ACTIONS = (
+    "create",
     "start",
     "restart",
     "unpause",
@@ -150,6 +154,22 @@ class DockerSource:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             self._drop_client()
             raise DockerUnavailable(f"Docker at {self.url or 'the local socket'}: {exc}") from exc
+
+    def clone(self) -> DockerSource:
+        """The same engine on a connection of its own, for another thread."""
+        twin = copy.copy(self)
+        twin._api, twin._lock, twin._stream = None, threading.Lock(), None
+        twin.label_filters = list(self.label_filters)
+        return twin
+
+    def as_started(self, container_id: str) -> Container | None:
+        """Inspect a just-created container: what it will be once started, when that is
+        known already (see model.container_as_started); None otherwise or when it is gone."""
+        try:
+            data = self._call(lambda api: api.inspect_container(container_id), missing_ok=True)
+        except docker.errors.NotFound:
+            return None
+        return container_as_started(data)
 
     def inspect(self, container_id: str) -> Container | None:
         """The container now, or None when it no longer exists."""

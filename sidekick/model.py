@@ -140,6 +140,39 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
     )
 
 
+def container_as_started(created: Mapping[str, Any]) -> Container | None:
+    """What a container will be once started, from its inspect right after `create`.
+
+    Labels, name, network mode and fixed published ports do not change between create and
+    start, so a `start` needs no second look-up. None when only the started container can
+    tell: a host port Docker picks at start (`-p 80`, `-P`, `-p 0:80`, a range), a
+    healthcheck's verdict, or networking borrowed from another container.
+    """
+    config = _mapping(created.get("Config"))
+    host_config = _mapping(created.get("HostConfig"))
+    if str(host_config.get("NetworkMode") or "").startswith("container:"):
+        return None
+    if host_config.get("PublishAllPorts"):
+        return None
+    test = _mapping(config.get("Healthcheck")).get("Test")
+    if isinstance(test, list) and test and test[0] != "NONE":
+        return None
+    ports: dict[str, list[dict[str, str]]] = {}
+    for spec, hosts in _mapping(host_config.get("PortBindings")).items():
+        if not isinstance(hosts, list):
+            return None
+        for raw_host in hosts:
+            host = _mapping(raw_host)
+            if _port_number(host.get("HostPort")) is None:
+                return None
+            ports.setdefault(str(spec), []).append(
+                {"HostIp": str(host.get("HostIp") or ""), "HostPort": str(host.get("HostPort"))}
+            )
+    return container_from_inspect(
+        {**created, "State": {"Running": True}, "NetworkSettings": {"Ports": ports}}
+    )
+
+
 def container_from_summary(summary: Any) -> Container | None:
     """A `docker ps` entry as a Container, or None when only an inspect can tell.
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import Containers, EtcdServer, free_port, wait_for
+from tests.conftest import TEST_LABEL, Containers, EtcdServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +112,29 @@ class TestRegistration:
                 == {f"/{scope}/n1/{container.name}/80": f"http://127.0.0.1:{port}/"}
             )
         )
+
+    def test_created_then_renamed_then_started(self, agent_factory, containers, etcd, scope):
+        """`docker create`, `docker rename`, `docker start`: the key carries the name the
+        container has when it starts (the agent reads containers ahead, at `create`), and a
+        second start after a stop registers it again."""
+        agent_factory("--key-template", "{prefix}/{container}-{port}")
+        port = free_port()
+        container = containers.client.containers.create(
+            containers.image,
+            "httpd -f -p 80",
+            labels={TEST_LABEL: scope, "sidekick.enable": "true"},
+            ports=published(port),
+            name=f"{scope}-before",
+        )
+        time.sleep(0.5)  # the look-ahead at `create` has been made
+        container.rename(f"{scope}-after")
+        container.start()
+        wanted = {f"/{scope}/{scope}-after-{port}": f"127.0.0.1:{port}"}
+        wait_for(lambda: etcd.keys(f"/{scope}/") == wanted, message="registered on start")
+        container.stop(timeout=1)
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {}, message="withdrawn on stop")
+        container.start()
+        wait_for(lambda: etcd.keys(f"/{scope}/") == wanted, message="registered again")
 
     def test_host_network(self, agent_factory, containers, etcd, scope):
         """A host-network container takes its ports from sidekick.port and the node's address."""

@@ -24,6 +24,7 @@ from sidekick.model import (
     Put,
     Registration,
     announce,
+    container_as_started,
     container_from_inspect,
     container_from_summary,
     key_is_confined,
@@ -749,4 +750,84 @@ class TestContainerFromSummary:
     def test_junk(self, junk: Any) -> None:
         """Odd entries never raise."""
         result = container_from_summary(junk)
+        assert result is None or result.bindings == ()
+
+
+def created_doc(port_bindings: dict[str, Any] | None = None, **doc_changes: Any) -> dict[str, Any]:
+    """An inspect document of a container just created: not running, no NetworkSettings.Ports,
+    its published ports in HostConfig.PortBindings."""
+    doc = inspect_doc(running=False, ports={}, **doc_changes)
+    doc["HostConfig"]["PortBindings"] = port_bindings or {}
+    return doc
+
+
+class TestContainerAsStarted:
+    """A created container's look-ahead: what its start will announce, when that is known."""
+
+    def test_fixed_ports_announce_as_the_started_container(self, config: Config) -> None:
+        """The seed's `-p 8001:80`, and a port on one address: the keys inspect would give."""
+        bindings = {
+            "80/tcp": [{"HostIp": "", "HostPort": "8001"}],
+            "81/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8002"}],
+        }
+        container = container_as_started(created_doc(bindings))
+        assert container is not None
+        assert container.running
+        started = container_from_inspect(
+            inspect_doc(
+                ports=published(
+                    ("80/tcp", "0.0.0.0", 8001),
+                    ("80/tcp", "::", 8001),
+                    ("81/tcp", "127.0.0.1", 8002),
+                )
+            )
+        )
+        assert announce(container, config) == announce(started, config)
+        assert {r.key: r.value for r in announce(container, config).registrations} == {
+            "/test/apache-8001": f"{HOST_IP}:8001",
+            "/test/apache-8002": "127.0.0.1:8002",
+        }
+
+    def test_host_network_uses_exposed_ports(self, config: Config) -> None:
+        container = container_as_started(created_doc(network_mode="host", exposed=("8080/tcp",)))
+        assert container is not None
+        assert [r.value for r in announce(container, config).registrations] == [f"{HOST_IP}:8080"]
+
+    def test_no_ports_is_known_too(self, config: Config) -> None:
+        """Nothing published: the start will announce nothing, and says why."""
+        container = container_as_started(created_doc())
+        assert container is not None
+        assert announce(container, config).problem == "opted in but publishes no TCP port"
+
+    def test_healthcheck_disabled_is_no_healthcheck(self) -> None:
+        doc = created_doc({"80/tcp": [{"HostIp": "", "HostPort": "8001"}]})
+        doc["Config"]["Healthcheck"] = {"Test": ["NONE"]}
+        assert container_as_started(doc) is not None
+
+    @pytest.mark.parametrize("host_port", ["", "0", "8000-8010", "x", None, "70000"], ids=repr)
+    def test_ports_docker_picks_at_start(self, host_port: Any) -> None:
+        """`-p 80`, `-p 0:80`, a range: only the started container knows its port."""
+        doc = created_doc({"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": host_port}]})
+        assert container_as_started(doc) is None
+
+    def test_publish_all(self) -> None:
+        doc = created_doc()
+        doc["HostConfig"]["PublishAllPorts"] = True
+        assert container_as_started(doc) is None
+
+    def test_healthcheck(self) -> None:
+        """The start announces nothing until the check passes: health_status decides."""
+        doc = created_doc({"80/tcp": [{"HostIp": "", "HostPort": "8001"}]})
+        doc["Config"]["Healthcheck"] = {"Test": ["CMD-SHELL", "true"]}
+        assert container_as_started(doc) is None
+
+    def test_network_of_another_container(self) -> None:
+        assert container_as_started(created_doc(network_mode="container:" + CID)) is None
+
+    @pytest.mark.parametrize(
+        "junk", [{}, {"HostConfig": "x"}, {"HostConfig": {"PortBindings": {"80/tcp": "x"}}}]
+    )
+    def test_junk(self, junk: dict[str, Any]) -> None:
+        """Odd documents never raise."""
+        result = container_as_started(junk)
         assert result is None or result.bindings == ()
