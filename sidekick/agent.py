@@ -8,6 +8,7 @@ every --resync seconds. Decisions are the pure functions of sidekick.model.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -44,8 +45,6 @@ BATCH_SECONDS = 0.005  # look-ups written together while they take less than thi
 PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
 PREPARE_THREADS = 4  # look-aheads at once: each may wait while dockerd starts its container
 MAX_PREPARED = 10_000  # containers created and looked ahead at, not yet started or removed
-# Events after which a prepared container (see Agent.prepared) is running and not paused.
-RUNNING_ACTIONS = frozenset({"start", "restart", "unpause"})
 
 
 def backoff(longest: float, jitter: float) -> tenacity.wait.wait_base:
@@ -117,11 +116,13 @@ class Agent:
         self._duplicates: set[tuple[str, str]] = set()
         self._outages: dict[str, str] = {}  # peer -> first error of the current outage
         self._reader: threading.Thread | None = None
-        # Containers as they will be once started, read just after `create` by a thread of
-        # their own, so a `start` is written with no Docker request on the loop's path
-        # (dockerd answers slowly while it starts many containers at once).
-        self.prepared: dict[str, Container] = {}
-        self._creates: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # Containers created and not yet started -> what they will be once started (None
+        # until a helper thread has read it), so a first `start` is written with no Docker
+        # request on the loop's path: dockerd answers slowly while it starts many containers.
+        # Used once: later starts are looked up, so nothing read at create outlives a start.
+        self.prepared: dict[str, Container | None] = {}
+        self._prepared_lock = threading.Lock()
+        self._creates: queue.Queue[str | None] = queue.Queue(MAX_PREPARED)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -131,7 +132,8 @@ class Agent:
         self._wakeup.set()
         self.queue.put(STOP)
         for _ in range(PREPARE_THREADS):
-            self._creates.put(None)
+            with contextlib.suppress(queue.Full):  # a full queue: the threads see `stopping`
+                self._creates.put_nowait(None)
         self.docker.close_events()
 
     def run(self) -> None:
@@ -259,7 +261,7 @@ class Agent:
                 for event in events:
                     self.metrics.docker_events.labels(event.action).inc()
                     if event.action == "create":
-                        self._creates.put(event.container_id)
+                        self._look_ahead(event.container_id)
                     else:
                         self.queue.put(event)
             except Exception as exc:  # the reader must outlive any odd answer
@@ -273,17 +275,37 @@ class Agent:
             if quick_ends:
                 self._sleep(min(1.0, 0.05 * 2**quick_ends))
 
+    def _look_ahead(self, container_id: str) -> None:
+        """Have a helper thread read a created container (dropped when too many wait)."""
+        with self._prepared_lock:
+            if len(self.prepared) >= MAX_PREPARED:
+                return
+            self.prepared[container_id] = None
+        try:
+            self._creates.put_nowait(container_id)
+        except queue.Full:
+            with self._prepared_lock:
+                self.prepared.pop(container_id, None)
+
     def _prepare(self, docker: DockerSource) -> None:
         """Look ahead at created containers (in PREPARE_THREADS threads, a connection each)."""
-        while (container_id := self._creates.get()) is not None:
-            if len(self.prepared) >= MAX_PREPARED:
-                continue
+        while (container_id := self._creates.get()) is not None and not self.stopping.is_set():
             try:
                 container = docker.as_started(container_id)
             except DockerUnavailable:
-                continue  # its start is looked up instead
-            if container is not None:
-                self.prepared[container_id] = container
+                container = None  # its start is looked up instead
+            except Exception as exc:  # a helper must outlive any odd answer
+                self.log.warning("look-ahead failed", id=container_id[:12], error=repr(exc))
+                container = None
+            with self._prepared_lock:
+                if container is None:
+                    self.prepared.pop(container_id, None)
+                elif container_id in self.prepared:  # not started or removed meanwhile
+                    self.prepared[container_id] = container
+
+    def _take_prepared(self, container_id: str) -> Container | None:
+        with self._prepared_lock:
+            return self.prepared.pop(container_id, None)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -302,7 +324,7 @@ class Agent:
         for event in gone:
             self._set_announcement(event.container_id, event.name, Announcement())
             if event.action == "destroy":
-                self.prepared.pop(event.container_id, None)
+                self._take_prepared(event.container_id)
         if gone:
             self._sync()
         lookups = [e for e in last.values() if e.action not in GONE_ACTIONS and e.action != "kill"]
@@ -310,8 +332,8 @@ class Agent:
             return
         known: dict[str, Container] = {}
         for event in lookups:
-            ready = self.prepared.get(event.container_id)
-            if ready is not None and event.action in RUNNING_ACTIONS:
+            ready = self._take_prepared(event.container_id) if event.action == "start" else None
+            if ready is not None:
                 known[event.container_id] = ready._replace(name=event.name or ready.name)
         try:
             unknown = [e.container_id for e in lookups if e.container_id not in known]
@@ -526,8 +548,8 @@ class Agent:
             self.announced.pop(container_id, None)
         for container_id in set(self._warned) - seen:
             self._warned.pop(container_id, None)
-        for container_id in set(self.prepared) - seen:  # bounded: created and never started
-            self.prepared.pop(container_id, None)
+        with self._prepared_lock:  # starts and removals drained above: their entries are stale
+            self.prepared.clear()
         self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
         self.needs_reconcile = False
         self._sync()

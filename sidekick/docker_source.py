@@ -163,13 +163,20 @@ class DockerSource:
         return twin
 
     def as_started(self, container_id: str) -> Container | None:
-        """Inspect a just-created container: what it will be once started, when that is
-        known already (see model.container_as_started); None otherwise or when it is gone."""
+        """Inspect a just-created container and its network: what it will be once started,
+        when that is known already (see model.container_as_started); else None."""
         try:
             data = self._call(lambda api: api.inspect_container(container_id), missing_ok=True)
+            mode = str((data.get("HostConfig") or {}).get("NetworkMode") or "")
+            if mode == "host":
+                return container_as_started(data, None)
+            if mode == "none" or mode.startswith("container:"):
+                return None
+            name = "bridge" if mode in {"", "default"} else mode
+            network = self._call(lambda api: api.inspect_network(name), missing_ok=True)
         except docker.errors.NotFound:
             return None
-        return container_as_started(data)
+        return container_as_started(data, network)
 
     def inspect(self, container_id: str) -> Container | None:
         """The container now, or None when it no longer exists."""

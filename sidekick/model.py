@@ -140,23 +140,35 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
     )
 
 
-def container_as_started(created: Mapping[str, Any]) -> Container | None:
+HOST_BINDING_IPV4 = "com.docker.network.bridge.host_binding_ipv4"  # `-p P:80` binds here
+
+
+def container_as_started(
+    created: Mapping[str, Any], network: Mapping[str, Any] | None
+) -> Container | None:
     """What a container will be once started, from its inspect right after `create`.
 
     Labels, name, network mode and fixed published ports do not change between create and
-    start, so a `start` needs no second look-up. None when only the started container can
-    tell: a host port Docker picks at start (`-p 80`, `-P`, `-p 0:80`, a range), a
-    healthcheck's verdict, or networking borrowed from another container.
+    start, so a `start` needs no second look-up. `network` is the inspect document of the
+    container's bridge network (None with host networking): where `-p P:80` binds is its
+    host_binding_ipv4 option, and an internal network publishes nothing. None when only the
+    started container can tell: a host port Docker picks at start (`-p 80`, `-P`, `-p 0:80`,
+    a range), a healthcheck's verdict, networking of another kind or borrowed from another
+    container, or more than one network.
     """
     config = _mapping(created.get("Config"))
     host_config = _mapping(created.get("HostConfig"))
-    if str(host_config.get("NetworkMode") or "").startswith("container:"):
-        return None
-    if host_config.get("PublishAllPorts"):
-        return None
     test = _mapping(config.get("Healthcheck")).get("Test")
     if isinstance(test, list) and test and test[0] != "NONE":
         return None
+    if str(host_config.get("NetworkMode") or "") == "host":
+        return container_from_inspect({**created, "State": {"Running": True}})
+    attached = _mapping(_mapping(created.get("NetworkSettings")).get("Networks"))
+    if network is None or len(attached) > 1 or host_config.get("PublishAllPorts"):
+        return None
+    if network.get("Driver") != "bridge" or network.get("Internal") is not False:
+        return None
+    default_ip = str(_mapping(network.get("Options")).get(HOST_BINDING_IPV4) or "")
     ports: dict[str, list[dict[str, str]]] = {}
     for spec, hosts in _mapping(host_config.get("PortBindings")).items():
         if not isinstance(hosts, list):
@@ -166,7 +178,10 @@ def container_as_started(created: Mapping[str, Any]) -> Container | None:
             if _port_number(host.get("HostPort")) is None:
                 return None
             ports.setdefault(str(spec), []).append(
-                {"HostIp": str(host.get("HostIp") or ""), "HostPort": str(host.get("HostPort"))}
+                {
+                    "HostIp": str(host.get("HostIp") or default_ip),
+                    "HostPort": str(host.get("HostPort")),
+                }
             )
     return container_from_inspect(
         {**created, "State": {"Running": True}, "NetworkSettings": {"Ports": ports}}

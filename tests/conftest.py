@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -456,7 +457,11 @@ def _agent_factory(
 
 
 class DockerSocketProxy:
-    """Forwards a unix socket to dockerd's; cut it with stop() as a daemon restart would."""
+    """Forwards a unix socket to dockerd's; cut it with stop() as a daemon restart would.
+
+    `requests` records the request line ("GET /v1.41/containers/json?...") of each request
+    a client sends through it, in order.
+    """
 
     def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
         self.path = path
@@ -465,6 +470,7 @@ class DockerSocketProxy:
         self._server: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.requests: list[str] = []
 
     def start(self) -> None:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -485,13 +491,14 @@ class DockerSocketProxy:
             upstream.connect(self.target)
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, record in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, record), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
         try:
             while data := source.recv(65536):
+                if record and re.match(rb"(GET|POST|PUT|DELETE|HEAD) /", data):
+                    self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
                 sink.sendall(data)
         except OSError:
             pass

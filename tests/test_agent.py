@@ -136,6 +136,35 @@ class TestRegistration:
         container.start()
         wait_for(lambda: etcd.keys(f"/{scope}/") == wanted, message="registered again")
 
+    def test_start_of_created_container_asks_docker_nothing(
+        self, agent_factory, containers, etcd, scope, docker_proxy
+    ):
+        """A container created while the agent runs is read at `create`: its start is written
+        with no Docker request in between; its next start is looked up in the listing."""
+        agent_factory("--docker-url", docker_proxy.url, "--resync", "3600")
+        port = free_port()
+        container = containers.client.containers.create(
+            containers.image,
+            "httpd -f -p 80",
+            labels={TEST_LABEL: scope, "sidekick.enable": "true", "sidekick.service": "ahead"},
+            ports=published(port),
+        )
+        wait_for(
+            lambda: any(f"/containers/{container.id}/json" in r for r in docker_proxy.requests),
+            message="the look-ahead at create",
+        )
+        time.sleep(0.2)  # its network inspect follows
+        before_start = len(docker_proxy.requests)
+        container.start()
+        wanted = {f"/{scope}/ahead-{port}": f"127.0.0.1:{port}"}
+        wait_for(lambda: etcd.keys(f"/{scope}/") == wanted, message="registered on start")
+        assert docker_proxy.requests[before_start:] == []
+        container.stop(timeout=1)
+        wait_for(lambda: etcd.keys(f"/{scope}/") == {}, message="withdrawn on stop")
+        container.start()
+        wait_for(lambda: etcd.keys(f"/{scope}/") == wanted, message="registered again")
+        assert any("/containers/json?" in r for r in docker_proxy.requests[before_start:])
+
     def test_host_network(self, agent_factory, containers, etcd, scope):
         """A host-network container takes its ports from sidekick.port and the node's address."""
         agent_factory(host_ip="192.0.2.11")

@@ -85,45 +85,68 @@ class TestListing:
 class TestLookAhead:
     """What the agent reads right after `create` is what the started container announces."""
 
-    def test_as_started_matches_the_started_container(self, containers: Containers, scope: str):
+    def test_as_started_matches_the_started_container(
+        self, containers: Containers, scope: str, docker_client
+    ):
         def create(**kwargs: Any) -> Any:
             labels = {TEST_LABEL: scope, "sidekick.enable": "true", **kwargs.pop("labels", {})}
             return containers.client.containers.create(
                 containers.image, kwargs.pop("command", "httpd -f -p 80"), labels=labels, **kwargs
             )
 
-        host_port = free_port()
-        known = [
-            create(ports={"80/tcp": ("127.0.0.1", free_port())}),
-            create(ports={"80/tcp": free_port(), "81/tcp": ("127.0.0.1", free_port())}),
-            create(
-                labels={"sidekick.service": "named", "sidekick.port": "81"},
-                ports={"80/tcp": ("127.0.0.1", free_port()), "81/tcp": free_port()},
-            ),
-            create(
-                command=f"httpd -f -p 127.0.0.1:{host_port}",
-                network_mode="host",
-                labels={"sidekick.port": str(host_port)},
-            ),
-        ]
-        unknown = [
-            create(ports={"80/tcp": ("127.0.0.1", None)}),
-            create(
-                ports={"80/tcp": ("127.0.0.1", free_port())},
-                healthcheck={"test": ["CMD", "true"], "interval": 200_000_000},
-            ),
-        ]
-        source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
-        config = Config(prefix="/x", host_ip="192.0.2.5", node="n")
-        ahead = {c.id: source.as_started(c.id) for c in known + unknown}
-        for container in known + unknown:
-            container.start()
-        for container in known:
-            started = source.inspect(container.id)
-            looked_ahead = ahead[container.id]
-            assert started is not None
-            assert looked_ahead is not None, container.attrs["HostConfig"]
-            assert announce(looked_ahead, config) == announce(started, config)
-            assert announce(started, config).registrations
-        assert [ahead[c.id] for c in unknown] == [None, None]
-        assert source.as_started("0" * 64) is None
+        def network(suffix: str, **kwargs: Any) -> str:
+            made = docker_client.networks.create(
+                f"sk-{scope}-{suffix}", driver="bridge", labels={TEST_LABEL: scope}, **kwargs
+            )
+            networks.append(made)
+            return str(made.name)
+
+        networks: list[Any] = []
+        try:
+            on_loopback = network(  # `-p P:80` binds 127.0.0.1 here, not every address
+                "lo", options={"com.docker.network.bridge.host_binding_ipv4": "127.0.0.1"}
+            )
+            internal = network("internal", internal=True)
+            host_port = free_port()
+            known = [
+                create(ports={"80/tcp": ("127.0.0.1", free_port())}),
+                create(ports={"80/tcp": free_port(), "81/tcp": ("127.0.0.1", free_port())}),
+                create(
+                    labels={"sidekick.service": "named", "sidekick.port": "81"},
+                    ports={"80/tcp": ("127.0.0.1", free_port()), "81/tcp": free_port()},
+                ),
+                create(
+                    command=f"httpd -f -p 127.0.0.1:{host_port}",
+                    network_mode="host",
+                    labels={"sidekick.port": str(host_port)},
+                ),
+                create(network=on_loopback, ports={"80/tcp": free_port()}),
+                create(ports={"80/tcp": ("::1", free_port())}),
+            ]
+            unknown = [
+                create(ports={"80/tcp": ("127.0.0.1", None)}),
+                create(
+                    ports={"80/tcp": ("127.0.0.1", free_port())},
+                    healthcheck={"test": ["CMD", "true"], "interval": 200_000_000},
+                ),
+                create(network_mode="none", ports={"80/tcp": ("127.0.0.1", free_port())}),
+                create(network=internal, ports={"80/tcp": ("127.0.0.1", free_port())}),
+            ]
+            source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
+            config = Config(prefix="/x", host_ip="192.0.2.5", node="n")
+            ahead = {c.id: source.as_started(c.id) for c in known + unknown}
+            for container in known + unknown:
+                container.start()
+            for container in known:
+                started = source.inspect(container.id)
+                looked_ahead = ahead[container.id]
+                assert started is not None
+                assert looked_ahead is not None, container.attrs["HostConfig"]
+                assert announce(looked_ahead, config) == announce(started, config)
+                assert announce(started, config).registrations
+            assert [ahead[c.id] for c in unknown] == [None] * len(unknown)
+            assert source.as_started("0" * 64) is None
+        finally:
+            containers.remove_all()
+            for made in networks:
+                made.remove()

@@ -755,10 +755,22 @@ class TestContainerFromSummary:
 
 def created_doc(port_bindings: dict[str, Any] | None = None, **doc_changes: Any) -> dict[str, Any]:
     """An inspect document of a container just created: not running, no NetworkSettings.Ports,
-    its published ports in HostConfig.PortBindings."""
+    its published ports in HostConfig.PortBindings, on one network."""
     doc = inspect_doc(running=False, ports={}, **doc_changes)
     doc["HostConfig"]["PortBindings"] = port_bindings or {}
+    doc["NetworkSettings"]["Networks"] = {"bridge": {"NetworkID": ""}}
     return doc
+
+
+def bridge(**changes: Any) -> dict[str, Any]:
+    """A `docker network inspect` document of a bridge network."""
+    return {
+        "Name": "bridge",
+        "Driver": "bridge",
+        "Internal": False,
+        "Options": {"com.docker.network.bridge.host_binding_ipv4": "0.0.0.0"},
+        **changes,
+    }
 
 
 class TestContainerAsStarted:
@@ -770,7 +782,7 @@ class TestContainerAsStarted:
             "80/tcp": [{"HostIp": "", "HostPort": "8001"}],
             "81/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8002"}],
         }
-        container = container_as_started(created_doc(bindings))
+        container = container_as_started(created_doc(bindings), bridge())
         assert container is not None
         assert container.running
         started = container_from_inspect(
@@ -788,46 +800,68 @@ class TestContainerAsStarted:
             "/test/apache-8002": "127.0.0.1:8002",
         }
 
+    def test_network_default_binding_address(self, config: Config) -> None:
+        """`-p 8001:80` on a network whose host_binding_ipv4 is 127.0.0.1 binds there."""
+        network = bridge(Options={"com.docker.network.bridge.host_binding_ipv4": "127.0.0.1"})
+        doc = created_doc({"80/tcp": [{"HostIp": "", "HostPort": "8001"}]})
+        container = container_as_started(doc, network)
+        assert container is not None
+        assert [r.value for r in announce(container, config).registrations] == ["127.0.0.1:8001"]
+
     def test_host_network_uses_exposed_ports(self, config: Config) -> None:
-        container = container_as_started(created_doc(network_mode="host", exposed=("8080/tcp",)))
+        doc = created_doc(network_mode="host", exposed=("8080/tcp",))
+        container = container_as_started(doc, None)
         assert container is not None
         assert [r.value for r in announce(container, config).registrations] == [f"{HOST_IP}:8080"]
 
     def test_no_ports_is_known_too(self, config: Config) -> None:
         """Nothing published: the start will announce nothing, and says why."""
-        container = container_as_started(created_doc())
+        container = container_as_started(created_doc(), bridge())
         assert container is not None
         assert announce(container, config).problem == "opted in but publishes no TCP port"
 
     def test_healthcheck_disabled_is_no_healthcheck(self) -> None:
         doc = created_doc({"80/tcp": [{"HostIp": "", "HostPort": "8001"}]})
         doc["Config"]["Healthcheck"] = {"Test": ["NONE"]}
-        assert container_as_started(doc) is not None
+        assert container_as_started(doc, bridge()) is not None
 
     @pytest.mark.parametrize("host_port", ["", "0", "8000-8010", "x", None, "70000"], ids=repr)
     def test_ports_docker_picks_at_start(self, host_port: Any) -> None:
         """`-p 80`, `-p 0:80`, a range: only the started container knows its port."""
         doc = created_doc({"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": host_port}]})
-        assert container_as_started(doc) is None
+        assert container_as_started(doc, bridge()) is None
 
     def test_publish_all(self) -> None:
         doc = created_doc()
         doc["HostConfig"]["PublishAllPorts"] = True
-        assert container_as_started(doc) is None
+        assert container_as_started(doc, bridge()) is None
 
     def test_healthcheck(self) -> None:
         """The start announces nothing until the check passes: health_status decides."""
         doc = created_doc({"80/tcp": [{"HostIp": "", "HostPort": "8001"}]})
         doc["Config"]["Healthcheck"] = {"Test": ["CMD-SHELL", "true"]}
-        assert container_as_started(doc) is None
+        assert container_as_started(doc, bridge()) is None
 
-    def test_network_of_another_container(self) -> None:
-        assert container_as_started(created_doc(network_mode="container:" + CID)) is None
+    @pytest.mark.parametrize(
+        "network",
+        [None, bridge(Internal=True), bridge(Driver="overlay"), bridge(Driver="macvlan"), {}],
+        ids=["none-or-borrowed", "internal", "overlay", "macvlan", "unknown"],
+    )
+    def test_networks_that_publish_otherwise(self, network: dict[str, Any] | None) -> None:
+        """An internal network publishes nothing; other drivers, and `--network none` or
+        `container:` (no network document), are left to the started container."""
+        doc = created_doc({"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8001"}]})
+        assert container_as_started(doc, network) is None
+
+    def test_two_networks(self) -> None:
+        doc = created_doc({"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8001"}]})
+        doc["NetworkSettings"]["Networks"]["other"] = {"NetworkID": ""}
+        assert container_as_started(doc, bridge()) is None
 
     @pytest.mark.parametrize(
         "junk", [{}, {"HostConfig": "x"}, {"HostConfig": {"PortBindings": {"80/tcp": "x"}}}]
     )
     def test_junk(self, junk: dict[str, Any]) -> None:
         """Odd documents never raise."""
-        result = container_as_started(junk)
+        result = container_as_started(junk, bridge())
         assert result is None or result.bindings == ()
