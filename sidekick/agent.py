@@ -8,7 +8,6 @@ every --resync seconds. Decisions are the pure functions of sidekick.model.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -20,6 +19,7 @@ import tenacity
 from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
 from sidekick.leasefile import LeaseFile
+from sidekick.lookahead import LookAhead
 from sidekick.metrics import Metrics
 from sidekick.model import (
     Announcement,
@@ -43,8 +43,7 @@ STOP_SIGNALS = frozenset({"9", "15", "SIGKILL", "SIGTERM", "KILL", "TERM"})
 TRANSIENT = (EtcdError, DockerUnavailable)
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
 PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
-PREPARE_THREADS = 4  # look-aheads at once: each may wait while dockerd starts its container
-MAX_PREPARED = 10_000  # containers created and looked ahead at, not yet started or removed
+LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is answering
 
 
 def backoff(longest: float, jitter: float) -> tenacity.wait.wait_base:
@@ -116,13 +115,7 @@ class Agent:
         self._duplicates: set[tuple[str, str]] = set()
         self._outages: dict[str, str] = {}  # peer -> first error of the current outage
         self._reader: threading.Thread | None = None
-        # Containers created and not yet started -> what they will be once started (None
-        # until a helper thread has read it), so a first `start` is written with no Docker
-        # request on the loop's path: dockerd answers slowly while it starts many containers.
-        # Used once: later starts are looked up, so nothing read at create outlives a start.
-        self.prepared: dict[str, Container | None] = {}
-        self._prepared_lock = threading.Lock()
-        self._creates: queue.Queue[str | None] = queue.Queue(MAX_PREPARED)
+        self.look_ahead = LookAhead(docker, self.log)  # containers read at `create`
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -131,9 +124,7 @@ class Agent:
         self.stopping.set()
         self._wakeup.set()
         self.queue.put(STOP)
-        for _ in range(PREPARE_THREADS):
-            with contextlib.suppress(queue.Full):  # a full queue: the threads see `stopping`
-                self._creates.put_nowait(None)
+        self.look_ahead.stop()
         self.docker.close_events()
 
     def run(self) -> None:
@@ -147,13 +138,7 @@ class Agent:
         )
         self._reader = threading.Thread(target=self._read_events, name="docker-events", daemon=True)
         self._reader.start()
-        for number in range(PREPARE_THREADS):
-            threading.Thread(
-                target=self._prepare,
-                args=(self.docker.clone(),),
-                name=f"docker-prepare-{number}",
-                daemon=True,
-            ).start()
+        self.look_ahead.start()
         try:
             while not self.stopping.is_set():
                 self._cycle()
@@ -261,7 +246,7 @@ class Agent:
                 for event in events:
                     self.metrics.docker_events.labels(event.action).inc()
                     if event.action == "create":
-                        self._look_ahead(event.container_id)
+                        self.look_ahead.created(event.container_id)
                     else:
                         self.queue.put(event)
             except Exception as exc:  # the reader must outlive any odd answer
@@ -275,45 +260,14 @@ class Agent:
             if quick_ends:
                 self._sleep(min(1.0, 0.05 * 2**quick_ends))
 
-    def _look_ahead(self, container_id: str) -> None:
-        """Have a helper thread read a created container (dropped when too many wait)."""
-        with self._prepared_lock:
-            if len(self.prepared) >= MAX_PREPARED:
-                return
-            self.prepared[container_id] = None
-        try:
-            self._creates.put_nowait(container_id)
-        except queue.Full:
-            with self._prepared_lock:
-                self.prepared.pop(container_id, None)
-
-    def _prepare(self, docker: DockerSource) -> None:
-        """Look ahead at created containers (in PREPARE_THREADS threads, a connection each)."""
-        while (container_id := self._creates.get()) is not None and not self.stopping.is_set():
-            try:
-                container = docker.as_started(container_id)
-            except DockerUnavailable:
-                container = None  # its start is looked up instead
-            except Exception as exc:  # a helper must outlive any odd answer
-                self.log.warning("look-ahead failed", id=container_id[:12], error=repr(exc))
-                container = None
-            with self._prepared_lock:
-                if container is None:
-                    self.prepared.pop(container_id, None)
-                elif container_id in self.prepared:  # not started or removed meanwhile
-                    self.prepared[container_id] = container
-
-    def _take_prepared(self, container_id: str) -> Container | None:
-        with self._prepared_lock:
-            return self.prepared.pop(container_id, None)
-
     # -- events ---------------------------------------------------------------------------
 
     def _on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference.
 
-        Withdrawals need no look-up: they are written first, in one transaction. Starts of
-        prepared containers need none either; the others are looked up together in one
+        Withdrawals need no look-up: they are written first, in one transaction. First starts
+        of containers created while the agent ran need none either (sidekick.lookahead); the
+        others are looked up together in one
         `docker ps` listing, and all are written in one more. What the listing cannot tell
         (healthchecks, host networking, a container gone meanwhile) is inspected, and written
         as it comes, batched only while the inspects take less than BATCH_SECONDS, so one
@@ -324,15 +278,20 @@ class Agent:
         for event in gone:
             self._set_announcement(event.container_id, event.name, Announcement())
             if event.action == "destroy":
-                self._take_prepared(event.container_id)
+                self.look_ahead.forget(event.container_id)
         if gone:
             self._sync()
         lookups = [e for e in last.values() if e.action not in GONE_ACTIONS and e.action != "kill"]
         if not lookups:
             return
         known: dict[str, Container] = {}
+        deadline = time.monotonic() + LOOK_AHEAD_WAIT
         for event in lookups:
-            ready = self._take_prepared(event.container_id) if event.action == "start" else None
+            ready = (
+                self.look_ahead.take(event.container_id, deadline)
+                if event.action == "start"
+                else None
+            )
             if ready is not None:
                 known[event.container_id] = ready._replace(name=event.name or ready.name)
         try:
@@ -548,8 +507,7 @@ class Agent:
             self.announced.pop(container_id, None)
         for container_id in set(self._warned) - seen:
             self._warned.pop(container_id, None)
-        with self._prepared_lock:  # starts and removals drained above: their entries are stale
-            self.prepared.clear()
+        self.look_ahead.clear()  # starts and removals drained above: their entries are stale
         self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
         self.needs_reconcile = False
         self._sync()

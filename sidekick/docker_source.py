@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -39,6 +40,7 @@ EVENT_ACTIONS = (
 
 
 MIN_API_VERSION = "1.24"  # for the first request; the engine's own version is used after
+NETWORK_CACHE_SECONDS = 30.0  # a network's options never change; its name may be reused
 LISTED_IDS_PER_REQUEST = 50  # ids in one `docker ps --filter id=...` (they go in the URL)
 
 
@@ -100,6 +102,7 @@ class DockerSource:
         self._api: docker.APIClient | None = None
         self._lock = threading.Lock()
         self._stream: Any = None
+        self._networks: dict[str, tuple[float, Any]] = {}  # name -> (when read, inspect doc)
 
     def _client(self) -> docker.APIClient:
         with self._lock:
@@ -159,6 +162,7 @@ class DockerSource:
         """The same engine on a connection of its own, for another thread."""
         twin = copy.copy(self)
         twin._api, twin._lock, twin._stream = None, threading.Lock(), None
+        twin._networks = {}
         twin.label_filters = list(self.label_filters)
         return twin
 
@@ -172,11 +176,21 @@ class DockerSource:
                 return container_as_started(data, None)
             if mode == "none" or mode.startswith("container:"):
                 return None
-            name = "bridge" if mode in {"", "default"} else mode
-            network = self._call(lambda api: api.inspect_network(name), missing_ok=True)
+            network = self._network("bridge" if mode in {"", "default"} else mode)
         except docker.errors.NotFound:
             return None
         return container_as_started(data, network)
+
+    def _network(self, name: str) -> Any:
+        """A network's inspect document, read again after NETWORK_CACHE_SECONDS."""
+        now = time.monotonic()
+        read_at, network = self._networks.get(name, (float("-inf"), None))
+        if now - read_at > NETWORK_CACHE_SECONDS:
+            network = self._call(lambda api: api.inspect_network(name), missing_ok=True)
+            if len(self._networks) > 100:
+                self._networks.clear()
+            self._networks[name] = (now, network)
+        return network
 
     def inspect(self, container_id: str) -> Container | None:
         """The container now, or None when it no longer exists."""

@@ -1,0 +1,117 @@
+"""The look-ahead: containers read at `create`, so that their first `start` asks Docker nothing.
+
+dockerd answers slowly while it starts many containers at once, and an inspect of a container
+it is starting waits for that start to end. Labels, name, network and fixed published ports do
+not change between create and start (model.container_as_started), so helper threads read them
+as soon as the `create` event arrives, each on a Docker connection of its own. The agent's loop
+takes the result at `start`; an entry is used once, so nothing read at create outlives a start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from typing import Any
+
+from sidekick.docker_source import DockerSource, DockerUnavailable
+from sidekick.model import Container
+
+THREADS = 8  # reads at once: each may wait while dockerd starts its container
+CAPACITY = 10_000  # containers created and not yet started or removed
+
+
+class _State:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+QUEUED = _State("queued")  # waiting for a helper thread
+READING = _State("reading")  # a helper's request is in flight
+
+
+class LookAhead:
+    """Created containers -> what they will be once started, read by helper threads."""
+
+    def __init__(self, docker: DockerSource, log: Any, threads: int = THREADS) -> None:
+        self._docker = docker
+        self._log = log
+        self._threads = threads
+        self._entries: dict[str, Container | _State] = {}
+        self._changed = threading.Condition()
+        self._ids: queue.Queue[str | None] = queue.Queue(CAPACITY)
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        for number in range(self._threads):
+            threading.Thread(
+                target=self._read,
+                args=(self._docker.clone(),),
+                name=f"look-ahead-{number}",
+                daemon=True,
+            ).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for _ in range(self._threads):
+            with contextlib.suppress(queue.Full):  # a full queue: the threads see _stopping
+                self._ids.put_nowait(None)
+
+    def created(self, container_id: str) -> None:
+        """A `create` event: have a helper read the container (dropped when too many wait)."""
+        with self._changed:
+            if len(self._entries) >= CAPACITY:
+                return
+            self._entries[container_id] = QUEUED
+        try:
+            self._ids.put_nowait(container_id)
+        except queue.Full:
+            self.forget(container_id)
+
+    def take(self, container_id: str, deadline: float) -> Container | None:
+        """The container as it is once started, if read; a pending read is waited for until
+        `deadline` (time.monotonic()): dockerd answers it as soon as the start ends."""
+        with self._changed:
+            while isinstance(self._entries.get(container_id), _State):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            entry = self._entries.pop(container_id, None)
+        return entry if isinstance(entry, Container) else None
+
+    def forget(self, container_id: str) -> None:
+        with self._changed:
+            self._entries.pop(container_id, None)
+
+    def clear(self) -> None:
+        """Forget everything (a reconcile has just read every running container)."""
+        with self._changed:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _read(self, docker: DockerSource) -> None:
+        while (container_id := self._ids.get()) is not None and not self._stopping.is_set():
+            with self._changed:
+                if self._entries.get(container_id) is not QUEUED:
+                    continue  # started or removed before its turn
+                self._entries[container_id] = READING
+            try:
+                container = docker.as_started(container_id)
+            except DockerUnavailable:
+                container = None  # its start is looked up instead
+            except Exception as exc:  # a helper must outlive any odd answer
+                self._log.warning("look-ahead failed", id=container_id[:12], error=repr(exc))
+                container = None
+            with self._changed:
+                if container is None:
+                    self._entries.pop(container_id, None)
+                elif container_id in self._entries:  # not started or removed meanwhile
+                    self._entries[container_id] = container
+                self._changed.notify_all()
