@@ -231,6 +231,42 @@ class Watch:
         self._stderr.close()
 
 
+class EtcdProbe:
+    """bench.probe in a subprocess: one timed etcd put every few milliseconds."""
+
+    def __init__(self, url: str, key: str, log: Path, interval_ms: float = 10) -> None:
+        self._lock = threading.Lock()
+        self.samples: list[tuple[int, float]] = []  # (sent, ns; took, ms)
+        self._stderr = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.probe", url, key, str(interval_ms), str(3 * 3600)],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=ROOT,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True, name="etcd-probe")
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            record = json.loads(line)
+            if "ms" in record:
+                with self._lock:
+                    self.samples.append((record["t"], record["ms"]))
+
+    def within(self, windows: Iterable[tuple[int, int]]) -> list[float]:
+        """The put times (ms) of the puts sent inside any of the (start, end) ns windows."""
+        spans = list(windows)
+        with self._lock:
+            return [ms for t, ms in self.samples if any(a <= t <= b for a, b in spans)]
+
+    def close(self) -> None:
+        stop_process(self.process)
+        self._stderr.close()
+
+
 # -- Docker ------------------------------------------------------------------------------
 
 

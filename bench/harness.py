@@ -46,6 +46,7 @@ from bench.common import (
     GROUP_LABEL,
     ROOT,
     DockerEvents,
+    EtcdProbe,
     Fleet,
     Member,
     Watch,
@@ -266,8 +267,12 @@ class Bench:
         watch.wait_seen([full(warm)], "DELETE", 15)
         fleet.remove([warm])
 
+        # what one etcd write costs meanwhile: etcd's part of any agent's latency
+        probe = EtcdProbe(self.etcd.url, f"/sidekick-bench-probe/{tag}", self.workdir / "probe.log")
+        windows: dict[str, list[tuple[int, int]]] = {"sequential": [], "burst": []}
         log(f"{tag}: {plan.sequential} containers one after another")
         sequential: list[Member] = []
+        began = time.time_ns()
         for _ in range(plan.sequential):
             member = fleet.start(group)
             watch.wait_seen([full(member)], "PUT", 10)
@@ -277,20 +282,24 @@ class Bench:
             fleet.crash(member)
             watch.wait_seen([full(member)], "DELETE", 10)
             time.sleep(0.02)
+        windows["sequential"].append((began, time.time_ns()))
         fleet.remove(sequential)
 
         log(f"{tag}: {plan.bursts} bursts of {BURST} at once")
         bursts: list[Member] = []
         with ThreadPoolExecutor(BURST) as pool:
             for _ in range(plan.bursts):
+                began = time.time_ns()
                 members = list(pool.map(lambda _i: fleet.start(group), range(BURST)))
                 watch.wait_seen([full(m) for m in members], "PUT", 20)
                 list(pool.map(fleet.crash, members))
                 watch.wait_seen([full(m) for m in members], "DELETE", 20)
+                windows["burst"].append((began, time.time_ns()))
                 fleet.remove(members)
                 bursts.extend(members)
                 time.sleep(0.2)
 
+        probe.close()
         out: dict[str, Any] = {}
         for mode, members in (("sequential", sequential), ("burst", bursts)):
             reg, dereg, reg_missing, dereg_missing = [], [], 0, 0
@@ -325,6 +334,7 @@ class Bench:
                 "after_delivery": {k: summary(v) for k, v in after_delivery.items()},
                 "register": summary(reg, reg_missing),
                 "deregister": summary(dereg, dereg_missing),
+                "etcd_put": summary(probe.within(windows[mode])),
             }
         every_reg = out["sequential"]["register_ms"] + out["burst"]["register_ms"]
         every_dereg = out["sequential"]["deregister_ms"] + out["burst"]["deregister_ms"]
@@ -864,7 +874,9 @@ def _print_latency(latency: dict[str, Any]) -> int:
             docker_share = latency[mode]["docker_delivery"]
             after = latency[mode]["after_delivery"]
             log(
-                f"{mode:10} docker start p99={docker_share['start']['p99']:.1f} "
+                f"{mode:10} etcd put p50={latency[mode]['etcd_put']['p50']:.1f} "
+                f"p99={latency[mode]['etcd_put']['p99']:.1f}; "
+                f"docker start p99={docker_share['start']['p99']:.1f} "
                 f"die p99={docker_share['die']['p99']:.1f}; after it: register "
                 f"p99={after['register']['p99']:.1f} "
                 f"deregister p99={after['deregister']['p99']:.1f}"

@@ -24,7 +24,6 @@ from sidekick.metrics import Metrics
 from sidekick.model import (
     Announcement,
     Clash,
-    Container,
     Delete,
     KeyState,
     Put,
@@ -266,12 +265,9 @@ class Agent:
         """Update the announcements the events touch and write the difference.
 
         Withdrawals need no look-up: they are written first, in one transaction. First starts
-        of containers created while the agent ran need none either (sidekick.lookahead); the
-        others are looked up together in one
-        `docker ps` listing, and all are written in one more. What the listing cannot tell
-        (healthchecks, host networking, a container gone meanwhile) is inspected, and written
-        as it comes, batched only while the inspects take less than BATCH_SECONDS, so one
-        slow inspect does not hold back the rest.
+        of containers created while the agent ran need none either (sidekick.lookahead): those
+        read already are written next, then those whose read dockerd is still answering,
+        waited for up to LOOK_AHEAD_WAIT. The rest are looked up (_look_up).
         """
         last = {e.container_id: e for e in events if not _keeps_serving(e)}  # last one decides
         gone = [e for e in last.values() if e.action in GONE_ACTIONS or e.action == "kill"]
@@ -282,21 +278,40 @@ class Agent:
         if gone:
             self._sync()
         lookups = [e for e in last.values() if e.action not in GONE_ACTIONS and e.action != "kill"]
+        starts = [e for e in lookups if e.action == "start"]
+        done = self._apply_read_ahead(
+            [e for e in starts if not self.look_ahead.pending(e.container_id)], deadline=0.0
+        )
+        done |= self._apply_read_ahead(
+            [e for e in starts if e.container_id not in done],
+            deadline=time.monotonic() + LOOK_AHEAD_WAIT,
+        )
+        self._look_up([e for e in lookups if e.container_id not in done])
+
+    def _apply_read_ahead(self, starts: Sequence[DockerEvent], deadline: float) -> set[str]:
+        """Announce the started containers read at create, in one write; their ids."""
+        done = set()
+        for event in starts:
+            ready = self.look_ahead.take(event.container_id, deadline)
+            if ready is not None:
+                container = ready._replace(name=event.name or ready.name)
+                self._set_announcement(container.id, event.name, announce(container, self.config))
+                done.add(event.container_id)
+        if done:
+            self._sync()
+        return done
+
+    def _look_up(self, lookups: Sequence[DockerEvent]) -> None:
+        """Look containers up in one `docker ps` listing and write them in one transaction.
+
+        What the listing cannot tell (healthchecks, host networking, a container gone
+        meanwhile) is inspected, and written as it comes, batched only while the inspects
+        take less than BATCH_SECONDS, so one slow inspect does not hold back the rest.
+        """
         if not lookups:
             return
-        known: dict[str, Container] = {}
-        deadline = time.monotonic() + LOOK_AHEAD_WAIT
-        for event in lookups:
-            ready = (
-                self.look_ahead.take(event.container_id, deadline)
-                if event.action == "start"
-                else None
-            )
-            if ready is not None:
-                known[event.container_id] = ready._replace(name=event.name or ready.name)
         try:
-            unknown = [e.container_id for e in lookups if e.container_id not in known]
-            listed = {**known, **(self.docker.listed(unknown) if unknown else {})}
+            listed = self.docker.listed([e.container_id for e in lookups])
         except DockerUnavailable as exc:
             self._fault("docker", exc)  # the reconcile will look again
             return

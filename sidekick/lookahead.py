@@ -84,6 +84,10 @@ class LookAhead:
             entry = self._entries.pop(container_id, None)
         return entry if isinstance(entry, Container) else None
 
+    def pending(self, container_id: str) -> bool:
+        """A read of this container is queued or in flight."""
+        return isinstance(self._entries.get(container_id), _State)
+
     def forget(self, container_id: str) -> None:
         with self._changed:
             self._entries.pop(container_id, None)
