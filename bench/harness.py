@@ -837,6 +837,13 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "deregister_p50_ms": r(lat["all"]["deregister"]["p50"]),
         "deregister_p99_ms": r(lat["all"]["deregister"]["p99"]),
         "deregister_max_ms": r(lat["all"]["deregister"]["max"]),
+        "register_sequential_p99_ms": r(lat["sequential"]["register"]["p99"]),
+        "deregister_sequential_p99_ms": r(lat["sequential"]["deregister"]["p99"]),
+        "register_burst_p99_ms": r(lat["burst"]["register"]["p99"]),
+        "burst_etcd_put_p99_ms": r(lat["burst"].get("etcd_put", {}).get("p99", math.nan)),
+        "burst_docker_start_delivery_p99_ms": r(
+            lat["burst"].get("docker_delivery", {}).get("start", {}).get("p99", math.nan)
+        ),
         "latency_samples": lat["all"]["register"]["n"],
         "latency_missing": lat["all"]["register"]["missing"] + lat["all"]["deregister"]["missing"],
     }
