@@ -78,7 +78,13 @@ SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("key_template", "--key-template", str, "Key layout. (default: {prefix}/{service}-{port})"),
     ("value_template", "--value-template", str, "Value layout. (default: {ip}:{port})"),
     ("node", "--node", str, "This node's name, for {node}. (default: the hostname)"),
-    ("ttl", "--ttl", int, "Lease TTL in seconds (at least 2). (default: 30)"),
+    (
+        "ttl",
+        "--ttl",
+        int,
+        "Lease TTL in seconds (at least 2). (default: 30 for run; register without it "
+        "writes plain keys)",
+    ),
     (
         "keepalive_interval",
         "--keepalive-interval",
