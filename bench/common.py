@@ -149,6 +149,34 @@ def etcd_requests(url: str) -> dict[str, int]:
     return dict(counts)
 
 
+_BUCKET = re.compile(
+    r'^(etcd_disk_(?:wal_fsync|backend_commit)_duration_seconds)_bucket\{le="([^"]+)"\}\s+(\S+)$'
+)
+
+
+def etcd_disk_histograms(url: str) -> dict[str, dict[float, int]]:
+    """etcd's WAL fsync and backend commit histograms: name -> {bucket bound (s): count}."""
+    out: dict[str, dict[float, int]] = defaultdict(dict)
+    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
+        match = _BUCKET.match(line)
+        if match:
+            out[match.group(1)][float(match.group(2))] = int(float(match.group(3)))
+    return dict(out)
+
+
+def histogram_quantile(
+    after: dict[float, int], before: dict[float, int], q: float
+) -> tuple[float, int]:
+    """(upper bound in ms of the bucket holding quantile q, samples) of after minus before."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0) for b in bounds]  # cumulative, as Prometheus keeps
+    total = counts[-1] if counts else 0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if total and cumulative >= q * total:
+            return bound * 1000, total
+    return math.nan, total
+
+
 def diff_counts(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
