@@ -326,12 +326,12 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
     if all(v is not None for v in fsync.values()):
         out += [
             "",
-            "What holds etcd up in the bursts is its disk: etcd's own histogram of WAL fsyncs "
-            f"(`etcd_disk_wal_fsync_duration_seconds`) puts their p99 at ≤ {fsync['sequential']:g}"
-            f" ms while containers start one after another and ≤ {fsync['burst']:g} ms during "
-            "the bursts, when dockerd writes every new container's layers and files to the same "
-            "disk. A write that arrives while one is committing waits for it, so the agent's "
-            "worst cases are about two of etcd's.",
+            "What holds etcd up in the bursts: its disk, to which dockerd writes every new "
+            "container's layers and files at the same time (etcd's own histogram of WAL "
+            f"fsyncs, `etcd_disk_wal_fsync_duration_seconds`, puts their p99 at ≤ "
+            f"{fsync['sequential']:g} ms one after another and ≤ {fsync['burst']:g} ms in the "
+            "bursts), and the CPUs, busy with the starts. A write that arrives while another "
+            "is committing waits for it, so the agent's worst cases are about two of etcd's.",
         ]
     out += [
         "",
