@@ -43,6 +43,7 @@ TRANSIENT = (EtcdError, DockerUnavailable)
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
 PLAN_ATTEMPTS = 3  # re-reads after a transaction lost a race, before a full reconcile
 LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is answering
+VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
 
 
 def backoff(longest: float, jitter: float) -> tenacity.wait.wait_base:
@@ -115,6 +116,10 @@ class Agent:
         self._outages: dict[str, str] = {}  # peer -> first error of the current outage
         self._reader: threading.Thread | None = None
         self.look_ahead = LookAhead(docker, self.log)  # containers read at `create`
+        # Read-ahead starts to look up again (id -> name), all at once at next_verify: what
+        # changed between create and start (a `docker network connect`) is right within 1 s.
+        self.to_verify: dict[str, str] = {}
+        self.next_verify = float("inf")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -149,7 +154,7 @@ class Agent:
         if self.needs_reconcile:
             self._reconcile_until_done()
             return
-        wake = min(self.next_keepalive, self.next_resync, self._next_watchdog)
+        wake = min(self.next_keepalive, self.next_resync, self._next_watchdog, self.next_verify)
         timeout = max(0.0, wake - time.monotonic())
         try:
             item: Item | None = self.queue.get(timeout=timeout)
@@ -167,6 +172,8 @@ class Agent:
         if item is DOCKER_CONNECTED:
             self.needs_reconcile = True
         now = time.monotonic()
+        if now >= self.next_verify and not self.needs_reconcile:
+            self._verify_read_ahead()
         if self.lease and not self.needs_reconcile and now >= self.next_keepalive:
             self._keepalive()
         if now >= self.next_resync:
@@ -270,6 +277,8 @@ class Agent:
         waited for up to LOOK_AHEAD_WAIT. The rest are looked up (_look_up).
         """
         last = {e.container_id: e for e in events if not _keeps_serving(e)}  # last one decides
+        for container_id in last:  # a later event decides, not a check of the read-ahead
+            self.to_verify.pop(container_id, None)
         gone = [e for e in last.values() if e.action in GONE_ACTIONS or e.action == "kill"]
         for event in gone:
             self._set_announcement(event.container_id, event.name, Announcement())
@@ -297,9 +306,22 @@ class Agent:
                 container = ready._replace(name=event.name or ready.name)
                 self._set_announcement(container.id, event.name, announce(container, self.config))
                 done.add(event.container_id)
+                self.to_verify[event.container_id] = event.name
         if done:
             self._sync()
+            self.next_verify = min(self.next_verify, time.monotonic() + VERIFY_AFTER)
         return done
+
+    def _verify_read_ahead(self) -> None:
+        """Look the read-ahead starts up again, in one listing, and write any difference."""
+        pending, self.to_verify = self.to_verify, {}
+        self.next_verify = float("inf")
+        self._look_up(
+            [
+                DockerEvent("start", "", container_id, name, {})
+                for container_id, name in pending.items()
+            ]
+        )
 
     def _look_up(self, lookups: Sequence[DockerEvent]) -> None:
         """Look containers up in one `docker ps` listing and write them in one transaction.
@@ -523,6 +545,7 @@ class Agent:
         for container_id in set(self._warned) - seen:
             self._warned.pop(container_id, None)
         self.look_ahead.clear()  # starts and removals drained above: their entries are stale
+        self.to_verify, self.next_verify = {}, float("inf")  # just read them all
         self.actual, _ = self.store.read_prefix(self.config.prefix + "/")
         self.needs_reconcile = False
         self._sync()

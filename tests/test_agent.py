@@ -159,11 +159,53 @@ class TestRegistration:
         wanted = {f"/{scope}/ahead-{port}": f"127.0.0.1:{port}"}
         wait_for(lambda: etcd.keys(f"/{scope}/") == wanted, message="registered on start")
         assert docker_proxy.requests[before_start:] == []
+        wait_for(  # checked again a second later, with the other read-ahead starts
+            lambda: any(
+                container.id in r and "/containers/json?" in r for r in docker_proxy.requests
+            ),
+            message="the look-up that checks the read-ahead start",
+        )
         container.stop(timeout=1)
         wait_for(lambda: etcd.keys(f"/{scope}/") == {}, message="withdrawn on stop")
         container.start()
         wait_for(lambda: etcd.keys(f"/{scope}/") == wanted, message="registered again")
         assert any("/containers/json?" in r for r in docker_proxy.requests[before_start:])
+
+    def test_network_changed_between_create_and_start(
+        self, agent_factory, containers, etcd, scope, docker_proxy, docker_client
+    ):
+        """Moved to another network after the look-ahead read it: the address that network
+        binds `-p P:80` to is in etcd within a couple of seconds, with no resync."""
+        agent_factory("--docker-url", docker_proxy.url, "--resync", "3600")
+        networks = [
+            docker_client.networks.create(f"sk-{scope}-{name}", labels={TEST_LABEL: scope}, **kw)
+            for name, kw in (
+                ("a", {}),
+                ("b", {"options": {"com.docker.network.bridge.host_binding_ipv4": "127.0.0.2"}}),
+            )
+        ]
+        try:
+            port = free_port()
+            container = containers.client.containers.create(
+                containers.image,
+                "httpd -f -p 80",
+                labels={TEST_LABEL: scope, "sidekick.enable": "true", "sidekick.service": "moved"},
+                ports={"80/tcp": port},
+                network=networks[0].name,
+            )
+            wait_for(
+                lambda: any(f"/containers/{container.id}/json" in r for r in docker_proxy.requests),
+                message="the look-ahead at create",
+            )
+            networks[0].disconnect(container)
+            networks[1].connect(container)
+            container.start()
+            wanted = {f"/{scope}/moved-{port}": f"127.0.0.2:{port}"}
+            wait_for(lambda: etcd.keys(f"/{scope}/") == wanted, timeout=5, message=str(wanted))
+        finally:
+            containers.remove_all()
+            for network in networks:
+                network.remove()
 
     def test_host_network(self, agent_factory, containers, etcd, scope):
         """A host-network container takes its ports from sidekick.port and the node's address."""
