@@ -172,7 +172,7 @@ class Agent:
         if item is DOCKER_CONNECTED:
             self.needs_reconcile = True
         now = time.monotonic()
-        if now >= self.next_verify and not self.needs_reconcile:
+        if now >= self.next_verify and not self.needs_reconcile and self.queue.empty():
             self._verify_read_ahead()
         if self.lease and not self.needs_reconcile and now >= self.next_keepalive:
             self._keepalive()
@@ -295,6 +295,8 @@ class Agent:
             [e for e in starts if e.container_id not in done],
             deadline=time.monotonic() + LOOK_AHEAD_WAIT,
         )
+        for container_id in last.keys() - done:  # a read made at create serves a first start only
+            self.look_ahead.forget(container_id)
         self._look_up([e for e in lookups if e.container_id not in done])
 
     def _apply_read_ahead(self, starts: Sequence[DockerEvent], deadline: float) -> set[str]:
@@ -304,9 +306,11 @@ class Agent:
             ready = self.look_ahead.take(event.container_id, deadline)
             if ready is not None:
                 container = ready._replace(name=event.name or ready.name)
-                self._set_announcement(container.id, event.name, announce(container, self.config))
+                announcement = announce(container, self.config)
+                self._set_announcement(event.container_id, event.name, announcement)
                 done.add(event.container_id)
-                self.to_verify[event.container_id] = event.name
+                if not container.host_network:  # its ports cannot change before the start
+                    self.to_verify[event.container_id] = event.name
         if done:
             self._sync()
             self.next_verify = min(self.next_verify, time.monotonic() + VERIFY_AFTER)
