@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import structlog
 import tenacity
@@ -35,8 +35,9 @@ from sidekick.model import (
 from sidekick.store import MAX_TXN_OPS, EtcdError, EtcdUnavailable, Store
 from sidekick.systemd import Notifier
 
-# Actions after which a container announces nothing, without asking Docker.
-GONE_ACTIONS = frozenset({"die", "stop", "destroy", "pause"})
+# Actions after which a container announces nothing, without asking Docker (a `kill` counts
+# when its signal ends the container; see _keeps_serving).
+GONE_ACTIONS = frozenset({"die", "stop", "destroy", "pause", "kill"})
 # `docker kill -s` signals that end a container; any other (HUP to reload nginx) changes nothing.
 STOP_SIGNALS = frozenset({"9", "15", "SIGKILL", "SIGTERM", "KILL", "TERM"})
 TRANSIENT = (EtcdError, DockerUnavailable)
@@ -279,14 +280,8 @@ class Agent:
         last = {e.container_id: e for e in events if not _keeps_serving(e)}  # last one decides
         for container_id in last:  # a later event decides, not a check of the read-ahead
             self.to_verify.pop(container_id, None)
-        gone = [e for e in last.values() if e.action in GONE_ACTIONS or e.action == "kill"]
-        for event in gone:
-            self._set_announcement(event.container_id, event.name, Announcement())
-            if event.action == "destroy":
-                self.look_ahead.forget(event.container_id)
-        if gone:
-            self._sync()
-        lookups = [e for e in last.values() if e.action not in GONE_ACTIONS and e.action != "kill"]
+        self._withdraw(last.values())
+        lookups = [e for e in last.values() if e.action not in GONE_ACTIONS]
         starts = [e for e in lookups if e.action == "start"]
         done = self._apply_read_ahead(
             [e for e in starts if not self.look_ahead.pending(e.container_id)], deadline=0.0
@@ -297,7 +292,15 @@ class Agent:
         )
         for container_id in last.keys() - done:  # a read made at create serves a first start only
             self.look_ahead.forget(container_id)
-        self._look_up([e for e in lookups if e.container_id not in done])
+        self._look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
+
+    def _withdraw(self, events: Iterable[DockerEvent]) -> None:
+        """Announce nothing for the containers these events end, in one write."""
+        gone = [e for e in events if e.action in GONE_ACTIONS]
+        for event in gone:
+            self._set_announcement(event.container_id, event.name, Announcement())
+        if gone and self.lease:
+            self._sync()
 
     def _apply_read_ahead(self, starts: Sequence[DockerEvent], deadline: float) -> set[str]:
         """Announce the started containers read at create, in one write; their ids."""
@@ -320,45 +323,39 @@ class Agent:
         """Look the read-ahead starts up again, in one listing, and write any difference."""
         pending, self.to_verify = self.to_verify, {}
         self.next_verify = float("inf")
-        self._look_up(
-            [
-                DockerEvent("start", "", container_id, name, {})
-                for container_id, name in pending.items()
-            ]
-        )
+        self._look_up(pending)
 
-    def _look_up(self, lookups: Sequence[DockerEvent]) -> None:
+    def _look_up(self, names: Mapping[str, str]) -> None:
         """Look containers up in one `docker ps` listing and write them in one transaction.
 
         What the listing cannot tell (healthchecks, host networking, a container gone
         meanwhile) is inspected, and written as it comes, batched only while the inspects
         take less than BATCH_SECONDS, so one slow inspect does not hold back the rest.
         """
-        if not lookups:
+        if not names:
             return
         try:
-            listed = self.docker.listed([e.container_id for e in lookups])
+            listed = self.docker.listed(list(names))
         except DockerUnavailable as exc:
             self._fault("docker", exc)  # the reconcile will look again
             return
-        for event in lookups:
-            if (container := listed.get(event.container_id)) is not None:
-                self._set_announcement(
-                    event.container_id, event.name, announce(container, self.config)
-                )
+        for container_id, container in listed.items():
+            self._set_announcement(
+                container_id, names[container_id], announce(container, self.config)
+            )
         if listed:
             self._sync()
         pending, written = False, time.monotonic()
-        for event in lookups:
-            if event.container_id in listed:
+        for container_id, name in names.items():
+            if container_id in listed:
                 continue
             try:
-                inspected = self.docker.inspect(event.container_id)
+                inspected = self.docker.inspect(container_id)
             except DockerUnavailable as exc:
                 self._fault("docker", exc)  # the reconcile will look again
                 continue
             announcement = announce(inspected, self.config) if inspected else Announcement()
-            self._set_announcement(event.container_id, event.name, announcement)
+            self._set_announcement(container_id, name, announcement)
             pending = True
             if time.monotonic() - written >= BATCH_SECONDS:
                 self._sync()
@@ -607,11 +604,7 @@ class Agent:
                 break
             if isinstance(item, DockerEvent) and not _keeps_serving(item):
                 last[item.container_id] = item
-        gone = [e for e in last.values() if e.action in GONE_ACTIONS or e.action == "kill"]
-        for event in gone:
-            self._set_announcement(event.container_id, event.name, Announcement())
-        if gone and self.lease:
-            self._sync()
+        self._withdraw(last.values())
 
     # -- faults and retries ---------------------------------------------------------------
 

@@ -172,11 +172,9 @@ class DockerSource:
         try:
             data = self._call(lambda api: api.inspect_container(container_id), missing_ok=True)
             mode = str((data.get("HostConfig") or {}).get("NetworkMode") or "")
-            if mode == "host":
-                return container_as_started(data, None)
-            if mode == "none" or mode.startswith("container:"):
-                return None
-            network = self._network("bridge" if mode in {"", "default"} else mode)
+            own_bridge = mode not in {"host", "none"} and not mode.startswith("container:")
+            name = "bridge" if mode in {"", "default"} else mode
+            network = self._network(name) if own_bridge else None
         except docker.errors.NotFound:
             return None
         return container_as_started(data, network)
