@@ -362,9 +362,14 @@ def _find_host_ip(
         address = ipaddress.ip_address(value.strip("[]"))
     except ValueError:
         raise ConfigError(f"{source}: not an IP address: {value!r}") from None
-    if address.is_unspecified or "%" in str(address):
+    if unreachable(address):
         raise ConfigError(f"{source}: {value} is not an address other nodes can reach")
     return str(address), source
+
+
+def unreachable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Unspecified (0.0.0.0, ::) or scoped (fe80::1%eth0): no other node can reach it."""
+    return address.is_unspecified or "%" in str(address)
 
 
 def parse_address(value: str, source: str) -> tuple[str, int]:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from sidekick.config import Config
+from sidekick.config import Config, unreachable
 
 LABEL_ENABLE = "sidekick.enable"
 LABEL_SERVICE = "sidekick.service"
@@ -354,9 +354,9 @@ def _endpoints(
                 address = ipaddress.ip_address(host_ip)
         except ValueError:
             return f"published on {_show(binding.host_ip)}, which is not an IP address"
-        if address.is_unspecified:
-            return "port published on all addresses, and no --host-ip is known"
-        if "%" in str(address):  # an IPv6 zone (fe80::1%eth0): free text, useless to other nodes
+        if unreachable(address):  # all addresses with no --host-ip, or an IPv6 zone (fe80::1%eth0)
+            if address.is_unspecified:
+                return "port published on all addresses, and no --host-ip is known"
             return f"published on {_show(binding.host_ip)}, a scoped address"
         endpoints.append((binding.container_port, str(address), binding.host_port))
     return sorted(set(endpoints), key=lambda e: (":" in e[1], e[2], e[0], e[1]))

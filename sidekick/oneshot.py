@@ -26,7 +26,7 @@ from typing import NamedTuple, TextIO, TypeVar
 
 import tenacity
 
-from sidekick.config import Config, ConfigError, require_host_ip
+from sidekick.config import Config, ConfigError, require_host_ip, unreachable
 from sidekick.docker_source import DockerSource, DockerUnavailable
 from sidekick.model import (
     LABEL_ENABLE,
@@ -109,7 +109,7 @@ def service_registration(target: Target, config: Config) -> Registration:
             address = ipaddress.ip_address(target.ip.strip("[]"))
         except ValueError:
             raise UsageError(f"--ip: not an IP address: {target.ip!r}") from None
-        if address.is_unspecified or "%" in str(address):
+        if unreachable(address):
             raise UsageError(f"--ip: {target.ip} is not an address other nodes can reach")
         ip = str(address)
     else:

@@ -16,7 +16,6 @@ prefix again.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -40,7 +39,7 @@ import structlog
 import urllib3
 
 from sidekick.config import ConfigError
-from sidekick.store import EtcdError, EtcdUnavailable, Store, prefix_range_end
+from sidekick.store import EtcdError, EtcdUnavailable, Store, b64, prefix_range_end, unb64
 
 BUILTIN_TEMPLATE = "nginx.conf.j2"
 DEFAULT_WATCH_TIMEOUT = 10.0
@@ -218,14 +217,6 @@ def render_text(
 # -- etcd: a prefix read and a watch stream ------------------------------------------------
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode("ascii")
-
-
-def _unb64(text: str) -> str:
-    return base64.b64decode(text).decode(errors="replace")
-
-
 class EtcdWatcher:
     """Prefix reads and watch streams through the Store: its endpoints with failover, its
     TLS settings and its auth token."""
@@ -247,7 +238,7 @@ class EtcdWatcher:
         """
         request = {
             "create_request": {
-                "key": _b64(prefix),
+                "key": b64(prefix),
                 "range_end": prefix_range_end(prefix),
                 "start_revision": str(start_revision),
                 "progress_notify": True,
@@ -512,11 +503,11 @@ class Renderer:
                 continue
             for event in events:
                 kv = event.get("kv", {})
-                key = _unb64(kv.get("key", ""))
+                key = unb64(kv.get("key", ""))
                 if event.get("type") == "DELETE":
                     self.kv.pop(key, None)
                 else:
-                    self.kv[key] = _unb64(kv.get("value", ""))
+                    self.kv[key] = unb64(kv.get("value", ""))
                 self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
             self._update_logged()
 

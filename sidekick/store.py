@@ -39,11 +39,13 @@ class EtcdPermissionDenied(EtcdError):
 _TOKEN_ERRORS = ("invalid auth token", "auth token is expired", "user name is empty")
 
 
-def _b64(text: str) -> str:
+def b64(text: str) -> str:
+    """A key or value as the JSON gateway wants it (base64 of UTF-8)."""
     return base64.b64encode(text.encode()).decode("ascii")
 
 
-def _unb64(text: str) -> str:
+def unb64(text: str) -> str:
+    """A key or value as the JSON gateway sends it, decoded (bad UTF-8 replaced)."""
     return base64.b64decode(text).decode(errors="replace")
 
 
@@ -180,12 +182,12 @@ class Store:
     def read_prefix(self, prefix: str) -> tuple[dict[str, KeyState], int]:
         """Every key under `prefix`, and the revision the read saw."""
         answer = self._post(
-            "/kv/range", {"key": _b64(prefix), "range_end": prefix_range_end(prefix)}
+            "/kv/range", {"key": b64(prefix), "range_end": prefix_range_end(prefix)}
         )
         with _parsing("/kv/range"):
             keys = {
-                _unb64(kv["key"]): KeyState(
-                    value=_unb64(kv.get("value", "")),
+                unb64(kv["key"]): KeyState(
+                    value=unb64(kv.get("value", "")),
                     lease=int(kv.get("lease", 0)),
                     mod_revision=int(kv.get("mod_revision", 0)),
                 )
@@ -205,19 +207,19 @@ class Store:
         for op in operations:
             compare.append(
                 {
-                    "key": _b64(op.key),
+                    "key": b64(op.key),
                     "result": "EQUAL",
                     "target": "MOD",
                     "mod_revision": str(op.expect_mod_revision),
                 }
             )
             if isinstance(op, Put):
-                put: dict[str, Any] = {"key": _b64(op.key), "value": _b64(op.value)}
+                put: dict[str, Any] = {"key": b64(op.key), "value": b64(op.value)}
                 if lease:
                     put["lease"] = str(lease)
                 success.append({"request_put": put})
             else:
-                success.append({"request_delete_range": {"key": _b64(op.key)}})
+                success.append({"request_delete_range": {"key": b64(op.key)}})
         answer = self._post("/kv/txn", {"compare": compare, "success": success})
         with _parsing("/kv/txn"):
             revision = int(answer.get("header", {}).get("revision", 0))
