@@ -12,6 +12,10 @@ applied and, whenever the stream drops, errors or stays silent for `--watch-time
 seconds, opens a new watch from that revision + 1, so no change is missed. Only a compacted
 revision or an etcd whose revision went backwards (a new cluster) makes it read the whole
 prefix again.
+
+A reload that fails is owed: it is tried again on the next change and on a timer (1 s,
+doubling up to 30 s) until it succeeds. `Renderer.health()` says, in /healthz's shape, when
+the latest render was refused or a reload is owed.
 """
 
 from __future__ import annotations
@@ -45,12 +49,17 @@ BUILTIN_TEMPLATE = "nginx.conf.j2"
 DEFAULT_WATCH_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 60.0
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
+RELOAD_RETRY_FIRST, RELOAD_RETRY_CAP = 1.0, 30.0
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = frozenset({"values", "entries", "prefix", "getv", "getvs"})
 
 
 class RenderError(Exception):
     """The template could not be rendered, or the new file failed its check or reload."""
+
+
+class ReloadError(RenderError):
+    """The reload command or signal failed."""
 
 
 class WatchSilent(Exception):
@@ -312,6 +321,10 @@ class Renderer:
         self.kv: dict[str, str] = {}
         self.revision = 0
         self.rejected: str | None = None  # the text whose check failed last
+        self.refused: str | None = None  # why the latest render is not live, one line
+        self.reload_failing: str | None = None  # why the owed reload failed last, one line
+        self._reload_failures = 0
+        self._reload_due = 0.0  # monotonic time of the owed reload's next try
         self._stopping = False
         self._busy = False
         self._outage: str | None = None
@@ -320,39 +333,50 @@ class Renderer:
     # -- one render --------------------------------------------------------------------
 
     def update(self) -> bool:
-        """Render the current keys; if the text is new, check, swap and reload.
+        """Render the current keys; if the text is new, check, swap and reload; reload
+        anyway while a reload is owed.
 
         Returns True when the file is live (written now or already the same), False when
-        this text was refused (template error or failed check).
+        this text was refused (template error or failed check). Raises ReloadError when
+        the reload fails.
         """
-        try:
-            text = render_text(self.template, self.prefix, self.kv, self.options.variables)
-        except RenderError as exc:
-            self.log.error("render failed; the old file stays", error=str(exc))
-            return False
-        if text == self._live_text():
-            self.log.debug("unchanged", revision=self.revision)
-            return True
-        if text == self.rejected:
-            self.log.debug("same text as the one refused; not checked again")
-            return False
         self._busy = True
         try:
-            if not self._install(text):
-                self.rejected = text
-                return False
-            self.rejected = None
-            self.log.info(
-                "rendered",
-                values=len(context(self.prefix, self.kv, {})["values"]),
-                revision=self.revision,
-            )
-            self._reload()
-            return True
+            live, installed = self._render()
+            if installed or self.reload_failing is not None:
+                self._reload()
+            return live
         finally:
             self._busy = False
             if self._stopping:
                 raise _Stop
+
+    def _render(self) -> tuple[bool, bool]:
+        """(the file is live, a new file went live now); records why a text is refused."""
+        try:
+            text = render_text(self.template, self.prefix, self.kv, self.options.variables)
+        except RenderError as exc:
+            self.log.error("render failed; the old file stays", error=str(exc))
+            self.refused = _one_line(f"render failing: {exc}")
+            return False, False
+        if text == self._live_text():
+            self.log.debug("unchanged", revision=self.revision)
+            self.refused = None
+            return True, False
+        if text == self.rejected:
+            self.log.debug("same text as the one refused; not checked again")
+            return False, False
+        refusal = self._install(text)
+        if refusal is not None:
+            self.rejected, self.refused = text, _one_line(f"check failing: {refusal}")
+            return False, False
+        self.rejected = self.refused = None
+        self.log.info(
+            "rendered",
+            values=len(context(self.prefix, self.kv, {})["values"]),
+            revision=self.revision,
+        )
+        return True, True
 
     def _live_text(self) -> str | None:
         try:
@@ -360,8 +384,9 @@ class Renderer:
         except (FileNotFoundError, UnicodeDecodeError):
             return None
 
-    def _install(self, text: str) -> bool:
-        """Stage `text` beside dest, check it, rename it over dest. False: check failed."""
+    def _install(self, text: str) -> str | None:
+        """Stage `text` beside dest, check it, rename it over dest. None when it went live,
+        else the check's output."""
         dest = self.options.dest
         fd, staged_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
         staged = Path(staged_name)
@@ -380,19 +405,20 @@ class Renderer:
                         command=command,
                         output=output,
                     )
-                    return False
+                    return output
             os.replace(staged, dest)
             _fsync_dir(dest.parent)
-            return True
+            return None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
 
     def _reload(self) -> None:
+        """Reload the consumer; ReloadError when that fails."""
         if self.options.reload_cmd:
             ok, output = _shell(self.options.reload_cmd)
             if not ok:
-                raise RenderError(f"reload command failed: {output}")
+                raise ReloadError(f"reload command failed: {output}")
             self.log.info("reloaded", command=self.options.reload_cmd)
         elif self.options.reload_container and self.options.reload_signal:
             import docker  # noqa: PLC0415 - only this reload needs docker-py
@@ -402,12 +428,34 @@ class Renderer:
                 client = docker.DockerClient(base_url=self.docker_url or None, timeout=10)
                 client.api.kill(self.options.reload_container, signal=self.options.reload_signal)
             except docker.errors.DockerException as exc:
-                raise RenderError(f"reload signal failed: {exc}") from exc
+                raise ReloadError(f"reload signal failed: {exc}") from exc
             self.log.info(
                 "reloaded",
                 container=self.options.reload_container,
                 signal=self.options.reload_signal,
             )
+        if self.reload_failing is not None:
+            self.log.info("reload succeeded", failed_attempts=self._reload_failures)
+        self.reload_failing, self._reload_failures = None, 0
+
+    def _reload_failed(self, error: str) -> None:
+        """Owe the reload: logged when it starts failing, tried again when due or on a change."""
+        self._reload_failures += 1
+        delay = reload_retry_delay(self._reload_failures)
+        self._reload_due = time.monotonic() + delay
+        if self.reload_failing is None:
+            self.log.error("reload failed", error=error, retry_in=delay)
+        else:
+            self.log.debug("reload failed again", error=error, retry_in=delay)
+        self.reload_failing = _one_line(error)
+
+    def health(self) -> tuple[bool, str]:
+        """(ok, reason) for /healthz: not ok while the latest render is refused (the old file
+        stays live) or a reload is owed."""
+        problems = [self.refused] if self.refused is not None else []
+        if self.reload_failing is not None:
+            problems.append(f"reload failing: {self.reload_failing}")
+        return (not problems, "; ".join(problems) or "ok")
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -439,6 +487,7 @@ class Renderer:
         full_read = True
         while not self._stopping:
             try:
+                self._retry_reload()
                 if full_read:
                     self.kv, self.revision = self.watcher.read_prefix(self.prefix)
                     full_read = False
@@ -470,12 +519,24 @@ class Renderer:
     def _update_logged(self) -> None:
         try:
             self.update()
-        except RenderError as exc:
-            self.log.error("reload failed", error=str(exc))
+        except ReloadError as exc:
+            self._reload_failed(str(exc))
+
+    def _retry_reload(self) -> None:
+        """Try an owed reload again once its delay has passed."""
+        if self.reload_failing is not None and time.monotonic() >= self._reload_due:
+            self._update_logged()
+
+    def _read_timeout(self) -> float:
+        """--watch-timeout, or less so that an owed reload is tried when due."""
+        if self.reload_failing is None:
+            return self.options.watch_timeout
+        due_in = self._reload_due - time.monotonic()
+        return max(0.05, min(self.options.watch_timeout, due_in))
 
     def _follow(self) -> None:
         """Apply the watch stream to self.kv until it fails; render after each change."""
-        stream = self.watcher.watch(self.prefix, self.revision + 1, self.options.watch_timeout)
+        stream = self.watcher.watch(self.prefix, self.revision + 1, self._read_timeout())
         for result in stream:
             header = result.get("header", {})
             if int(result.get("compact_revision", 0)) > 0:
@@ -510,6 +571,15 @@ class Renderer:
                     self.kv[key] = unb64(kv.get("value", ""))
                 self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
             self._update_logged()
+
+
+def reload_retry_delay(failures: int) -> float:
+    """Seconds before an owed reload is tried again after `failures` failures in a row."""
+    return min(RELOAD_RETRY_CAP, RELOAD_RETRY_FIRST * 2.0 ** min(failures - 1, 10))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _shell(command: str) -> tuple[bool, str]:

@@ -4,16 +4,29 @@ not miss a change when its connection drops or goes silent."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from sidekick.config import ConfigError
-from sidekick.render import context, load_template, make_options, render_text
+from sidekick import render
+from sidekick.config import ConfigError, Endpoint
+from sidekick.render import (
+    EtcdWatcher,
+    Renderer,
+    context,
+    load_template,
+    make_options,
+    reload_retry_delay,
+    render_text,
+)
+from sidekick.store import Store
 from tests.conftest import Containers, EtcdServer, wait_for
 from tests.lb import Nginx, RenderProcess, TcpProxy, nginx_binary
 
@@ -428,6 +441,132 @@ class TestReloadSignal:
         setup.etcd.put(f"{setup.prefix}/a", "1")
         setup.wait_lines(["1"])
         assert process.process is not None and process.process.poll() is None
+
+
+def failing_reload(setup: Setup) -> tuple[str, Path]:
+    """A reload command that fails while the flag file exists, else appends to setup.reloads."""
+    flag = setup.tmp / "nginx-down"
+    flag.touch()
+    command = (
+        f"if [ -e {flag} ]; then echo nginx is down >&2; exit 1; fi; echo r >> {setup.reloads}"
+    )
+    return command, flag
+
+
+def in_process(setup: Setup, **options: str) -> Renderer:
+    """A Renderer in this process on the test's etcd, so its health() can be asked."""
+    store = Store((Endpoint("http", "127.0.0.1", setup.etcd.client_port),), timeout=2)
+    return Renderer(
+        make_options(dest=setup.dest, template=setup.template(), watch_timeout=1, **options),
+        setup.prefix,
+        EtcdWatcher(store),
+    )
+
+
+@contextlib.contextmanager
+def looping(renderer: Renderer) -> Iterator[Renderer]:
+    """The renderer's watch loop in a thread (run() wants the main thread for its signals)."""
+
+    def loop() -> None:
+        with contextlib.suppress(render._Stop):
+            renderer._loop()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield renderer
+    finally:
+        renderer.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_reload_retry_delay() -> None:
+    """1 s, doubling, at most 30 s."""
+    assert [reload_retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert reload_retry_delay(10_000) == 30
+
+
+@pytest.mark.integration
+class TestReloadRetry:
+    """A failed reload is owed: tried again on a timer and on the next change until it works."""
+
+    def test_retried_on_a_timer(self, setup: Setup) -> None:
+        """With no change in etcd the reload is tried again after 1 s, 2 s, ... until it
+        succeeds; one error when it starts failing, one "reload succeeded" when it recovers."""
+        command, flag = failing_reload(setup)
+        process = setup.render("--template", str(setup.template()), "--reload-cmd", command).start()
+        [failed] = process.wait_log("reload failed")
+        assert (failed["level"], failed["retry_in"]) == ("error", 1.0)
+        assert "reload command failed: exit 1: nginx is down" in failed["error"]
+        again = process.wait_log("reload failed again")[0]
+        assert (again["level"], again["retry_in"]) == ("debug", 2.0)
+        assert setup.dest.exists() and setup.reload_count() == 0
+        flag.unlink()
+        wait_for(lambda: setup.reload_count() == 1, message="the owed reload, on its timer")
+        [succeeded] = process.wait_log("reload succeeded")
+        assert succeeded["level"] == "info" and succeeded["failed_attempts"] >= 2
+        assert len(process.events("reload failed")) == 1
+        assert len(process.events("rendered")) == 1  # nothing changed: the same file reloaded
+
+    def test_retried_on_the_next_change(
+        self, setup: Setup, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A change that leaves the text as it is still retries the owed reload; health()
+        says "reload failing" until then."""
+        monkeypatch.setattr(render, "RELOAD_RETRY_FIRST", 600.0)  # no timer in this test
+        command, flag = failing_reload(setup)
+        with looping(in_process(setup, reload_cmd=command)) as renderer:
+            wait_for(lambda: renderer.reload_failing, message="the first reload failing")
+            assert renderer.health() == (
+                False,
+                "reload failing: reload command failed: exit 1: nginx is down",
+            )
+            flag.unlink()
+            setup.etcd.put(f"{setup.prefix}/nested/x", "9")  # not one level down: same text
+            wait_for(lambda: setup.reload_count() == 1, message="the owed reload, on a change")
+            wait_for(lambda: renderer.health() == (True, "ok"), message="health ok")
+            assert setup.lines() == []
+
+
+@pytest.mark.integration
+class TestHealth:
+    """health() is not ok while the check refuses the latest render; the live file stays."""
+
+    def test_failed_check_is_reported(self, setup: Setup) -> None:
+        renderer = in_process(setup, check_cmd="! grep -q bad {src}")
+        setup.etcd.put(f"{setup.prefix}/a", "good")
+        assert renderer.once() is True
+        assert renderer.health() == (True, "ok")
+        setup.etcd.put(f"{setup.prefix}/b", "bad")
+        assert renderer.once() is False
+        assert setup.lines() == ["good"]
+        ok, reason = renderer.health()
+        assert not ok
+        assert reason.startswith("check failing: exit 1")
+        assert "\n" not in reason
+        assert renderer.once() is False  # the same text again: still refused, still said
+        assert renderer.health()[1] == reason
+        setup.etcd.delete(f"{setup.prefix}/b")
+        assert renderer.once() is True  # back to the live text
+        assert renderer.health() == (True, "ok")
+
+    def test_failed_check_and_owed_reload_both_said(
+        self, setup: Setup, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Both problems at once are both in the one line."""
+        monkeypatch.setattr(render, "RELOAD_RETRY_FIRST", 600.0)
+        command, _flag = failing_reload(setup)
+        renderer = in_process(setup, reload_cmd=command, check_cmd="! grep -q bad {src}")
+        with looping(renderer):
+            wait_for(lambda: renderer.reload_failing, message="the first reload failing")
+            setup.etcd.put(f"{setup.prefix}/b", "bad")
+            wait_for(lambda: renderer.refused, message="the check failing")
+            ok, reason = renderer.health()
+        assert not ok
+        assert reason.startswith("check failing: exit 1")
+        assert reason.endswith("; reload failing: reload command failed: exit 1: nginx is down")
+        assert setup.lines() == []
 
 
 def test_nginx_binary_present() -> None:
