@@ -1,6 +1,8 @@
 """The command line: parse options, build objects, map errors to exit codes.
 
-Exit codes: 0 done, 1 nothing to do, 2 bad usage or configuration, 3 etcd unreachable.
+Exit codes: 0 done, 1 nothing to do, 2 bad usage or configuration (etcd refusing the agent's
+credentials, role or certificate at start-up included), 3 etcd unreachable, 4 the agent gave up
+(a part of it kept dying; its lease is kept so a restarted agent resumes it).
 """
 
 import functools
@@ -9,22 +11,20 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from sidekick import __version__, logs
-from sidekick.agent import Agent
+from sidekick.agent import Agent, AgentFailed, ConfigurationRefused
 from sidekick.config import Config, ConfigError, load_config, parse_address, require_host_ip
 from sidekick.docker_source import DockerSource
-from sidekick.leasefile import DEFAULT_LEASE_FILE, LeaseFile
+from sidekick.leasefile import DEFAULT_LEASE_FILE, LeaseFile, LeaseFileBusy
 from sidekick.metrics import MetricsServer
 from sidekick.store import DryRunStore, Store
 from sidekick.systemd import Notifier
 
-EXIT_NOTHING, EXIT_USAGE, EXIT_ETCD = 1, 2, 3
-DOCKER_TIMEOUT = 10.0
+EXIT_NOTHING, EXIT_USAGE, EXIT_ETCD, EXIT_FAILED = 1, 2, 3, 4
 
 app = typer.Typer(
     name="sidekick",
@@ -126,6 +126,12 @@ SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
         Path,
         "File holding the etcd password (or set SIDEKICK_ETCD_PASSWORD; never a flag value).",
     ),
+    (
+        "docker_timeout",
+        "--docker-timeout",
+        float,
+        "Seconds before a Docker request fails; the lease never waits on it. (default: 10)",
+    ),
     ("docker_tls_ca", "--docker-tls-ca", Path, "CA for a Docker engine on tcp:// with TLS."),
     ("docker_tls_cert", "--docker-tls-cert", Path, "Client certificate for the Docker engine."),
     ("docker_tls_key", "--docker-tls-key", Path, "Client key for the Docker engine."),
@@ -221,13 +227,14 @@ def run(
         if dry_run
         else make_store(config)
     )
-    agent = Agent(
-        config,
-        store,
-        make_docker(config),
-        notifier=Notifier(),
-        lease_file=LeaseFile(None if dry_run or str(lease_file) in {"", "."} else lease_file),
-    )
+    lease_store = LeaseFile(None if dry_run or str(lease_file) in {"", "."} else lease_file)
+    try:
+        lease_store.lock()
+    except LeaseFileBusy as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"--lease-file: cannot open {lease_file}: {exc.strerror}")
+    agent = Agent(config, store, make_docker(config), notifier=Notifier(), lease_file=lease_store)
     server = None
     if address is not None:
         try:
@@ -236,13 +243,17 @@ def run(
             fail(f"--metrics-address: cannot listen on {metrics_address}: {exc.strerror}")
         server.start()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Handlers only hand the signal to the loop (a flag and a reentrant queue): no lock is
+    # taken inside a handler. SIGHUP asks for a reconcile now, as daemons reread on HUP.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: agent.request_stop())
+    signal.signal(signal.SIGINT, lambda _signum, _frame: agent.request_stop())
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: agent.request_resync())
     try:
         agent.run()
+    except ConfigurationRefused as exc:
+        fail(str(exc))
+    except AgentFailed as exc:
+        fail(str(exc), EXIT_FAILED)
     finally:
         if server is not None:
             server.stop()
@@ -255,7 +266,7 @@ def make_store(config: Config) -> Store:
 def make_docker(config: Config) -> DockerSource:
     return DockerSource(
         config.docker_url,
-        timeout=DOCKER_TIMEOUT,
+        timeout=config.docker_timeout,
         label_filters=config.label_filters(),
         opted_in_only=not config.all_containers,
         tls=config.docker_tls,

@@ -80,6 +80,7 @@ class Config:
     prefix: str = "/test"
     etcd_endpoints: tuple[Endpoint, ...] = (Endpoint("http", "127.0.0.1", 2379),)
     etcd_timeout: float = 5.0
+    docker_timeout: float = 10.0
     docker_url: str | None = None
     host_ip: str | None = None
     host_ip_source: str = "none"
@@ -109,6 +110,7 @@ OPTIONS: dict[str, str] = {
     "etcd_endpoints": "--etcd-endpoints",
     "etcd_timeout": "--etcd-timeout",
     "docker_url": "--docker-url",
+    "docker_timeout": "--docker-timeout",
     "host_ip": "--host-ip",
     "environment_file": "--environment-file",
     "ttl": "--ttl",
@@ -240,6 +242,15 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
     values["etcd_timeout"] = timeout
     if (found := text("resync")) is not None:
         values["resync"] = _parse_number(*found, kind=float, minimum=1.0)
+    if (found := text("docker_timeout")) is not None:
+        docker_timeout = _parse_number(*found, kind=float, minimum=0.5)
+        resync = values.get("resync", Config.resync)
+        if docker_timeout >= resync:
+            raise ConfigError(
+                f"{found[1]}: a Docker request may wait at most {docker_timeout:g} s, which must "
+                f"be shorter than --resync ({resync:g} s)"
+            )
+        values["docker_timeout"] = docker_timeout
     for name in ("all_containers", "keep_on_exit"):
         if (found := src.get(name)) is not None:
             values[name] = _parse_bool(*found)

@@ -103,6 +103,7 @@ class DockerSource:
         self._lock = threading.Lock()
         self._stream: Any = None
         self._networks: dict[str, tuple[float, Any]] = {}  # name -> (when read, inspect doc)
+        self.busy_since: float | None = None  # monotonic start of the request in flight
 
     def _client(self) -> docker.APIClient:
         with self._lock:
@@ -146,9 +147,9 @@ class DockerSource:
 
     def _call(self, fn: Any, *, missing_ok: bool = False) -> Any:
         """fn(api); Docker's failures become DockerUnavailable (NotFound too, unless missing_ok)."""
-        api = self._client()
+        self.busy_since = time.monotonic()
         try:
-            return fn(api)
+            return fn(self._client())
         except docker.errors.NotFound as exc:
             if missing_ok:
                 raise
@@ -157,12 +158,19 @@ class DockerSource:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             self._drop_client()
             raise DockerUnavailable(f"Docker at {self.url or 'the local socket'}: {exc}") from exc
+        finally:
+            self.busy_since = None
+
+    def stalled(self) -> float:
+        """Seconds the request in flight (on this connection) has waited; 0.0 with none."""
+        since = self.busy_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def clone(self) -> DockerSource:
         """The same engine on a connection of its own, for another thread."""
         twin = copy.copy(self)
         twin._api, twin._lock, twin._stream = None, threading.Lock(), None
-        twin._networks = {}
+        twin._networks, twin.busy_since = {}, None
         twin.label_filters = list(self.label_filters)
         return twin
 

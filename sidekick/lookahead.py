@@ -5,6 +5,10 @@ it is starting waits for that start to end. Labels, name, network and fixed publ
 not change between create and start (model.container_as_started), so helper threads read them
 as soon as the `create` event arrives, each on a Docker connection of its own. The agent's loop
 takes the result at `start`; an entry is used once, so nothing read at create outlives a start.
+
+Runs on: created() on the Docker events reader thread; take(), pending(), forget(), clear()
+on the main loop; the reads on THREADS helper threads ("look-ahead-N"). The entries are
+shared under one Condition.
 """
 
 from __future__ import annotations
@@ -45,15 +49,32 @@ class LookAhead:
         self._changed = threading.Condition()
         self._ids: queue.Queue[str | None] = queue.Queue(CAPACITY)
         self._stopping = threading.Event()
+        self._workers: list[threading.Thread] = []
 
     def start(self) -> None:
-        for number in range(self._threads):
-            threading.Thread(
-                target=self._read,
-                args=(self._docker.clone(),),
-                name=f"look-ahead-{number}",
-                daemon=True,
-            ).start()
+        self._stopping.clear()
+        self._workers = [self._start_worker(number) for number in range(self._threads)]
+
+    def _start_worker(self, number: int) -> threading.Thread:
+        thread = threading.Thread(
+            target=self._read,
+            args=(self._docker.clone(),),
+            name=f"look-ahead-{number}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def all_alive(self) -> bool:
+        """Every helper thread runs (True before start())."""
+        return all(thread.is_alive() for thread in self._workers)
+
+    def revive(self) -> None:
+        """Start a new helper in place of each dead one."""
+        self._workers = [
+            thread if thread.is_alive() else self._start_worker(number)
+            for number, thread in enumerate(self._workers)
+        ]
 
     def stop(self) -> None:
         self._stopping.set()

@@ -45,6 +45,22 @@ class Metrics:
             "Unix time of the last successful keepalive.",
             registry=r,
         )
+        self.lease_regrants = Counter(
+            "sidekick_lease_regrants",
+            "Leases granted anew after etcd said the lease was gone (keys put back).",
+            registry=r,
+        )
+        self.thread_restarts = Counter(
+            "sidekick_thread_restarts",
+            "Helper threads restarted after dying of an unexpected error.",
+            ["thread"],
+            registry=r,
+        )
+        self.docker_stalled = Gauge(
+            "sidekick_docker_stalled_seconds",
+            "How long the Docker request in flight has waited for an answer (0: none).",
+            registry=r,
+        )
         self.writes.labels("put")
         self.writes.labels("delete")
 

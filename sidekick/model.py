@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import signal
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -43,6 +44,7 @@ class Container(NamedTuple):
     host_network: bool
     bindings: tuple[PortBinding, ...]
     exposed_ports: tuple[int, ...]
+    stop_signal: int | None = None  # what `docker stop` sends first; None: not known (listing)
 
     @property
     def short_id(self) -> str:
@@ -137,7 +139,22 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         host_network=str(host_config.get("NetworkMode") or "") == "host",
         bindings=tuple(bindings),
         exposed_ports=tuple(exposed),
+        stop_signal=signal_number(str(config.get("StopSignal") or "SIGTERM")),
     )
+
+
+def signal_number(text: str | None) -> int | None:
+    """A signal as Docker writes it ("15", "SIGWINCH", "WINCH") as its number; None if odd."""
+    text = (text or "").strip().upper()
+    if not text:
+        return None
+    if text.isdigit():
+        return int(text)
+    name = text if text.startswith("SIG") else f"SIG{text}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        return None
 
 
 HOST_BINDING_IPV4 = "com.docker.network.bridge.host_binding_ipv4"  # `-p P:80` binds here

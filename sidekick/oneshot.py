@@ -26,6 +26,7 @@ from typing import NamedTuple, TextIO, TypeVar
 
 import tenacity
 
+from sidekick import retry
 from sidekick.config import Config, ConfigError, require_host_ip, unreachable
 from sidekick.docker_source import DockerSource, DockerUnavailable
 from sidekick.model import (
@@ -299,13 +300,11 @@ def batches(ops: Sequence[T], size: int = MAX_TXN_OPS) -> list[Sequence[T]]:
 
 def retrying(*kinds: type[Exception]) -> tenacity.Retrying:
     """Retry a peer that did not answer: a few quick attempts, then the error goes up."""
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(kinds),
-        stop=(
-            tenacity.stop_after_attempt(RETRY_ATTEMPTS) | tenacity.stop_after_delay(RETRY_DEADLINE)
-        ),
-        wait=tenacity.wait_exponential(multiplier=0.2, max=2.0) + tenacity.wait_random(0, 0.2),
-        reraise=True,
+    return retry.retrying(
+        kinds,
+        wait=retry.backoff(2.0, jitter=0.2, shortest=0.2),
+        attempts=RETRY_ATTEMPTS,
+        seconds=RETRY_DEADLINE,
     )
 
 

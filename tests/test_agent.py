@@ -374,7 +374,7 @@ class TestLease:
         agent.signal(signal.SIGKILL)
         agent.wait()
         restarted = agent_factory(ttl=30, lease_file="lease0")
-        assert restarted.events("lease resumed")[0]["lease"] == before[1]
+        assert int(restarted.events("lease resumed")[0]["lease"], 16) == before[1]
         assert restarted.events("reconciled")[0]["registrations"] == 1  # it counts what it holds
         assert etcd.entries(f"/{scope}/")[key] == before  # same value, lease and revision
         container_port = free_port()

@@ -260,7 +260,7 @@ class TestCluster:
         assert entries[web.key("steady")] == steady
         assert {entry[1] for entry in entries.values()} == {lease}
         assert len(agent.events("lease granted")) == 1
-        assert not agent.events("lease expired; granting a new one and rewriting every key")
+        assert not agent.events("lease expired; granting a new one and putting the keys back")
         assert agent.process is not None and agent.process.poll() is None
 
     def test_quorum_lost_longer_than_ttl(

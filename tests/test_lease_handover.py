@@ -45,7 +45,7 @@ class TestLeaseHandover:
         live_etcd.put(key, f"127.0.0.1:{port}", lease=old)
         agent = agent_factory(ttl=3)  # a fresh lease file: the old lease is not its own
         assert live_etcd.entries(f"/{scope}/")[key][1] == old  # left to its holder meanwhile
-        lease = agent.events("lease granted")[0]["lease"]
+        lease = int(agent.events("lease granted")[0]["lease"], 16)  # logged as etcdctl shows it
         # the old lease ends within 2 s; the next keepalive (every ttl/3 = 1 s) re-reads
         wait_for(
             lambda: (

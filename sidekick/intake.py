@@ -1,0 +1,140 @@
+"""Event intake: the Docker events reader thread, and route(), the pure decision of what an
+event means for the container's keys.
+
+Runs on: EventReader runs on its own thread ("docker-events"); it only reads the stream and
+puts records on the loop's queue (dockerd drops events for a slow reader), handing `create`
+to the look-ahead. route() is pure and is called by the main loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
+from sidekick.lookahead import LookAhead
+from sidekick.metrics import Metrics
+from sidekick.model import signal_number
+from sidekick.retry import Outages, delay
+
+
+class Action(enum.Enum):
+    """What the loop does with a container after an event."""
+
+    WITHDRAW = "withdraw"  # it announces nothing now; no need to ask Docker
+    START = "start"  # a start: the look-ahead may know it already, else look it up
+    LOOK_UP = "look-up"  # ask Docker what it announces now
+    LEARN_SIGNAL = "learn-signal"  # a kill with a signal that may be its stop signal: inspect
+    NOTHING = "nothing"  # e.g. `docker kill -s HUP`: the container goes on serving
+
+
+# `docker stop` sends the container's own stop signal, SIGTERM unless the image or `docker run
+# --stop-signal` says otherwise; SIGKILL ends any container.
+ALWAYS_STOPPING = frozenset({signal.SIGTERM, signal.SIGKILL})
+GONE = frozenset({"die", "stop", "destroy", "pause"})
+CHANGED = frozenset({"restart", "unpause", "health_status"})
+
+
+def route(event: DockerEvent, stop_signal: int | None) -> Action:
+    """What `event` means, given the container's stop signal (None: not known yet).
+
+    A `kill` with SIGTERM, SIGKILL or the container's own stop signal (SIGWINCH for httpd,
+    SIGQUIT for nginx) is `docker stop`'s first step: withdraw at once, before the graceful
+    drain. Any other signal (a reload) changes nothing; an unknown stop signal is learnt.
+    """
+    if event.action in GONE:
+        return Action.WITHDRAW
+    if event.action == "kill":
+        sent = signal_number(event.attributes.get("signal"))
+        if sent is None or sent in ALWAYS_STOPPING or sent == stop_signal:
+            return Action.WITHDRAW
+        return Action.NOTHING if stop_signal is not None else Action.LEARN_SIGNAL
+    if event.action == "start":
+        return Action.START
+    if event.action in CHANGED:
+        return Action.LOOK_UP
+    return Action.NOTHING
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+DOCKER_CONNECTED = _Marker("docker-connected")  # the stream (re)opened: reconcile
+NEW_LEASE = _Marker("new-lease")  # the keeper granted or resumed a lease (or etcd refused us)
+RESYNC = _Marker("resync")  # SIGHUP: reconcile now
+STOP = _Marker("stop")  # SIGTERM / SIGINT
+
+Item = DockerEvent | _Marker
+
+
+class EventReader:
+    """Follows the Docker events stream and hands every record to the loop's queue."""
+
+    def __init__(  # noqa: PLR0917 - collaborators
+        self,
+        docker: DockerSource,
+        out: queue.SimpleQueue[Item],
+        look_ahead: LookAhead,
+        metrics: Metrics,
+        log: Any,
+        stopping: threading.Event,
+        outages: Outages,
+    ) -> None:
+        self.docker = docker
+        self.out = out
+        self.look_ahead = look_ahead
+        self.metrics = metrics
+        self.log = log
+        self.stopping = stopping
+        self.outages = outages
+        self.connected = False  # the events stream is open
+        self.on_connect: Callable[[], None] = lambda: None
+
+    def run(self) -> None:
+        quick_ends = 0  # streams that ended at once (e.g. a proxy refusing /events)
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                events = self.docker.open_events()
+            except DockerUnavailable as exc:
+                attempt += 1
+                self.outages.down("docker", str(exc))
+                self.metrics.errors.labels("docker", type(exc).__name__).inc()
+                self.stopping.wait(delay(attempt, 1.0, 0.1))
+                continue
+            self.outages.up("docker")
+            attempt = 0
+            connected = time.monotonic()
+            self.connected = True
+            self.out.put(DOCKER_CONNECTED)
+            self.on_connect()
+            self._follow(events)
+            self.connected = False
+            if self.stopping.is_set():
+                return
+            self.metrics.errors.labels("docker", "stream-ended").inc()
+            self.log.warning("docker event stream ended; reconnecting")
+            quick_ends = quick_ends + 1 if time.monotonic() - connected < 1.0 else 0
+            if quick_ends:
+                self.stopping.wait(min(1.0, 0.05 * 2**quick_ends))
+
+    def _follow(self, events: Any) -> None:
+        try:
+            for event in events:
+                self.metrics.docker_events.labels(event.action).inc()
+                if event.action == "create":
+                    self.look_ahead.created(event.container_id)
+                else:
+                    self.out.put(event)
+        except (DockerUnavailable, OSError, ValueError) as exc:
+            self.log.error("docker event stream failed", error=repr(exc))

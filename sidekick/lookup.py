@@ -1,0 +1,208 @@
+"""The look-up: Docker events in, each touched container's announcement out, with as few Docker
+requests as the event allows.
+
+Runs on: the main loop (the look-ahead's reads at `create` run on its helper threads). Each
+event is routed (intake.route); withdrawals need no request and are written first, in one
+transaction; first starts of containers created while the agent ran were read at `create`
+(sidekick.lookahead); the rest are looked up in one `docker ps` listing, inspected only where
+the listing cannot tell. Writes go through `write`, a callable of the loop's that turns etcd
+faults into a reconcile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from sidekick.config import Config
+from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
+from sidekick.intake import Action, route
+from sidekick.lookahead import LookAhead
+from sidekick.model import Announcement, Container, announce
+from sidekick.sync import Sync
+
+BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
+LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is answering
+VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
+
+
+class Lookup:
+    """Turns events into announcements on the Sync, and keeps what it learnt per container."""
+
+    def __init__(  # noqa: PLR0917 - collaborators
+        self,
+        config: Config,
+        docker: DockerSource,
+        look_ahead: LookAhead,
+        sync: Sync,
+        write: Callable[[], None],
+        fault: Callable[[str, Exception], None],
+        log: Any,
+    ) -> None:
+        self.config = config
+        self.docker = docker
+        self.look_ahead = look_ahead
+        self.sync = sync
+        self.write = write
+        self.fault = fault
+        self.log = log
+        self.stop_signals: dict[str, int] = {}  # container id -> what `docker stop` sends
+        self.warned: dict[str, str] = {}  # container id -> last problem logged
+        # Read-ahead starts to look up again (id -> name), all at once at next_verify: what
+        # changed between create and start (a `docker network connect`) is right within 1 s.
+        self.to_verify: dict[str, str] = {}
+        self.next_verify = float("inf")
+
+    def on_events(self, events: Sequence[DockerEvent]) -> None:
+        """Update the announcements the events touch and write the difference."""
+        last: dict[str, tuple[DockerEvent, Action]] = {}
+        for event in events:  # the last event that changes something decides
+            action = self._route(event)
+            if action is not Action.NOTHING:
+                last[event.container_id] = (event, action)
+        for container_id in last:  # a later event decides, not a check of the read-ahead
+            self.to_verify.pop(container_id, None)
+        for event in events:
+            if event.action == "destroy":
+                self.stop_signals.pop(event.container_id, None)
+        self.withdraw(e for e, action in last.values() if action is Action.WITHDRAW)
+        lookups = [e for e, action in last.values() if action is not Action.WITHDRAW]
+        starts = [e for e in lookups if e.action == "start"]
+        done = self._apply_read_ahead(
+            [e for e in starts if not self.look_ahead.pending(e.container_id)], deadline=0.0
+        )
+        done |= self._apply_read_ahead(
+            [e for e in starts if e.container_id not in done],
+            deadline=time.monotonic() + LOOK_AHEAD_WAIT,
+        )
+        for container_id in last.keys() - done:  # a read made at create serves a first start only
+            self.look_ahead.forget(container_id)
+        self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
+
+    def _route(self, event: DockerEvent) -> Action:
+        """route(), learning the container's stop signal first when the event needs it."""
+        action = route(event, self.stop_signals.get(event.container_id))
+        if action is not Action.LEARN_SIGNAL:
+            return action
+        try:
+            container = self.docker.inspect(event.container_id)
+        except DockerUnavailable as exc:
+            self.fault("docker", exc)
+            return Action.LOOK_UP  # the reconcile after the fault settles it
+        if container is None:
+            return Action.WITHDRAW
+        self.remember(container)
+        return route(event, container.stop_signal)
+
+    def withdraw_only(self, events: Sequence[DockerEvent]) -> None:
+        """Of these events, apply only the withdrawals (a reconcile's snapshot follows)."""
+        last: dict[str, tuple[DockerEvent, Action]] = {}
+        for event in events:
+            action = route(event, self.stop_signals.get(event.container_id))
+            if action is not Action.NOTHING:
+                last[event.container_id] = (event, action)
+        self.withdraw(e for e, action in last.values() if action is Action.WITHDRAW)
+
+    def withdraw(self, events: Iterable[DockerEvent]) -> None:
+        """Announce nothing for the containers these events end, in one write."""
+        gone = list(events)
+        for event in gone:
+            self.set(event.container_id, event.name, Announcement())
+        if gone:
+            self.write()
+
+    def _apply_read_ahead(self, starts: Sequence[DockerEvent], deadline: float) -> set[str]:
+        """Announce the started containers read at create, in one write; their ids."""
+        done = set()
+        for event in starts:
+            ready = self.look_ahead.take(event.container_id, deadline)
+            if ready is not None:
+                container = ready._replace(name=event.name or ready.name)
+                self.remember(container)
+                self.set(event.container_id, event.name, announce(container, self.config))
+                done.add(event.container_id)
+                if not container.host_network:  # its ports cannot change before the start
+                    self.to_verify[event.container_id] = event.name
+        if done:
+            self.write()
+            self.next_verify = min(self.next_verify, time.monotonic() + VERIFY_AFTER)
+        return done
+
+    def verify_read_ahead(self) -> None:
+        """Look the read-ahead starts up again, in one listing, and write any difference."""
+        pending, self.to_verify = self.to_verify, {}
+        self.next_verify = float("inf")
+        self.look_up(pending)
+
+    def look_up(self, names: Mapping[str, str]) -> None:
+        """Look containers up in one `docker ps` listing and write them in one transaction.
+
+        What the listing cannot tell (healthchecks, host networking, a container gone
+        meanwhile) is inspected, and written as it comes, batched only while the inspects
+        take under BATCH_SECONDS, so one slow inspect does not hold back the rest.
+        """
+        if not names:
+            return
+        try:
+            listed = self.docker.listed(list(names))
+        except DockerUnavailable as exc:
+            self.fault("docker", exc)  # the reconcile will look again
+            return
+        for container_id, container in listed.items():
+            self.set(container_id, names[container_id], announce(container, self.config))
+        if listed:
+            self.write()
+        pending, written = False, time.monotonic()
+        for container_id, name in names.items():
+            if container_id in listed:
+                continue
+            try:
+                inspected = self.docker.inspect(container_id)
+            except DockerUnavailable as exc:
+                self.fault("docker", exc)  # the reconcile will look again
+                continue
+            if inspected is not None:
+                self.remember(inspected)
+            announcement = announce(inspected, self.config) if inspected else Announcement()
+            self.set(container_id, name, announcement)
+            pending = True
+            if time.monotonic() - written >= BATCH_SECONDS:
+                self.write()
+                pending, written = False, time.monotonic()
+        if pending:
+            self.write()
+
+    def remember(self, container: Container) -> None:
+        """Keep what the container's record says of its stop signal."""
+        if container.stop_signal is not None:
+            self.stop_signals[container.id] = container.stop_signal
+
+    def set(self, container_id: str, name: str, announcement: Announcement) -> None:
+        """Record a container's announcement (logging a new problem once)."""
+        if announcement.problem is not None:
+            if self.warned.get(container_id) != announcement.problem:
+                self.log.warning(
+                    "container skipped",
+                    container=name,
+                    id=container_id[:12],
+                    reason=announcement.problem,
+                )
+            self.warned[container_id] = announcement.problem
+        else:
+            self.warned.pop(container_id, None)
+        self.sync.set(container_id, announcement.registrations)
+
+    def replace_all(self, containers: Sequence[Container]) -> None:
+        """A reconcile's snapshot: these are every running container in scope."""
+        seen = {c.id for c in containers}
+        for container in containers:
+            self.remember(container)
+            self.set(container.id, container.name, announce(container, self.config))
+        for container_id in set(self.sync.announced) - seen:
+            self.sync.set(container_id, ())
+        for known in (self.warned, self.stop_signals):
+            for container_id in set(known) - seen:
+                known.pop(container_id, None)
+        self.look_ahead.clear()  # starts and removals drained: their entries are stale
+        self.to_verify, self.next_verify = {}, float("inf")  # just read them all
