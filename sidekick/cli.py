@@ -238,7 +238,7 @@ def run(
     server = None
     if address is not None:
         try:
-            server = MetricsServer(address, agent.metrics, agent.health)
+            server = MetricsServer(address, agent.metrics.registry, agent.health)
         except OSError as exc:
             fail(f"--metrics-address: cannot listen on {metrics_address}: {exc.strerror}")
         server.start()
@@ -257,6 +257,25 @@ def run(
     finally:
         if server is not None:
             server.stop()
+
+
+def _health_server(
+    metrics_address: str | None, health: Callable[[], tuple[bool, str]]
+) -> MetricsServer | None:
+    """/healthz (and an empty /metrics) on --metrics-address, started; None without one."""
+    if metrics_address is None:
+        return None
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    try:
+        address = parse_address(metrics_address, "--metrics-address")
+        server = MetricsServer(address, CollectorRegistry(), health)
+    except ConfigError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"--metrics-address: cannot listen on {metrics_address}: {exc.strerror}")
+    server.start()
+    return server
 
 
 def make_store(config: Config) -> Store:
@@ -497,6 +516,15 @@ def render(
         ),
     ] = 10.0,
     once: Annotated[bool, typer.Option("--once", help="Render once and exit.")] = False,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-address",
+            envvar="SIDEKICK_RENDER_METRICS_ADDRESS",
+            help="Serve /healthz (503 while the check or the reload fails) on HOST:PORT.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Render a template from the values under --prefix each time they change (like confd)."""
     from sidekick import render as rendering  # noqa: PLC0415 - jinja2 only for this command
@@ -524,7 +552,12 @@ def render(
     except ConfigError as exc:
         fail(str(exc))
     if not once:
-        renderer.run()
+        server = _health_server(metrics_address, renderer.health)
+        try:
+            renderer.run()
+        finally:
+            if server is not None:
+                server.stop()
         return
     try:
         live = renderer.once()

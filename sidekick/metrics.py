@@ -71,8 +71,9 @@ HealthCheck = Callable[[], tuple[bool, str]]
 class MetricsServer:
     """GET /metrics (Prometheus text) and GET /healthz (200, or 503 with the reason)."""
 
-    def __init__(self, address: tuple[str, int], metrics: Metrics, health: HealthCheck) -> None:
-        registry = metrics.registry
+    def __init__(
+        self, address: tuple[str, int], registry: CollectorRegistry, health: HealthCheck
+    ) -> None:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

@@ -27,7 +27,7 @@ from sidekick.render import (
     render_text,
 )
 from sidekick.store import Store
-from tests.conftest import Containers, EtcdServer, wait_for
+from tests.conftest import Containers, EtcdServer, free_port, wait_for
 from tests.lb import Nginx, RenderProcess, TcpProxy, nginx_binary
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -310,6 +310,35 @@ class TestWatch:
         setup.etcd.delete(f"{setup.prefix}/b")
         setup.etcd.put(f"{setup.prefix}/c", "fine")
         setup.wait_lines(["fine", "good"])
+
+    def test_healthz_says_the_check_fails(self, setup: Setup) -> None:
+        """--metrics-address serves /healthz: 503 naming the failing check, 200 once it passes."""
+        port = free_port()
+        setup.render(
+            "--template",
+            str(setup.template()),
+            "--check-cmd",
+            "! grep -q bad {src}",
+            "--metrics-address",
+            f"127.0.0.1:{port}",
+        ).start()
+        setup.etcd.put(f"{setup.prefix}/a", "good")
+        setup.wait_lines(["good"])
+
+        def healthz() -> tuple[int, str]:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except requests.ConnectionError:
+                return 0, ""
+            return answer.status_code, answer.text
+
+        wait_for(lambda: healthz() == (200, "ok\n"), message="/healthz ok")
+        setup.etcd.put(f"{setup.prefix}/b", "bad")
+        _, text = wait_for(lambda: (r := healthz())[0] == 503 and r, message="/healthz 503")
+        assert text.startswith("check failing: exit 1")
+        assert setup.lines() == ["good"]
+        setup.etcd.delete(f"{setup.prefix}/b")
+        wait_for(lambda: healthz() == (200, "ok\n"), message="/healthz ok again")
 
     def test_sigterm_exits_0(self, setup: Setup) -> None:
         process = setup.render("--template", str(setup.template())).start()
