@@ -34,7 +34,7 @@ DATA = Path(__file__).resolve().parent / "data"
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".target", ".path", ".mount")
 
 # Executables the units run, and units they require, that a node provides.
-STUB_EXECUTABLES = ("/usr/bin/docker", "/usr/local/bin/sidekick", "/bin/sh")
+STUB_EXECUTABLES = ("/usr/bin/docker", "/usr/local/bin/sidekick", "/bin/sh", "/bin/kill")
 STUB_UNITS = {
     "docker.service": "[Unit]\nDescription=stub\n[Service]\nExecStart=/usr/bin/docker\n",
     # DefaultDependencies=yes: Requires=sysinit.target, After=basic.target,
