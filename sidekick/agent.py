@@ -21,30 +21,27 @@ import tenacity
 
 from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
+from sidekick.health import Facts, problems
 from sidekick.intake import DOCKER_CONNECTED, NEW_LEASE, RESYNC, STOP, EventReader, Item
 from sidekick.lease import LeaseKeeper
 from sidekick.leasefile import LeaseFile
 from sidekick.lookahead import LookAhead
 from sidekick.lookup import Lookup
 from sidekick.metrics import Metrics
-from sidekick.retry import Outages, Wait, backoff, delay, retrying
+from sidekick.retry import Outages, Wait, backoff, retrying
 from sidekick.store import EtcdConfigError, EtcdError, EtcdUnavailable, Store
+from sidekick.supervise import AgentFailed, Part, Supervisor
 from sidekick.sync import Sync
 from sidekick.systemd import Notifier
 
+__all__ = ["Agent", "AgentFailed", "ConfigurationRefused"]
+
 TRANSIENT = (EtcdError, DockerUnavailable)
 SUPERVISE_EVERY = 1.0  # seconds between looks at the helper threads
-RESTARTS_ALLOWED = 5  # thread restarts within RESTART_WINDOW before the agent gives up
-RESTART_WINDOW = 60.0
-STALL_AFTER = 2.0  # a Docker request unanswered this long: Docker is stalled
 
 
 class ConfigurationRefused(Exception):
     """etcd refused the agent at start-up (credentials, role, TLS): retrying cannot help."""
-
-
-class AgentFailed(Exception):
-    """A part of the agent keeps dying; the process exits with the lease kept."""
 
 
 class Agent:
@@ -108,9 +105,7 @@ class Agent:
         self.next_foreign_check = float("inf")
         self.reconciled = threading.Event()  # set after the first reconcile
         self.beat = time.monotonic()  # the loop's last sign of life
-        self._threads: dict[str, threading.Thread] = {}
-        self._restarts: list[float] = []
-        self._restart_due: dict[str, float] = {}
+        self.supervisor = Supervisor(self.metrics, self.log)
 
     def _on_new_lease(self) -> None:
         """From the lease thread: a lease was granted or resumed (or etcd refused us)."""
@@ -144,8 +139,10 @@ class Agent:
         )
         self.lease_file.lock()
         self.keeper.start()
-        self._start_thread("docker-events", self.reader.run)
         self.look_ahead.start()
+        self.supervisor.watch(Part("lease", self.keeper.alive, self.keeper.start))
+        self.supervisor.watch(Part("look-ahead", self.look_ahead.all_alive, self.look_ahead.revive))
+        self.supervisor.thread("docker-events", self.reader.run)
         keep_lease = self.config.keep_on_exit
         try:
             while not self.stopping.is_set():
@@ -155,6 +152,10 @@ class Agent:
             raise
         finally:
             self._shutdown(keep_lease)
+
+    def _supervise(self) -> None:
+        if not self.stopping.is_set():
+            self.supervisor.check()
 
     def _cycle(self) -> None:
         self.beat = time.monotonic()
@@ -231,47 +232,6 @@ class Agent:
                 )
         self.lease_file.unlock()
 
-    # -- the helper threads -----------------------------------------------------------------
-
-    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
-        def guarded() -> None:
-            try:
-                target()
-            except Exception:  # the owner restarts it: say why once, with the traceback
-                self.log.exception("thread died", thread=name)
-
-        thread = threading.Thread(target=guarded, name=name, daemon=True)
-        self._threads[name] = thread
-        thread.start()
-
-    def _supervise(self) -> None:
-        """Restart a dead helper thread with backoff; give up if they keep dying."""
-        if self.stopping.is_set():
-            return
-        parts = {
-            "docker-events": (self._threads["docker-events"].is_alive, self._restart_reader),
-            "lease": (self.keeper.alive, self.keeper.start),
-            "look-ahead": (self.look_ahead.all_alive, self.look_ahead.revive),
-        }
-        now = time.monotonic()
-        for name, (alive, restart) in parts.items():
-            if alive() or now < self._restart_due.get(name, 0.0):
-                continue
-            self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW]
-            if len(self._restarts) >= RESTARTS_ALLOWED:
-                raise AgentFailed(
-                    f"the {name} thread keeps dying ({RESTARTS_ALLOWED} restarts in "
-                    f"{RESTART_WINDOW:g} s); exiting with the lease kept"
-                )
-            self._restarts.append(now)
-            self._restart_due[name] = now + delay(len(self._restarts), 10.0, 0.1, shortest=0.5)
-            self.metrics.thread_restarts.labels(name).inc()
-            self.log.error("restarting a dead thread", thread=name)
-            restart()
-
-    def _restart_reader(self) -> None:
-        self._start_thread("docker-events", self.reader.run)
-
     # -- health -----------------------------------------------------------------------------
 
     def loop_alive(self) -> bool:
@@ -281,22 +241,19 @@ class Agent:
 
     def problems(self) -> list[str]:
         """What is wrong now, in words; empty when all is well."""
-        problems = []
-        stalled = self.docker.stalled()
-        self.metrics.docker_stalled.set(stalled)
-        if stalled >= STALL_AFTER:
-            problems.append(f"docker stalled: a request unanswered for {stalled:.0f}s")
-        elif not self.reader.connected:
-            problems.append("docker events stream not connected")
-        if self.keeper.config_error is not None:
-            problems.append(f"etcd refused the agent: {self.keeper.config_error}")
-        elif self.keeper.etcd_error is not None or not self.etcd_ok:
-            problems.append("etcd unreachable")
-        if not self.keeper.healthy():
-            problems.append("no live lease")
-        if not self.loop_alive():
-            problems.append("loop stalled")
-        return problems
+        waiting = self.docker.stalled()
+        self.metrics.docker_stalled.set(waiting)
+        refused = self.keeper.config_error
+        return problems(
+            Facts(
+                docker_waiting=waiting,
+                docker_connected=self.reader.connected,
+                etcd_refused=None if refused is None else str(refused),
+                etcd_down=self.keeper.etcd_error is not None or not self.etcd_ok,
+                lease_alive=self.keeper.healthy(),
+                loop_alive=self.loop_alive(),
+            )
+        )
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason) for /healthz."""

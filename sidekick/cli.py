@@ -16,12 +16,13 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from sidekick import __version__, logs
-from sidekick.agent import Agent, AgentFailed, ConfigurationRefused
+from sidekick.agent import Agent, ConfigurationRefused
 from sidekick.config import Config, ConfigError, load_config, parse_address, require_host_ip
 from sidekick.docker_source import DockerSource
 from sidekick.leasefile import DEFAULT_LEASE_FILE, LeaseFile, LeaseFileBusy
 from sidekick.metrics import MetricsServer
 from sidekick.store import DryRunStore, Store
+from sidekick.supervise import AgentFailed
 from sidekick.systemd import Notifier
 
 EXIT_NOTHING, EXIT_USAGE, EXIT_ETCD, EXIT_FAILED = 1, 2, 3, 4
