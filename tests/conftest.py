@@ -471,6 +471,8 @@ class DockerSocketProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.requests: list[str] = []
+        self._flowing = threading.Event()  # cleared by stall(): nothing is forwarded
+        self._flowing.set()
 
     def start(self) -> None:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -499,6 +501,7 @@ class DockerSocketProxy:
             while data := source.recv(65536):
                 if record and re.match(rb"(GET|POST|PUT|DELETE|HEAD) /", data):
                     self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -506,6 +509,14 @@ class DockerSocketProxy:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        """Accept connections and requests but answer nothing (a hung dockerd) until resume()."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward again, what was held back first."""
+        self._flowing.set()
 
     def stop(self) -> None:
         """Refuse new connections and drop the open ones."""
