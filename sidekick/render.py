@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import shlex
 import signal
@@ -42,6 +41,7 @@ import requests
 import structlog
 import urllib3
 
+from sidekick import retry
 from sidekick.config import ConfigError
 from sidekick.store import EtcdError, EtcdUnavailable, Store, b64, prefix_range_end, unb64
 
@@ -506,8 +506,10 @@ class Renderer:
                 if self._outage is None:
                     self._outage = str(exc)
                     self.log.warning("etcd unavailable; retrying with backoff", error=str(exc))
-                delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(self._failures - 1, 10))
-                time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+                wait = retry.delay(
+                    self._failures, BACKOFF_CAP, jitter=BACKOFF_FIRST, shortest=BACKOFF_FIRST
+                )
+                time.sleep(wait)
 
     def _healthy(self) -> None:
         """etcd answered: end the outage, if there was one."""
@@ -575,7 +577,7 @@ class Renderer:
 
 def reload_retry_delay(failures: int) -> float:
     """Seconds before an owed reload is tried again after `failures` failures in a row."""
-    return min(RELOAD_RETRY_CAP, RELOAD_RETRY_FIRST * 2.0 ** min(failures - 1, 10))
+    return retry.delay(min(failures, 32), RELOAD_RETRY_CAP, jitter=0.0, shortest=RELOAD_RETRY_FIRST)
 
 
 def _one_line(text: str) -> str:
