@@ -325,6 +325,8 @@ class Agent:
         self.beat = time.monotonic()
         self.lookup.replace_all(containers)
         try:
+            if not self.reconciled.is_set():
+                self.store.check_write(self.config.prefix)  # a role without the prefix: exit 2
             self.sync.refresh()
             written = self.sync.write()
         except EtcdConfigError as exc:

@@ -289,6 +289,18 @@ class Store:
             keys = dict(_key_states(answer))
             return keys, int(answer.get("header", {}).get("revision", 0))
 
+    def check_write(self, prefix: str) -> None:
+        """EtcdPermissionDenied unless our user may write under `prefix`; writes nothing.
+
+        A transaction whose compare never holds (a version below 0) with a put in its success
+        branch: etcd checks the permissions of every operation in a transaction before it
+        evaluates the compare, so a role without write access to the prefix is refused here.
+        """
+        key = b64(prefix.rstrip("/") + "/")
+        compare = {"key": key, "result": "LESS", "target": "VERSION", "version": "0"}
+        put = {"request_put": {"key": key, "value": ""}}
+        self._post("/kv/txn", {"compare": [compare], "success": [put]}, f"prefix {prefix}")
+
     def read_keys(self, keys: Collection[str]) -> dict[str, KeyState]:
         """The state of each of `keys` that exists (absent keys are left out), read by range
         requests in transactions of at most MAX_TXN_OPS: the cost follows len(keys), not the

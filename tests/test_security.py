@@ -246,8 +246,10 @@ class TestEtcdTLS:
                 etcd_endpoints=rogue.url,
                 wait_ready=False,
             )
-            outage = agent.wait_log("etcd unavailable; retrying with backoff")[0]
-            assert "CERTIFICATE_VERIFY_FAILED" in outage["error"]
+            assert agent.wait() == 2  # at start-up, a configuration error: retrying cannot help
+            [line] = [x for x in agent.log_path.read_text().splitlines() if "error:" in x]
+            assert line.startswith("sidekick: error: etcd at https://")
+            assert "CERTIFICATE_VERIFY_FAILED" in line
             assert agent.events("reconciled") == []
         finally:
             rogue.stop()
@@ -331,9 +333,10 @@ class TestEtcdAuth:
             env={"SIDEKICK_ETCD_PASSWORD": AGENT_PASSWORD},
             wait_ready=False,
         )
-        outage = agent.wait_log("etcd unavailable; retrying with backoff")[0]
-        assert "permission denied" in outage["error"]
-        assert "agent" in outage["error"]
+        assert agent.wait() == 2  # at start-up, a configuration error: retrying cannot help
+        [line] = [x for x in agent.log_path.read_text().splitlines() if "error:" in x]
+        assert line.startswith("sidekick: error: etcd denied prefix /elsewhere to user agent")
+        assert "permission denied" in line
         assert auth_etcd.keys("/elsewhere") == {}
 
     def test_wrong_password(self, agent_factory, auth_etcd):
@@ -345,8 +348,9 @@ class TestEtcdAuth:
             env={"SIDEKICK_ETCD_PASSWORD": "wrong"},
             wait_ready=False,
         )
-        outage = agent.wait_log("etcd unavailable; retrying with backoff")[0]
-        assert "authentication failed for user agent" in outage["error"]
+        assert agent.wait() == 2  # at start-up, a configuration error: retrying cannot help
+        [line] = [x for x in agent.log_path.read_text().splitlines() if "error:" in x]
+        assert line.startswith("sidekick: error: etcd authentication failed for user agent")
         assert "wrong" not in agent.log_path.read_text().replace("authentication failed", "")
 
     def test_no_password_flag(self, tmp_path):
