@@ -134,7 +134,16 @@ class TestContainerFromInspect:
             host_network=False,
             bindings=(PortBinding(80, "172.17.8.203", 8001), PortBinding(443, "", 8443)),
             exposed_ports=(80, 443),
+            stop_signal=15,  # no StopSignal in Config: SIGTERM, what `docker stop` sends
         )
+
+    def test_stop_signal_is_the_images_or_the_runs(self) -> None:
+        """Config.StopSignal (the image's STOPSIGNAL or --stop-signal) is read as a number."""
+        doc = inspect_doc()
+        doc["Config"]["StopSignal"] = "SIGWINCH"
+        assert container_from_inspect(doc).stop_signal == 28
+        doc["Config"]["StopSignal"] = "SIGQUIT"
+        assert container_from_inspect(doc).stop_signal == 3
 
     def test_short_id_is_twelve_characters(self) -> None:
         """short_id is the first 12 characters of the id, as docker ps shows it."""
@@ -153,6 +162,7 @@ class TestContainerFromInspect:
             host_network=False,
             bindings=(),
             exposed_ports=(),
+            stop_signal=15,
         )
 
     def test_wrongly_typed_sections_are_ignored(self) -> None:
