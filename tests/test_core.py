@@ -10,9 +10,11 @@ happened during a window is checked throughout that window.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
+import signal
 import tarfile
 import threading
 import time
@@ -37,11 +39,13 @@ from sidekick.store import Store
 from tests.conftest import (
     TEST_LABEL,
     Containers,
+    DockerSocketProxy,
     EtcdServer,
     JsonLog,
     free_port,
     wait_for,
 )
+from tests.test_security import _auth_etcd, _pki, _tls_etcd  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -455,3 +459,453 @@ class TestDeadThreads:
         assert agent_log.events("lease revoked; keys removed") == []
         assert agent_log.events("agent stopped; keys left to expire with the lease")
         assert int((tmp_path / "lease").read_text(), 16) == lease  # to resume
+
+
+# -- 2. one lease file, one agent -----------------------------------------------------------
+
+
+class TestLeaseFileLock:
+    """A second agent on a lease file another live agent holds is refused at once; after a
+    kill -9 a new agent on the file takes the lock and resumes the lease."""
+
+    def test_second_agent_on_the_same_file_exits_2(
+        self, agent_factory, containers: Containers, live_etcd: EtcdServer, scope, tmp_path
+    ) -> None:
+        """Exit 2 within seconds, one line naming the file and the remedy; the first agent's
+        keys are untouched (same value, lease and revision) and it keeps serving."""
+        first = agent_factory(lease_file="shared")
+        lease = int(first.events("lease granted")[0]["lease"], 16)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        key = f"/{scope}/web-{port}"
+        wait_for(lambda: live_etcd.entries(f"/{scope}/").get(key, ("", 0))[1] == lease)
+        before = live_etcd.entries(f"/{scope}/")
+        started = time.monotonic()
+        second = agent_factory(lease_file="shared", wait_ready=False)
+        assert second.wait(15) == 2
+        assert time.monotonic() - started < 10  # an interpreter start, no retries
+        lines = second.log_path.read_text().splitlines()
+        assert len(lines) == 1, lines
+        assert str(tmp_path / "shared") in lines[0]
+        assert "give each agent its own --lease-file" in lines[0]
+        assert live_etcd.entries(f"/{scope}/") == before
+        assert lease_ttl(live_etcd, lease) > 0
+        assert first.process is not None and first.process.poll() is None
+
+    def test_kill_9_then_a_new_agent_resumes_the_lease(
+        self, agent_factory, containers: Containers, live_etcd: EtcdServer, scope
+    ) -> None:
+        """The kernel drops the lock of a killed agent: the next one on the file logs "lease
+        resumed" with the same lease, and the key stays as it was (no rewrite)."""
+        first = agent_factory(lease_file="shared", ttl=10)
+        lease = int(first.events("lease granted")[0]["lease"], 16)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        key = f"/{scope}/web-{port}"
+        wait_for(lambda: live_etcd.entries(f"/{scope}/").get(key, ("", 0))[1] == lease)
+        entry = live_etcd.entries(f"/{scope}/")[key]
+        first.signal(signal.SIGKILL)
+        first.wait()
+        after = agent_factory(lease_file="shared", ttl=10)
+        assert [int(line["lease"], 16) for line in after.events("lease resumed")] == [lease]
+        assert after.events("lease granted") == []
+        assert live_etcd.entries(f"/{scope}/")[key] == entry
+        assert lease_ttl(live_etcd, lease) > 0
+
+
+# -- 3. a stalled Docker engine ---------------------------------------------------------------
+
+
+class TestDockerStall:
+    """A Docker engine that accepts requests and answers none never lets the lease lapse; the
+    agent says so on /healthz and converges once Docker answers again."""
+
+    def test_lease_outlives_a_stalled_docker(
+        self,
+        inprocess: InProcess,
+        containers: Containers,
+        live_etcd: EtcdServer,
+        docker_proxy: DockerSocketProxy,
+        scope: str,
+    ) -> None:
+        """ttl 3, Docker stalled for 3 x ttl with a resync waiting on it: etcd holds the key on
+        a live lease throughout, health says "docker stalled" (never "no live lease"), and a
+        container started during the stall is announced after it."""
+        running = inprocess.start(docker_url=docker_proxy.url, ttl=3)
+        agent, lease = running.agent, running.lease
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        key = f"/{scope}/web-{port}"
+        wanted = (f"127.0.0.1:{port}", lease)
+        wait_for(lambda: live_etcd.entries(f"/{scope}/").get(key, ())[:2] == wanted, message=key)
+        window = 3 * agent.config.ttl
+        reasons: list[str] = []
+        docker_proxy.stall()
+        try:
+            stalled_at = time.monotonic()
+            asked = len(docker_proxy.requests)
+            agent.request_resync()
+            wait_for(lambda: len(docker_proxy.requests) > asked, message="the resync asks Docker")
+            late_port = free_port()
+            containers.run(ports=published(late_port), labels={"sidekick.service": "late"})
+
+            def lease_holds() -> None:
+                assert live_etcd.entries(f"/{scope}/").get(key, ())[:2] == wanted
+                assert lease_ttl(live_etcd, lease) > 0
+                ok, reason = agent.health()
+                assert "no live lease" not in reason
+                if "docker stalled" in reason:
+                    assert not ok
+                    reasons.append(reason)
+
+            runs = hold_for(window - (time.monotonic() - stalled_at), lease_holds)
+            assert runs > window * 5  # etcd was really read throughout
+            assert reasons, "health never said docker stalled"
+        finally:
+            docker_proxy.resume()
+        late = f"/{scope}/late-{late_port}"
+        wait_for(lambda: late in live_etcd.keys(f"/{scope}/"), timeout=15, message=late)
+        assert live_etcd.entries(f"/{scope}/")[key][:2] == wanted
+        wait_for(lambda: agent.health() == (True, "ok"), message="healthy again")
+
+
+# -- 4. only this node's keys are read -------------------------------------------------------
+
+
+class RecordingStore(Store):
+    """A Store that notes every request it sends (shared by its clones)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+
+    def _post(self, path: str, payload: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        self.posts.append((path, payload))
+        return super()._post(path, payload, *args, **kwargs)
+
+
+def put_many(etcd: EtcdServer, entries: dict[str, tuple[str, int]]) -> None:
+    """Put key -> (value, lease) in transactions of 128."""
+    items = sorted(entries.items())
+    for start in range(0, len(items), 128):
+        success = []
+        for key, (value, lease) in items[start : start + 128]:
+            put = {"key": _b64(key), "value": _b64(value)}
+            if lease:
+                put["lease"] = str(lease)
+            success.append({"request_put": put})
+        etcd.post("kv/txn", {"success": success})
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class TestOwnKeys:
+    """A resync reads this node's keys only (its lease's keys and the keys it wants), never the
+    prefix; ownership: our deleted key comes back, a plain key with our value is adopted, a key
+    on another lease with another value is left alone."""
+
+    def test_resync_reads_no_prefix(
+        self,
+        inprocess: InProcess,
+        containers: Containers,
+        live_etcd: EtcdServer,
+        scope: str,
+    ) -> None:
+        """5,000 keys of other leases under the prefix; three resyncs: etcd counts no Range
+        request (reads are a LeaseTimeToLive and Txns of single-key ranges)."""
+        others = [live_etcd.grant(60) for _ in range(5)]
+        try:
+            put_many(
+                live_etcd,
+                {
+                    f"/{scope}/other-{i}": (f"10.1.{i // 250}.{i % 250}:80", others[i % 5])
+                    for i in range(5000)
+                },
+            )
+            port = free_port()
+            containers.run(ports=published(port), labels={"sidekick.service": "web"})
+            running = inprocess.start(store_cls=RecordingStore)
+            agent = running.agent
+            key = f"/{scope}/web-{port}"
+            wait_for(lambda: key in live_etcd.keys(f"/{scope}/web-"), message=key)
+            store = agent.store
+            assert isinstance(store, RecordingStore)
+            reconciles = sample(agent, "sidekick_reconcile_duration_seconds_count")
+            sent = len(store.posts)
+            before = etcd_requests(live_etcd)
+            for done in range(1, 4):  # no request of the test's own to etcd meanwhile
+                agent.request_resync()
+                wait_for(
+                    lambda n=done: (
+                        sample(agent, "sidekick_reconcile_duration_seconds_count") >= reconciles + n
+                    ),
+                    message=f"resync {done}",
+                )
+            after = etcd_requests(live_etcd)
+            grew = {method: after[method] - before.get(method, 0) for method in after}
+            assert grew.get("Range", 0) == 0, grew
+            assert grew.get("Txn", 0) >= 3, grew
+            assert grew.get("LeaseTimeToLive", 0) >= 3, grew
+            posts = store.posts[sent:]
+            assert [path for path, _ in posts if path.endswith("/kv/range")] == []
+            ranges = [
+                op["request_range"]
+                for path, payload in posts
+                if path.endswith("/kv/txn")
+                for op in payload.get("success", [])
+                if "request_range" in op
+            ]
+            assert ranges, "the resyncs read no key at all"
+            assert all("range_end" not in r for r in ranges), ranges
+            assert {base64.b64decode(r["key"]).decode() for r in ranges} == {key}
+        finally:
+            for lease in others:
+                live_etcd.revoke(lease)
+
+    def test_own_key_deleted_behind_its_back_comes_back_at_resync(
+        self,
+        inprocess: InProcess,
+        containers: Containers,
+        live_etcd: EtcdServer,
+        scope: str,
+    ) -> None:
+        """etcdctl del of a key the node holds: no event says so; the next resync puts it back
+        on the node's lease."""
+        running = inprocess.start()
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        key = f"/{scope}/web-{port}"
+        wanted = (f"127.0.0.1:{port}", running.lease)
+        wait_for(lambda: live_etcd.entries(f"/{scope}/").get(key, ())[:2] == wanted, message=key)
+        live_etcd.delete(key)
+        assert key not in live_etcd.keys(f"/{scope}/")
+        reconciles = sample(running.agent, "sidekick_reconcile_duration_seconds_count")
+        running.agent.request_resync()
+        wait_for(
+            lambda: live_etcd.entries(f"/{scope}/").get(key, ())[:2] == wanted,
+            timeout=5,
+            message=f"{key} back",
+        )
+        assert sample(running.agent, "sidekick_reconcile_duration_seconds_count") > reconciles
+
+    def test_plain_key_adopted_and_foreign_value_left_alone(
+        self,
+        inprocess: InProcess,
+        containers: Containers,
+        live_etcd: EtcdServer,
+        agent_log: AgentLog,
+        scope: str,
+    ) -> None:
+        """A plain key holding our value goes onto our lease, its value unchanged; a key on
+        another lease with another value is a clash: logged once, counted, never written."""
+        adopt_port, clash_port = free_port(), free_port()
+        containers.run(ports=published(adopt_port), labels={"sidekick.service": "adopt"})
+        containers.run(ports=published(clash_port), labels={"sidekick.service": "clash"})
+        adopt, clash = f"/{scope}/adopt-{adopt_port}", f"/{scope}/clash-{clash_port}"
+        live_etcd.put(adopt, f"127.0.0.1:{adopt_port}")
+        other = live_etcd.grant(60)
+        try:
+            live_etcd.put(clash, "192.0.2.99:80", lease=other)
+            held = live_etcd.entries(f"/{scope}/")[clash]
+            running = inprocess.start()
+            wait_for(
+                lambda: (
+                    live_etcd.entries(f"/{scope}/").get(adopt, ())[:2]
+                    == (f"127.0.0.1:{adopt_port}", running.lease)
+                ),
+                message=f"{adopt} adopted",
+            )
+            reconciles = sample(running.agent, "sidekick_reconcile_duration_seconds_count")
+            running.agent.request_resync()
+            wait_for(
+                lambda: (
+                    sample(running.agent, "sidekick_reconcile_duration_seconds_count") > reconciles
+                ),
+                message="a resync",
+            )
+            assert live_etcd.entries(f"/{scope}/")[clash] == held
+            assert sample(running.agent, "sidekick_clashes_total") == 1
+            assert [
+                line["key"] for line in agent_log.events("key held by another owner; left as it is")
+            ] == [clash]
+        finally:
+            live_etcd.revoke(other)
+
+
+# -- 5. a lost lease ---------------------------------------------------------------------------
+
+
+class TestLeaseLost:
+    """A lease revoked behind the agent's back is granted anew by the keeper, which puts the
+    keys back at once, without waiting on Docker."""
+
+    def test_revoked_lease_regranted_with_keys_while_docker_is_stalled(
+        self,
+        inprocess: InProcess,
+        containers: Containers,
+        live_etcd: EtcdServer,
+        docker_proxy: DockerSocketProxy,
+        agent_log: AgentLog,
+        scope: str,
+    ) -> None:
+        """Docker stalled, the lease revoked: the key comes back on a new live lease while no
+        Docker request can be answered; sidekick_lease_regrants_total is 1."""
+        running = inprocess.start(docker_url=docker_proxy.url, ttl=3)
+        agent, old = running.agent, running.lease
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        key = f"/{scope}/web-{port}"
+        value = f"127.0.0.1:{port}"
+        wait_for(lambda: live_etcd.entries(f"/{scope}/").get(key, ())[:2] == (value, old))
+        reconciles = len(agent_log.events("reconciled"))
+        docker_proxy.stall()
+        try:
+            live_etcd.revoke(old)
+            entry = wait_for(
+                lambda: (
+                    (e := live_etcd.entries(f"/{scope}/").get(key)) and e[1] not in {0, old} and e
+                ),
+                timeout=2 * agent.config.ttl,
+                message=f"{key} on a new lease",
+            )
+            assert entry[0] == value
+            assert entry[1] == agent.keeper.lease
+            assert lease_ttl(live_etcd, entry[1]) > 0
+            assert sample(agent, "sidekick_lease_regrants_total") == 1
+            assert agent_log.events("keys put back on the new lease")[0]["keys"] == 1
+            # the loop's reconcile for the new lease waits on Docker; the key stood before it
+            wait_for(lambda: agent.docker.stalled() > 0.5, message="the loop waiting on Docker")
+            assert len(agent_log.events("reconciled")) == reconciles
+            assert live_etcd.entries(f"/{scope}/")[key] == entry
+        finally:
+            docker_proxy.resume()
+        agent_log.wait_log("reconciled", reconciles + 1)  # the new lease's reconcile, Docker back
+        assert live_etcd.entries(f"/{scope}/")[key][:2] == (value, entry[1])
+        assert sample(agent, "sidekick_lease_regrants_total") == 1
+
+
+# -- 7. signals --------------------------------------------------------------------------------
+
+
+class TestSignals:
+    """SIGTERM ends the agent promptly with its lease revoked, even mid Docker call; SIGHUP
+    makes it reconcile and go on."""
+
+    def test_sigterm_during_a_stalled_docker_call(
+        self,
+        agent_factory,
+        containers: Containers,
+        live_etcd: EtcdServer,
+        docker_proxy: DockerSocketProxy,
+        scope,
+    ) -> None:
+        """--docker-timeout 3, a resync hanging on Docker: SIGTERM -> exit 0 within the Docker
+        timeout + 3 s, the lease (ttl 20) revoked so the key is gone at once."""
+        agent = agent_factory("--docker-url", docker_proxy.url, "--docker-timeout", "3", ttl=20)
+        lease = int(agent.events("lease granted")[0]["lease"], 16)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        key = f"/{scope}/web-{port}"
+        wait_for(lambda: key in live_etcd.keys(f"/{scope}/"), message=key)
+        docker_proxy.stall()
+        try:
+            asked = len(docker_proxy.requests)
+            agent.signal(signal.SIGHUP)
+            wait_for(
+                lambda: any("/containers/json" in r for r in docker_proxy.requests[asked:]),
+                message="the resync's listing in flight",
+            )
+            started = time.monotonic()
+            agent.signal(signal.SIGTERM)
+            assert agent.wait(3 + 10) == 0
+            took = time.monotonic() - started
+        finally:
+            docker_proxy.resume()
+        assert took < 3 + 3, f"SIGTERM took {took:.1f}s"
+        assert live_etcd.keys(f"/{scope}/") == {}
+        assert lease_ttl(live_etcd, lease) == -1
+        assert agent.events("lease revoked; keys removed")
+
+    def test_sighup_reconciles_and_keeps_running(
+        self, agent_factory, containers: Containers, live_etcd: EtcdServer, scope
+    ) -> None:
+        """SIGHUP: one more "reconciled" line, the process alive, its key still there."""
+        agent = agent_factory()
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        key = f"/{scope}/web-{port}"
+        wait_for(lambda: key in live_etcd.keys(f"/{scope}/"), message=key)
+        count = len(agent.events("reconciled"))
+        agent.signal(signal.SIGHUP)
+        agent.wait_log("reconciled", count + 1)
+        assert len(agent.events("reconciled")) == count + 1
+        assert agent.process is not None and agent.process.poll() is None
+        assert key in live_etcd.keys(f"/{scope}/")
+
+
+# -- 8. etcd errors: permanent ones at start-up, an ordinary outage -----------------------------
+
+
+class TestEtcdErrors:
+    """etcd refusing the agent at start-up is a configuration error (exit 2, one line saying
+    which setting); an outage is logged once when it starts and once when it ends."""
+
+    @staticmethod
+    def error_lines(agent: Any) -> list[str]:
+        text = agent.log_path.read_text()
+        return [line for line in text.splitlines() if line.startswith("sidekick: error:")]
+
+    def test_tls_without_client_certificate_exits_2(self, agent_factory, tls_etcd, pki) -> None:
+        """A TLS etcd demanding client certificates, none given: exit 2, one line naming the
+        certificate settings."""
+        agent = agent_factory(
+            "--etcd-ca", str(pki / "ca.pem"), etcd_endpoints=tls_etcd.url, wait_ready=False
+        )
+        assert agent.wait(30) == 2
+        lines = self.error_lines(agent)
+        assert len(lines) == 1, agent.log_path.read_text()
+        assert "client certificate: none" in lines[0]
+        assert str(pki / "ca.pem") in lines[0]
+        assert agent.events("reconciled") == []
+
+    def test_wrong_password_exits_2(self, agent_factory, auth_etcd) -> None:
+        """Auth enabled, a wrong password: exit 2, one line naming the user, never the
+        password."""
+        agent = agent_factory(
+            "--etcd-user",
+            "agent",
+            etcd_endpoints=auth_etcd.url,
+            env={"SIDEKICK_ETCD_PASSWORD": "Not-The-Password-7"},
+            wait_ready=False,
+        )
+        assert agent.wait(30) == 2
+        lines = self.error_lines(agent)
+        assert len(lines) == 1, agent.log_path.read_text()
+        assert "user agent" in lines[0]
+        assert "Not-The-Password-7" not in agent.log_path.read_text()
+
+    def test_outage_logged_once(
+        self, agent_factory, containers: Containers, live_etcd: EtcdServer, scope
+    ) -> None:
+        """etcd stopped for 5 s while a container starts: exactly one "etcd unavailable" line
+        and one "etcd is back", no per-attempt retry lines; the container is announced."""
+        agent = agent_factory()
+        seen = len(agent.logs())  # start-up is not this test's business
+        live_etcd.stop()
+        stopped = time.monotonic()
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        agent.wait_log("etcd unavailable; retrying with backoff")
+        time.sleep(max(0.0, 5 - (time.monotonic() - stopped)))  # the outage itself
+        live_etcd.start()
+        key = f"/{scope}/web-{port}"
+        wait_for(lambda: key in live_etcd.keys(f"/{scope}/"), timeout=15, message=key)
+        agent.wait_log("etcd is back")
+        events = [line.get("event", "") for line in agent.logs()[seen:]]
+        assert events.count("etcd unavailable; retrying with backoff") == 1, events
+        assert events.count("etcd is back") == 1, events
+        assert not [
+            e for e in events if "retry scheduled" in e or ("retrying" in e and "etcd" not in e)
+        ]
