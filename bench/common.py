@@ -1,5 +1,5 @@
 """The harness's instruments: containers, the Docker events clock, the etcd watcher, etcd's
-request counters, /proc readings and percentiles.
+request and byte counters, a byte-counting TCP proxy, /proc readings and percentiles.
 
 Every container made here carries BENCH_LABEL=<run id> (and the pid of the harness that made
 it), so the end of a run, or the start of a later one, removes exactly what a run left.
@@ -147,6 +147,16 @@ def etcd_requests(url: str) -> dict[str, int]:
         if match and match.group(1) != "Watch":
             counts[match.group(1)] += int(float(match.group(2)))
     return dict(counts)
+
+
+_SENT_BYTES = re.compile(r"^etcd_network_client_grpc_sent_bytes_total\s+(\S+)$", re.MULTILINE)
+
+
+def etcd_sent_bytes(url: str) -> int:
+    """etcd's own count of the bytes its gRPC server sent (protobuf; the JSON gateway is one
+    of its gRPC clients, so every /v3/... answer counts here before it becomes JSON)."""
+    match = _SENT_BYTES.search(requests.get(url + "/metrics", timeout=5).text)
+    return int(float(match.group(1))) if match else 0
 
 
 _BUCKET = re.compile(
@@ -504,3 +514,111 @@ class Fleet:
                 with contextlib.suppress(docker.errors.APIError):
                     self.api.remove_network(network["Id"])
         return len(orphans)
+
+
+# -- a byte-counting TCP proxy ------------------------------------------------------------
+
+_REQUEST_LINE = re.compile(rb"^(?:GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1")
+
+
+class ByteCounter:
+    """A TCP proxy on 127.0.0.1 in front of one loopback port, counting the bytes each way.
+
+    The bytes of each answer are also counted by the path of the request they answer: on one
+    HTTP/1.1 connection a client such as `requests` sends a request and reads its answer
+    before the next, so what the server sends belongs to the connection's last request line.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self._lock = threading.Lock()
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self.to_client = 0
+        self.to_server = 0
+        self.answer_bytes: dict[str, int] = defaultdict(int)  # path -> bytes answered
+        self.request_count: dict[str, int] = defaultdict(int)  # path -> requests
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ByteCounter:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        self.port = server.getsockname()[1]
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts so far (copies)."""
+        with self._lock:
+            return {
+                "to_client": self.to_client,
+                "to_server": self.to_server,
+                "answer_bytes": dict(self.answer_bytes),
+                "request_count": dict(self.request_count),
+            }
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            with self._lock:
+                self._conns += [client, upstream]
+            last_path = ["?"]  # the connection's last request path
+            threading.Thread(
+                target=self._requests, args=(client, upstream, last_path), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._answers, args=(upstream, client, last_path), daemon=True
+            ).start()
+
+    def _requests(self, source: socket.socket, sink: socket.socket, last: list[str]) -> None:
+        def count(data: bytes) -> None:
+            if (match := _REQUEST_LINE.match(data)) is not None:
+                last[0] = match.group(1).decode("latin-1")
+                self.request_count[last[0]] += 1
+            self.to_server += len(data)
+
+        self._pipe(source, sink, count)
+
+    def _answers(self, source: socket.socket, sink: socket.socket, last: list[str]) -> None:
+        def count(data: bytes) -> None:
+            self.to_client += len(data)
+            self.answer_bytes[last[0]] += len(data)
+
+        self._pipe(source, sink, count)
+
+    def _pipe(
+        self, source: socket.socket, sink: socket.socket, count: Callable[[bytes], None]
+    ) -> None:
+        try:
+            while data := source.recv(65536):
+                with self._lock:
+                    count(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

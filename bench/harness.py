@@ -2,6 +2,7 @@
 measured in the same run. Started by ./bench/run (which installs what is missing).
 
     python -m bench.harness [--quick] [--profile DIR] [--keep]
+    python -m bench.harness --resync-cost [--resyncs K]   (bench/resync.py only)
 
 Phases (all loopback, all bounded, everything labelled and removed at the end):
   1. registration / deregistration latency, containers one after another and in bursts of 20;
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from typing import Any
 import docker
 import requests
 
-from bench import report
+from bench import report, resync
 from bench.common import (
     CLK_TCK,
     GROUP_LABEL,
@@ -153,12 +155,17 @@ class Bench:
 
     # -- set-up and clean-up -------------------------------------------------------------
 
-    def setup(self) -> None:
+    def setup(self, watchers: bool = True) -> None:
+        """The run's network and etcd; with `watchers`, the Docker events reader and the etcd
+        watcher the latency phase times against."""
         orphans = self.fleet.remove_orphans()
         if orphans:
             log(f"removed {orphans} containers left by an earlier, dead bench run")
         self.fleet.create_network()
         self.etcd.start()
+        if not watchers:
+            log(f"etcd {self.etcd.url} (data {self.etcd.data_dir}); run id {self.run_id}")
+            return
         self.events = DockerEvents(self.run_id, self.workdir / "events.log")
         self.watch = Watch(self.etcd.url, self.base + "/", self.workdir / "watch.log")
         log(f"etcd {self.etcd.url} (data {self.etcd.data_dir}); run id {self.run_id}")
@@ -201,10 +208,13 @@ class Bench:
         docker_url: str | None = None,
         wait_ready: bool = True,
         extra_filter: str | None = None,
+        etcd_url: str | None = None,
+        extra: tuple[str, ...] = (),
+        make: Callable[[list[str], Path, dict[str, str]], AgentProcess] = AgentProcess,
     ) -> AgentProcess:
         args = [
             "--etcd-endpoints",
-            self.etcd.url,
+            etcd_url or self.etcd.url,
             "--prefix",
             prefix,
             "--filter",
@@ -222,13 +232,14 @@ class Bench:
             args += ["--lease-file", str(self.workdir / f"lease-{name}")]
         if docker_url:
             args += ["--docker-url", docker_url]
+        args += extra
         (self.workdir / "environment").touch()
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("SIDEKICK_") and k not in AGENT_ENV_DROP
         }
-        agent = AgentProcess(args, self.workdir / f"agent-{name}.log", env).start()
+        agent = make(args, self.workdir / f"agent-{name}.log", env).start()
         self.agents.append(agent)
         if wait_ready:
             agent.wait_log("reconciled", timeout=60)
@@ -931,9 +942,27 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="run nothing: write docs/ and the JSON line from a saved .tmp/bench-results.json",
     )
+    parser.add_argument(
+        "--resync-cost",
+        action="store_true",
+        help="only the cost of one resync with 0, 20,000 and 100,000 keys of other nodes "
+        "under the prefix; writes its section of docs/benchmarks.md",
+    )
+    parser.add_argument(
+        "--resyncs",
+        type=int,
+        default=resync.ResyncPlan.resyncs,
+        metavar="K",
+        help="with --resync-cost: resyncs measured at each size",
+    )
     args = parser.parse_args(argv)
     if args.from_results is not None:
         results = json.loads(args.from_results.read_text())
+        if "rows" in results:  # a --resync-cost run (.tmp/bench-resync-results.json)
+            line = resync.headline(results)
+            report.write_resync(results, line, "./bench/run --resync-cost", ROOT / "docs")
+            print(json.dumps(line))
+            return 0
         line = headline(results)
         quick = " --quick" if results["plan"]["quick"] else ""
         report.write(results, line, "./bench/run" + quick, ROOT / "docs")
@@ -944,6 +973,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.resync_cost:
+        return resync_cost(args)
     plan = Plan.make(args.quick)
     workdir = Path(tempfile.mkdtemp(prefix="sidekick-bench-"))
     bench = Bench(plan, workdir, args.profile)
@@ -971,6 +1002,36 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_docs:
         report.write(results, line, command, ROOT / "docs")
         log("wrote docs/benchmarks.md and docs/benchmarks-latency.png")
+    print(json.dumps(line))
+    return 0
+
+
+def resync_cost(args: argparse.Namespace) -> int:
+    """--resync-cost: bench/resync.py's run; its section of docs/benchmarks.md, its JSON."""
+    plan = resync.ResyncPlan(resyncs=args.resyncs)
+    workdir = Path(tempfile.mkdtemp(prefix="sidekick-bench-"))
+    bench = Bench(Plan.make(quick=True), workdir, None)
+    ok = False
+    try:
+        bench.setup(watchers=False)
+        results = resync.run(bench, plan)
+        ok = True
+    finally:
+        bench.cleanup()
+        if args.keep or not ok:
+            log(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    line = resync.headline(results)
+    results["headline"] = line
+    command = "./bench/run --resync-cost" + (
+        f" --resyncs {args.resyncs}" if args.resyncs != resync.ResyncPlan.resyncs else ""
+    )
+    (ROOT / ".tmp").mkdir(exist_ok=True)
+    (ROOT / ".tmp" / "bench-resync-results.json").write_text(json.dumps(results, indent=1))
+    if not args.no_docs:
+        report.write_resync(results, line, command, ROOT / "docs")
+        log("wrote the resync-cost section of docs/benchmarks.md")
     print(json.dumps(line))
     return 0
 
