@@ -40,6 +40,10 @@ TRANSIENT = (EtcdError, DockerUnavailable)
 SUPERVISE_EVERY = 1.0  # seconds between looks at the helper threads
 
 
+class WaitingForLease(EtcdUnavailable):
+    """No lease yet: the lease thread is still asking etcd (and reports etcd's state itself)."""
+
+
 class ConfigurationRefused(Exception):
     """etcd refused the agent at start-up (credentials, role, TLS): retrying cannot help."""
 
@@ -320,7 +324,7 @@ class Agent:
         self._drain_queue()
         if self.keeper.lease == 0:
             self._refused_at_start_up()
-            raise EtcdUnavailable(self.keeper.etcd_error or "waiting for a lease")
+            raise WaitingForLease("waiting for the lease thread's lease")
         containers = self.docker.running_containers()
         self.beat = time.monotonic()
         self.lookup.replace_all(containers)
@@ -395,7 +399,7 @@ class Agent:
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        if exc is not None:
+        if exc is not None and not isinstance(exc, WaitingForLease):
             self._log_outage("etcd" if isinstance(exc, EtcdError) else "docker", exc)
 
     def _recovered(self) -> None:
