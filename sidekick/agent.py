@@ -358,8 +358,8 @@ class Agent:
         self._recovered()
         if not self.reconciled.is_set():
             self.reconciled.set()
-            self.keeper.ready_for_watchdog = True
             self.notifier.notify("READY=1", f"STATUS={self.status()}")
+            self.keeper.ready_for_watchdog = True  # after READY=1: systemd's start timeout first
 
     def _refused_at_start_up(self) -> None:
         """etcd refused us before we ever served: a configuration error, not an outage."""
