@@ -4,9 +4,13 @@ A bounded soak draws operations from random.Random(seed): containers created, st
 killed, removed, paused and unpaused, restarted, started again, crash-looping under a
 restart policy, health flipped by a file that the HEALTHCHECK tests; and faults around them:
 the agent killed with SIGKILL and restarted on the same lease file, etcd restarted or stopped
-for a while (up to ttl + 2 s), the Docker event stream cut. After every round, in a quiet
-period, the checker compares etcd with `docker inspect` by a rule of its own (not the
-agent's model):
+for a while (up to ttl + 2 s), the Docker event stream cut, Docker stalled for 2 x ttl (the
+socket proxy accepts and answers nothing; the keys of running containers must never vanish
+meanwhile), a second agent on the same node for a few seconds (its own lease file; a filter
+that matches nothing, or the same filter with the same or another value template; SIGTERM
+must leave the first agent's keys as they were; one more on the first agent's lease file must
+exit 2 at once). After every round, in a quiet period, the checker compares etcd with
+`docker inspect` by a rule of its own (not the agent's model):
 
     the keys under the prefix are exactly {prefix}/{service}-{host port} = 127.0.0.1:{host port}
     for every container that is running, not paused, not restarting, healthy or without a
@@ -25,6 +29,7 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -94,7 +99,19 @@ FAULTS = {  # fault -> weight
     "etcd_restart": 1.0,
     "etcd_outage": 1.0,
     "docker_stream_cut": 1.0,
+    "docker_stalled": 1.0,  # lasts 2 x ttl: as long as the two etcd faults at their longest
+    "second_agent": 1.0,
 }
+STALL_SECONDS = 2 * TTL
+STALL_POLL = 0.1  # seconds between two reads of etcd during a stall
+SECOND_AGENT_SECONDS = (2.0, 5.0)  # how long the second agent runs
+# The second agent's variants: the filter or value it adds to the first agent's settings.
+SECOND_AGENTS: dict[str, tuple[str, ...]] = {
+    "other filter": ("--filter", "label=sidekick.chaos.second-agent=none"),  # matches nothing
+    "same filter": (),  # wants the same keys, same values: they are announced already
+    "same filter, other value": ("--value-template", "{ip}:{port}/second"),  # every one clashes
+}
+REFUSED_WITHIN = 5.0  # seconds for an agent on a held lease file to exit (interpreter start)
 FAULT_CHANCE = 0.5  # of a round having one fault around its container operations
 Entry = tuple[str, int, int]  # an etcd key's value, lease and mod_revision
 
@@ -115,8 +132,11 @@ class Divergence:
     lease: int | None
     docker: tuple[Any, ...]
     healed_after: float | None = None
+    reason: str = ""  # set for a broken promise other than the round's invariant
 
     def describe(self) -> str:
+        if self.reason:
+            return f"round {self.round} ({self.what}): {self.reason}"
         missing = sorted(set(self.expected) - set(self.actual))
         extra = sorted(set(self.actual) - set(self.expected))
         wrong = sorted(
@@ -145,7 +165,7 @@ class Chaos:
     prefix: str
     etcd: EtcdServer
     proxy: DockerSocketProxy
-    start_agent: Callable[[], AgentProcess]
+    start_agent: Callable[..., AgentProcess]  # (*extra args, lease_file=, wait_ready=)
     lease_path: Path
     log: Callable[[str], None]
     backends: list[Backend] = field(default_factory=list)
@@ -155,7 +175,12 @@ class Chaos:
     agent_restarts: list[float] = field(default_factory=list)  # exec to first reconcile
     convergence: list[tuple[float, int, str, str]] = field(default_factory=list)
     divergences: list[Divergence] = field(default_factory=list)
+    stall_polls: int = 0  # reads of etcd made during stalls
+    stall_keys: list[int] = field(default_factory=list)  # keys watched, per stall
+    clashes_logged: int = 0  # "key held by another owner" lines of second agents
+    refusals: list[float] = field(default_factory=list)  # same lease file: seconds to exit 2
     serial: int = 0
+    rounds: int = 0
     agent: AgentProcess | None = None
 
     @property
@@ -287,7 +312,104 @@ class Chaos:
             self.proxy.start()
             self.faults[kind] += 1
             return [f"docker stream cut {cut_for:.1f}s", *done]
+        if kind == "docker_stalled":
+            return self.docker_stalled()
+        if kind == "second_agent":
+            return self.second_agent()
         raise AssertionError(kind)
+
+    def docker_stalled(self) -> list[str]:
+        """Docker answers nothing for 2 x ttl while containers change; the keys of the
+        containers that keep running must stay, on the agent's lease, the whole time."""
+        lease = self.agent_lease()
+        watched = self.steady_keys()
+        self.proxy.stall()
+        began = time.monotonic()
+        try:
+            done = self.some_ops(0, 2)
+            watched = {k: v for k, v in watched.items() if self.steady_keys().get(k) == v}
+            self.stall_keys.append(len(watched))
+            while time.monotonic() - began < STALL_SECONDS:
+                self.stall_poll(watched, lease)
+                time.sleep(STALL_POLL)
+        finally:
+            self.proxy.resume()
+        self.faults["docker_stalled"] += 1
+        return [f"docker stalled {STALL_SECONDS}s", *done]
+
+    def steady_keys(self) -> dict[str, str]:
+        """The expected keys of running containers that change only when the test changes
+        them (crash loops left out)."""
+        steady = [b for b in self.backends if b.kind != "crashloop"]
+        return self.docker_view(steady)[0]
+
+    def stall_poll(self, watched: dict[str, str], lease: int | None) -> None:
+        """One read of etcd during a stall: a watched key gone or moved is a divergence."""
+        try:
+            actual = self.etcd.entries(self.prefix)
+        except requests.RequestException:
+            return
+        self.stall_polls += 1
+        lost = {k for k, v in watched.items() if actual.get(k, ("", 0, 0))[:2] != (v, lease)}
+        if lost:
+            self.broken(
+                "docker stall",
+                f"keys of running containers vanished or left lease {lease} during the "
+                f"stall: {sorted(lost)}; etcd: { {k: actual.get(k) for k in sorted(lost)} }",
+            )
+            watched.clear()  # counted once per stall
+
+    def second_agent(self) -> list[str]:
+        """Another agent on this node for a few seconds: its SIGTERM revokes its own lease
+        only. One more on the first agent's lease file is refused at once."""
+        self.same_lease_file_refused()
+        variant = list(SECOND_AGENTS)[int(self.rng.random() * len(SECOND_AGENTS))]
+        runs_for = self.rng.uniform(*SECOND_AGENT_SECONDS)
+        before = self.etcd.entries(self.prefix)
+        steady = self.steady_keys()
+        second = self.start_agent(*SECOND_AGENTS[variant], lease_file="second.lease")
+        time.sleep(runs_for)
+        clashes = len(second.events("key held by another owner; left as it is"))
+        self.clashes_logged += clashes
+        second.signal(signal.SIGTERM)
+        code = second.wait()
+        after = self.etcd.entries(self.prefix)
+        changed = sorted(k for k in steady if k in before and after.get(k) != before[k])
+        if code != 0 or changed:
+            self.broken(
+                "second agent",
+                f"exit {code} ({second.log_path}); first agent's keys changed: "
+                f"{ {k: (before[k], after.get(k)) for k in changed} }",
+            )
+        self.faults[f"second_agent ({variant})"] += 1
+        return [f"second agent ({variant}) for {runs_for:.1f}s, {clashes} clashes logged"]
+
+    def same_lease_file_refused(self) -> None:
+        """An agent started on the running agent's lease file exits 2 at once, naming it."""
+        began = time.monotonic()
+        third = self.start_agent(lease_file=self.lease_path.name, wait_ready=False)
+        try:
+            code = third.wait(REFUSED_WITHIN)
+        except subprocess.TimeoutExpired:
+            third.stop()
+            code = None
+        took = time.monotonic() - began
+        text = third.log_path.read_text()
+        named = "held by another running agent" in text and str(self.lease_path) in text
+        if code != 2 or not named:
+            self.broken(
+                "same lease file",
+                f"exit {code} after {took:.1f}s, file named: {named}; log: {text[-300:]!r}",
+            )
+        self.refusals.append(took)
+
+    def broken(self, what: str, reason: str) -> None:
+        """Count a broken promise made during a fault (not the round's invariant)."""
+        divergence = Divergence(
+            self.rounds, what, {}, {}, self.agent_lease(), (), healed_after=None, reason=reason
+        )
+        self.divergences.append(divergence)
+        self.log(f"DIVERGENCE {divergence.describe()}")
 
     def round(self) -> tuple[str, list[str]]:
         """(the round's fault, or "container operations only"; what was done)."""
@@ -298,11 +420,14 @@ class Chaos:
 
     # -- the invariant ---------------------------------------------------------------------
 
-    def docker_view(self) -> tuple[dict[str, str], tuple[Any, ...]]:
-        """Expected keys by the checker's own rule, and a signature of every container state."""
+    def docker_view(
+        self, backends: list[Backend] | None = None
+    ) -> tuple[dict[str, str], tuple[Any, ...]]:
+        """Expected keys by the checker's own rule, and a signature of every container state
+        (of these backends; default: all)."""
         expected: dict[str, str] = {}
         states = []
-        for backend in self.backends:
+        for backend in self.backends if backends is None else backends:
             try:
                 data = self.api.inspect_container(backend.container_id)
             except docker.errors.NotFound:
@@ -398,13 +523,19 @@ def test_chaos_invariant(
     etcd.start()
     lease_file = "chaos.lease"
 
-    def start_agent() -> AgentProcess:
+    def start_agent(
+        *extra: str, lease_file: str = lease_file, wait_ready: bool = True
+    ) -> AgentProcess:
+        """The chaos agent (through the socket proxy), or with a lease file of its own and
+        no --docker-url, a second agent on the same node."""
+        docker = ("--docker-url", docker_proxy.url) if lease_file == "chaos.lease" else ()
         return agent_factory(
-            "--docker-url",
-            docker_proxy.url,
+            *docker,
+            *extra,
             etcd_endpoints=etcd.url,
             ttl=TTL,
             lease_file=lease_file,
+            wait_ready=wait_ready,
         )
 
     chaos = Chaos(
@@ -425,6 +556,7 @@ def test_chaos_invariant(
         began = time.monotonic()
         while time.monotonic() - began < seconds:
             number += 1
+            chaos.rounds = number
             kind, done = chaos.round()
             chaos.check(number, kind, "; ".join(done))
         soak = time.monotonic() - began
@@ -469,4 +601,9 @@ def summary(chaos: Chaos, seed: int, rounds: int, soak: float) -> list[str]:
         "worst convergence by round: "
         + ", ".join(f"{k} {t:.2f}s" for k, t in sorted(by_kind.items())),
         f"agent restart (exec to its first reconcile): worst {restarts:.2f}s",
+        f"docker stalls: {len(chaos.stall_keys)}, {sum(chaos.stall_keys)} keys watched, "
+        f"{chaos.stall_polls} reads of etcd during them",
+        f"second agents: {chaos.clashes_logged} 'key held by another owner' lines; same lease "
+        f"file refused {len(chaos.refusals)} times, exit 2 after worst "
+        f"{max(chaos.refusals, default=0.0):.2f}s",
     ]
