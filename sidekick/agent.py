@@ -122,6 +122,12 @@ class Agent:
         """Ask for a reconcile now (SIGHUP). Safe in a signal handler."""
         self.loop.queue.put(RESYNC)
 
+    def request_restart(self) -> None:
+        """Stop keeping the lease (SIGUSR1, systemd's RestartKillSignal): the keys stay and
+        the next agent resumes the lease from the lease file. Safe in a signal handler."""
+        self.loop.keep_lease_requested = True
+        self.request_stop()
+
     def stop(self) -> None:
         """Ask the loop to finish, from another thread (tests, embedding)."""
         self.request_stop()
@@ -142,14 +148,15 @@ class Agent:
         self.supervisor.watch(Part("lease", self.keeper.alive, self.keeper.start))
         self.supervisor.watch(Part("look-ahead", self.look_ahead.all_alive, self.look_ahead.revive))
         self.supervisor.thread("docker-events", self.reader.run)
-        keep_lease = self.config.keep_on_exit
+        failed = False
         try:
             self.loop.run()
         except (AgentFailed, ConfigurationRefused):
-            keep_lease = True  # keys stay; a restarted agent resumes the lease
+            failed = True  # keys stay; a restarted agent resumes the lease
             raise
         finally:
-            self._shutdown(keep_lease)
+            keep = failed or self.config.keep_on_exit or self.loop.keep_lease_requested
+            self._shutdown(keep)
 
     def _shutdown(self, keep_lease: bool) -> None:
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
@@ -160,6 +167,10 @@ class Agent:
         lease, keys = self.keeper.lease, len(self.sync.held)
         if not lease or lease < 0:
             self.log.info("agent stopped")
+        elif self.loop.keep_lease_requested:
+            self.log.info(
+                "agent stopped for a restart; keys kept on the lease", lease=f"{lease:x}", keys=keys
+            )
         elif keep_lease:
             self.log.info(
                 "agent stopped; keys left to expire with the lease", lease=f"{lease:x}", keys=keys

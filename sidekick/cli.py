@@ -245,10 +245,14 @@ def run(
         server.start()
 
     # Handlers only hand the signal to the loop (a flag and a reentrant queue): no lock is
-    # taken inside a handler. SIGHUP asks for a reconcile now, as daemons reread on HUP.
+    # taken inside a handler. SIGTERM/SIGINT stop (the lease is revoked unless --keep-on-exit);
+    # SIGHUP asks for a reconcile now, as daemons reread on HUP.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: agent.request_stop())
     signal.signal(signal.SIGINT, lambda _signum, _frame: agent.request_stop())
     signal.signal(signal.SIGHUP, lambda _signum, _frame: agent.request_resync())
+    # SIGUSR1 (systemd's RestartKillSignal in the shipped units): exit keeping the lease, so
+    # `systemctl restart` (an upgrade) keeps every key; the next agent resumes the lease.
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: agent.request_restart())
     try:
         agent.run()
     except ConfigurationRefused as exc:
@@ -455,10 +459,17 @@ def main() -> None:
 # -- render: confd's job for the load balancer ------------------------------------------------
 
 
+def _option_name(ctx: typer.Context, param: str, flag: str, envvar: str) -> str:
+    """The flag, or the variable when the value came from the environment (for error lines)."""
+    source = ctx.get_parameter_source(param)
+    return envvar if source is not None and source.name == "ENVIRONMENT" else flag
+
+
 @app.command()
 @with_config
 def render(
     config: Config,
+    ctx: typer.Context,
     *,
     dest: Annotated[
         Path, typer.Option("--dest", help="The file to write, e.g. /etc/nginx/nginx.conf.")
@@ -526,6 +537,17 @@ def render(
             show_default=False,
         ),
     ] = None,
+    wait: Annotated[
+        str | None,
+        typer.Option(
+            "--wait",
+            envvar="SIDEKICK_RENDER_WAIT",
+            metavar="MIN[:MAX]",
+            help="Render once no change came for MIN seconds, holding none longer than MAX "
+            "(default 4 x MIN); 0 renders at once. (default: 0.1)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Render a template from the values under --prefix each time they change (like confd)."""
     from sidekick import render as rendering  # noqa: PLC0415 - jinja2 only for this command
@@ -543,6 +565,8 @@ def render(
             mode=mode,
             watch_timeout=watch_timeout,
             once=once,
+            wait=rendering.DEFAULT_WAIT if wait is None else wait,
+            wait_name=_option_name(ctx, "wait", "--wait", "SIDEKICK_RENDER_WAIT"),
         )
         renderer = rendering.Renderer(
             options,

@@ -212,14 +212,16 @@ class LeaseKeeper:
 
     def _feed_watchdog(self) -> None:
         """STATUS= every watchdog interval (or keepalive interval without a watchdog), with
-        WATCHDOG=1 only while the lease and the loop are healthy: a stuck loop, or a lease
-        that cannot be kept, starves it and systemd restarts the agent (the lease resumes)."""
+        WATCHDOG=1 while this thread runs (it sends it) and the loop moves: a stuck loop or a
+        stuck lease thread starves it and systemd restarts the agent (the lease resumes). An
+        etcd outage does not: a restart cannot mend etcd, and restarts every WatchdogSec would
+        use up the unit's StartLimitBurst; STATUS= says etcd is unreachable instead."""
         now = time.monotonic()
         if not self.notifier.enabled or now < self._next_watchdog or not self.ready_for_watchdog:
             return
         interval = self.notifier.watchdog_interval
         self._next_watchdog = now + (interval or self.config.keepalive_interval)
         fields = [f"STATUS={self.status()}"]
-        if interval is not None and self.healthy() and self.loop_alive():
+        if interval is not None and self.loop_alive():
             fields.insert(0, "WATCHDOG=1")
         self.notifier.notify(*fields)

@@ -72,6 +72,8 @@ class Loop:
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.stopping = threading.Event()  # set by the loop: the helpers end
         self.stop_requested = False  # set from a signal handler: a plain flag, no lock
+        self.keep_lease_requested = False  # SIGUSR1: stop for a restart, the lease kept
+        self.ready_sent = False
         self.wakeup = threading.Event()  # cuts the reconcile's backoff short
         self.etcd_ok = False  # the loop's last etcd request succeeded
         self.needs_reconcile = False  # the first reconcile follows the events stream's connection
@@ -226,6 +228,13 @@ class Loop:
         self._recovered()
         if not self.reconciled.is_set():
             self.reconciled.set()
+            self._ready()
+
+    def _ready(self) -> None:
+        """READY=1, once: after the first reconcile, or when etcd cannot be reached for it
+        (the agent is up and retrying; a node booting before etcd must not time the unit out)."""
+        if not self.ready_sent:
+            self.ready_sent = True
             self.parts.notifier.notify("READY=1", f"STATUS={self.parts.status()}")
             self.keeper.ready_for_watchdog = True  # after READY=1: systemd's start timeout first
 
@@ -269,6 +278,8 @@ class Loop:
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None and not isinstance(exc, WaitingForLease):
             self._log_outage("etcd" if isinstance(exc, EtcdError) else "docker", exc)
+        if isinstance(exc, EtcdError) and self.keeper.etcd_error is not None:
+            self._ready()  # etcd is down at start-up: say so in STATUS=, and keep trying
 
     def _recovered(self) -> None:
         self.parts.outages.up("etcd")

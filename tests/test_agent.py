@@ -382,6 +382,26 @@ class TestLease:
         wait_for(lambda: f"/{scope}/t-{container_port}" in etcd.keys(f"/{scope}/"))
         assert etcd.entries(f"/{scope}/")[f"/{scope}/t-{container_port}"][1] == before[1]
 
+    def test_sigusr1_restart_keeps_every_key(self, agent_factory, containers, etcd, scope):
+        """SIGUSR1 (the units' RestartKillSignal): exit 0 with the lease kept; the next agent
+        resumes it and the key is never rewritten, so a restart does not flap the backends."""
+        agent = agent_factory(ttl=30)
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "r"})
+        key = f"/{scope}/r-{port}"
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"))
+        before = etcd.entries(f"/{scope}/")[key]
+        agent.signal(signal.SIGUSR1)
+        assert agent.wait() == 0
+        assert agent.events("agent stopped for a restart; keys kept on the lease")
+        assert etcd.entries(f"/{scope}/")[key] == before  # same value, lease and revision
+        restarted = agent_factory(ttl=30, lease_file="lease0")
+        assert int(restarted.events("lease resumed")[0]["lease"], 16) == before[1]
+        assert etcd.entries(f"/{scope}/")[key] == before
+        restarted.signal(signal.SIGTERM)
+        assert restarted.wait() == 0
+        assert etcd.keys(f"/{scope}/") == {}  # a stop still removes the keys at once
+
     def test_lost_lease_is_replaced(self, agent_factory, containers, etcd, scope):
         """A lease revoked behind the agent's back: a new one is granted, every key rewritten."""
         agent = agent_factory(ttl=3)

@@ -102,6 +102,31 @@ class TestSystemdNotify:
         sock.close()
 
 
+class TestReadyWithoutEtcd:
+    """A node booting while etcd is down: READY=1 all the same, STATUS= says why nothing is
+    announced, and the agent keeps trying (no start timeout, no restart loop)."""
+
+    def test_ready_while_etcd_is_unreachable(self, agent_factory, tmp_path: Path):
+        path = tmp_path / "notify.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        sock.settimeout(15)
+        agent = agent_factory(
+            "--etcd-timeout",
+            "0.5",
+            etcd_endpoints=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+            env={"NOTIFY_SOCKET": str(path)},
+            wait_ready=False,
+        )
+        message = ""
+        while "READY=1" not in message.split("\n"):
+            message = sock.recv(4096).decode()
+        assert "etcd unreachable" in message
+        assert agent.process is not None and agent.process.poll() is None
+        assert agent.events("reconciled") == []
+        sock.close()
+
+
 class TestDryRun:
     """--dry-run prints what it would write and writes nothing."""
 
