@@ -452,8 +452,23 @@ def doctor_command(config: Config) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a usage error (a misspelt flag or command) is one line on
+    stderr, with click's suggestion in it, and exit 2, like every other error."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:
+        # click's UsageError; typer vendors click in newer releases, so match it by name
+        if not any(kind.__name__ == "UsageError" for kind in type(exc).__mro__):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+        if type(exc).__name__ != "NoArgsIsHelpError":  # `sidekick` alone: the help was shown
+            where = ctx.command_path if ctx is not None else "sidekick"
+            print(f"sidekick: error: {message} (see '{where} --help')", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # -- render: confd's job for the load balancer ------------------------------------------------

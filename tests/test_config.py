@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -492,3 +494,28 @@ class TestBadValues:
     def test_the_flag_wins_over_a_bad_variable(self) -> None:
         """A good flag hides a bad variable of the same option."""
         assert load({"ttl": "10"}, {"SIDEKICK_TTL": "1"}).ttl == 10
+
+
+class TestUsageErrors:
+    """A misspelt flag or command is one `sidekick: error:` line with the suggestion, exit 2."""
+
+    @pytest.mark.parametrize(
+        ("args", "expected"),
+        [
+            (["rgister"], "No such command 'rgister'. Did you mean 'register'"),
+            (["run", "--tll", "3"], "No such option: --tll (Possible options: --all, --ttl)"),
+        ],
+    )
+    def test_one_line(self, args: list[str], expected: str) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "sidekick", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert line.startswith("sidekick: error: ")
+        assert expected in line
