@@ -11,13 +11,20 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, overload
 
 import typer
 
 from sidekick import __version__, logs
 from sidekick.agent import Agent, ConfigurationRefused
-from sidekick.config import Config, ConfigError, load_config, parse_address, require_host_ip
+from sidekick.config import (
+    Config,
+    ConfigError,
+    env_name,
+    load_config,
+    parse_address,
+    require_host_ip,
+)
 from sidekick.docker_source import DockerSource
 from sidekick.leasefile import DEFAULT_LEASE_FILE, LeaseFile, LeaseFileBusy
 from sidekick.metrics import MetricsServer
@@ -83,8 +90,7 @@ SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
         "ttl",
         "--ttl",
         int,
-        "Lease TTL in seconds (at least 2). (default: 30 for run; register without it "
-        "writes plain keys)",
+        "Lease TTL in seconds (at least 2). (default: 30)",
     ),
     (
         "keepalive_interval",
@@ -139,22 +145,55 @@ SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-def with_config(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the shared options to a command, which receives them as `config: Config`."""
+AGENT_ONLY = frozenset({"keepalive_interval", "resync", "keep_on_exit"})
+
+
+Command = Callable[..., Any]
+
+
+@overload
+def with_config(command: Command) -> Command: ...
+
+
+@overload
+def with_config(
+    *, without: frozenset[str] = frozenset(), helps: dict[str, str] | None = None
+) -> Callable[[Command], Command]: ...
+
+
+def with_config(
+    command: Command | None = None,
+    *,
+    without: frozenset[str] = frozenset(),
+    helps: dict[str, str] | None = None,
+) -> Command | Callable[[Command], Command]:
+    """Add the shared options, but those in `without`, to a command, which receives them as
+    `config: Config`. `helps` replaces an option's help text for this command. Each help names
+    the option's SIDEKICK_* variable."""
+    if command is None:
+        return functools.partial(with_config, without=without, helps=helps)
+    used = [option for option in SHARED_OPTIONS if option[0] not in without]
     own = [p for p in inspect.signature(command).parameters.values() if p.name != "config"]
     shared = [
         inspect.Parameter(
             name,
             inspect.Parameter.KEYWORD_ONLY,
             default=None,
-            annotation=Annotated[kind | None, typer.Option(flag, help=text, show_default=False)],
+            annotation=Annotated[
+                kind | None,
+                typer.Option(
+                    flag,
+                    help=f"{(helps or {}).get(name, text)} (env: {env_name(name)})",
+                    show_default=False,
+                ),
+            ],
         )
-        for name, flag, kind, text in SHARED_OPTIONS
+        for name, flag, kind, text in used
     ]
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        flags = {name: kwargs.pop(name) for name, *_ in SHARED_OPTIONS}
+        flags = {name: kwargs.pop(name) for name, *_ in used}
         try:
             config = load_config(flags)
         except ConfigError as exc:
@@ -329,7 +368,13 @@ def _explicit_ttl(ctx: typer.Context) -> int | None:
 
 
 @app.command("register")
-@with_config
+@with_config(
+    without=AGENT_ONLY,
+    helps={
+        "ttl": "Put the keys on a lease of this many seconds (at least 2). "
+        "(default: none: plain keys)"
+    },
+)
 def register_command(
     config: Config,
     ctx: typer.Context,
@@ -376,7 +421,7 @@ def register_command(
 
 
 @app.command("deregister")
-@with_config
+@with_config(without=AGENT_ONLY | {"ttl"})
 def deregister_command(
     config: Config,
     *,
@@ -408,7 +453,7 @@ def deregister_command(
     raise typer.Exit(code)
 
 
-@with_config
+@with_config(without=AGENT_ONLY | {"ttl"})
 def ls_command(
     config: Config,
     as_json: Annotated[
@@ -437,7 +482,10 @@ app.command("status", help="Alias of ls.")(ls_command)
 
 
 @app.command("doctor")
-@with_config
+@with_config(
+    without=AGENT_ONLY,
+    helps={"ttl": "TTL of the test lease doctor grants and revokes (at least 2). (default: 30)"},
+)
 def doctor_command(config: Config) -> None:
     """Check what the agent needs, one line each: exit 0 when all hold, 1 otherwise."""
     from sidekick import doctor, status  # noqa: PLC0415
@@ -481,7 +529,10 @@ def _option_name(ctx: typer.Context, param: str, flag: str, envvar: str) -> str:
 
 
 @app.command()
-@with_config
+@with_config(
+    without=AGENT_ONLY
+    | {"ttl", "host_ip", "all_containers", "filters", "key_template", "value_template", "node"}
+)
 def render(
     config: Config,
     ctx: typer.Context,

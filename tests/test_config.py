@@ -519,3 +519,40 @@ class TestUsageErrors:
         [line] = result.stderr.splitlines()
         assert line.startswith("sidekick: error: ")
         assert expected in line
+
+
+class TestHelp:
+    """Each command lists the options it uses, each with its SIDEKICK_* variable."""
+
+    def _help(self, command: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "sidekick", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def test_render_lists_no_agent_options(self) -> None:
+        text = self._help("render")
+        for flag in ("--keep-on-exit", "--resync", "--all ", "--host-ip", "--ttl", "--filter"):
+            assert flag not in text
+        assert "--etcd-endpoints" in text
+
+    def test_agent_options_only_on_run(self) -> None:
+        for command in ("register", "deregister", "ls", "doctor"):
+            assert "--keep-on-exit" not in self._help(command)
+        assert "--keep-on-exit" in self._help("run")
+
+    def test_every_shared_option_names_its_variable(self) -> None:
+        text = self._help("run")
+        for variable in (
+            "SIDEKICK_ETCD_ENDPOINTS",
+            "SIDEKICK_TTL",
+            "SIDEKICK_ALL",
+            "SIDEKICK_FILTER",
+        ):
+            assert variable in text
