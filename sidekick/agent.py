@@ -165,7 +165,7 @@ class Agent:
         self.look_ahead.stop()
         self.keeper.stop()
         lease, keys = self.keeper.lease, len(self.sync.held)
-        if not lease or lease < 0:
+        if not lease or self.store.dry_run:
             self.log.info("agent stopped")
         elif self.loop.keep_lease_requested:
             self.log.info(

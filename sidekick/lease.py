@@ -159,7 +159,10 @@ class LeaseKeeper:
         self.last_renewal = time.monotonic()
         self._put_back(lease)
         self.lease = lease
-        self.log.info("lease granted", lease=f"{lease:x}", ttl=self.config.ttl)
+        if self.store.dry_run:
+            self.log.info("would grant a lease", ttl=self.config.ttl)
+        else:
+            self.log.info("lease granted", lease=f"{lease:x}", ttl=self.config.ttl)
         problem = self.lease_file.write(lease)
         if problem is not None:
             self.log.warning(

@@ -78,6 +78,8 @@ def prefix_range_end(prefix: str) -> str:
 class Store:
     """etcd v3 through the grpc-gateway, with failover across endpoints."""
 
+    dry_run = False  # DryRunStore: reads for real, writes nothing (the logs say "would")
+
     def __init__(
         self,
         endpoints: Sequence[Endpoint],
@@ -498,6 +500,7 @@ class DryRunStore(Store):
     """Reads etcd for real; prints every write it would make and makes none."""
 
     DRY_RUN_LEASE = -1  # never equal to a real lease id, so nothing real is taken as ours
+    dry_run = True
 
     def __init__(
         self,

@@ -134,7 +134,7 @@ class Sync:
                     self.held[op.key] = registration
                     self.metrics.writes.labels("put").inc()
                     self.log.info(
-                        "registered",
+                        "would register" if self.store.dry_run else "registered",
                         key=op.key,
                         value=op.value,
                         container=registration.container_name,
@@ -145,7 +145,7 @@ class Sync:
                     gone = self.held.pop(op.key, None)
                     self.metrics.writes.labels("delete").inc()
                     self.log.info(
-                        "deregistered",
+                        "would deregister" if self.store.dry_run else "deregistered",
                         key=op.key,
                         container=gone.container_name if gone else None,
                         id=gone.container_id[:12] if gone else None,

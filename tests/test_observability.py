@@ -141,3 +141,8 @@ class TestDryRun:
         container.stop(timeout=1)
         wait_for(lambda: f"would delete {key}" in agent.log_path.read_text())
         assert etcd.keys(f"/{scope}/") == {}
+        # the log says what it would do, never that it did it
+        assert agent.events("would register") and agent.events("would deregister")
+        assert agent.events("would grant a lease")
+        for done in ("registered", "deregistered", "lease granted", "lease revoked; keys removed"):
+            assert not agent.events(done)
