@@ -13,6 +13,12 @@ seconds, opens a new watch from that revision + 1, so no change is missed. Only 
 revision or an etcd whose revision went backwards (a new cluster) makes it read the whole
 prefix again.
 
+Two threads: the watch thread applies each change to the keys it keeps (a dict, and the keys
+and the one-level values kept sorted as they change, so no render sorts 100,000 values again)
+and notes that a render is due; the render thread (the main one) waits as `--wait MIN[:MAX]`
+says, takes a copy of the keys and renders, checks, swaps and reloads while the watch goes on
+reading. Changes that come during a render are rendered together, by the next one.
+
 A reload that fails is owed: it is tried again on the next change and on a timer (1 s,
 doubling up to 30 s) until it succeeds. `Renderer.health()` says, in /healthz's shape, when
 the latest render was refused or a reload is owed.
@@ -28,13 +34,15 @@ import shlex
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from bisect import bisect_left, insort
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 import jinja2
 import requests
@@ -52,6 +60,9 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
 RELOAD_RETRY_FIRST, RELOAD_RETRY_CAP = 1.0, 30.0
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = frozenset({"values", "entries", "prefix", "getv", "getvs"})
+DEFAULT_WAIT = "0.1"
+MAX_PER_MIN = 4  # --wait MIN without MAX holds a change at most 4 x MIN
+_SECONDS_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s)?$")
 
 
 class RenderError(Exception):
@@ -75,6 +86,44 @@ class _Stop(BaseException):
 
 
 @dataclass(frozen=True)
+class Wait:
+    """--wait MIN[:MAX]: render once no change came for `least` seconds, but hold no change
+    longer than `most` (docker-gen's -wait). Wait(0, 0) renders at once."""
+
+    least: float = 0.0
+    most: float = 0.0
+
+    def due(self, first: float, last: float) -> float:
+        """When changes that came from `first` to `last` (monotonic) are rendered."""
+        return min(last + self.least, first + self.most)
+
+
+def parse_wait(text: str, name: str = "--wait") -> Wait:
+    """MIN or MIN:MAX in seconds (`ms` and `s` suffixes allowed); MAX defaults to 4 x MIN.
+    A ConfigError names the option (`name`) at fault."""
+    least_text, sep, most_text = text.strip().partition(":")
+    least, most = _seconds(least_text), _seconds(most_text) if sep else None
+    if least is None or (sep and most is None):
+        raise ConfigError(
+            f"{name}: expected MIN[:MAX] in seconds, e.g. 0.1 or 0.1:0.4, got {text!r}"
+        )
+    if most is None:
+        most = least * MAX_PER_MIN
+    if most < least:
+        raise ConfigError(f"{name}: MAX ({most:g}) must not be less than MIN ({least:g})")
+    return Wait(least, most)
+
+
+def _seconds(text: str) -> float | None:
+    """`0.5`, `500ms` or `0.5s` in seconds; None when it is none of those."""
+    match = _SECONDS_RE.fullmatch(text.strip())
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value
+
+
+@dataclass(frozen=True)
 class RenderOptions:
     """What `sidekick render` does, validated."""
 
@@ -88,6 +137,7 @@ class RenderOptions:
     mode: int = 0o644
     watch_timeout: float = DEFAULT_WATCH_TIMEOUT
     once: bool = False
+    wait: Wait = Wait()
 
 
 def make_options(
@@ -102,6 +152,8 @@ def make_options(
     mode: str = "0644",
     watch_timeout: float = DEFAULT_WATCH_TIMEOUT,
     once: bool = False,
+    wait: str = DEFAULT_WAIT,
+    wait_name: str = "--wait",
 ) -> RenderOptions:
     """RenderOptions from command-line values; a ConfigError names the option at fault."""
     parsed: dict[str, str] = {}
@@ -140,6 +192,7 @@ def make_options(
         raise ConfigError(f"--mode: not a file mode: {mode!r}")
     if watch_timeout < 0.5:
         raise ConfigError(f"--watch-timeout: must be at least 0.5, got {watch_timeout:g}")
+    coalescing = parse_wait(wait, wait_name)
     return RenderOptions(
         dest=dest,
         template=template,
@@ -151,6 +204,7 @@ def make_options(
         mode=file_mode,
         watch_timeout=watch_timeout,
         once=once,
+        wait=coalescing,
     )
 
 
@@ -183,7 +237,97 @@ def _pattern(glob: str) -> re.Pattern[str]:
     return re.compile("".join("[^/]*" if c == "*" else re.escape(c) for c in glob) + r"\Z")
 
 
-def context(prefix: str, kv: Mapping[str, str], variables: Mapping[str, str]) -> dict[str, Any]:
+class Keys:
+    """The keys under the prefix as the watch changes them: key -> value, the keys sorted, and
+    the values one level under the prefix sorted (confd's getvs "<prefix>/*"), each kept in
+    order by bisection as keys come and go, so a render sorts nothing.
+
+    Changed by the watch thread, under the renderer's lock; snapshot() for the render thread.
+    """
+
+    def __init__(self, prefix: str, kv: Mapping[str, str] | None = None) -> None:
+        self._one_level = _pattern(prefix.rstrip("/") + "/*")
+        self.replace(kv or {})
+
+    def replace(self, kv: Mapping[str, str]) -> None:
+        """Every key at once (a full read of the prefix)."""
+        self.kv = dict(kv)
+        self.sorted_keys = sorted(self.kv)
+        self.values = sorted(v for k, v in self.kv.items() if self._one_level.match(k))
+
+    def put(self, key: str, value: str) -> None:
+        old = self.kv.get(key)
+        if old == value:
+            return
+        self.kv[key] = value
+        if old is None:
+            insort(self.sorted_keys, key)
+        if self._one_level.match(key):
+            if old is not None:
+                _remove_sorted(self.values, old)
+            insort(self.values, value)
+
+    def delete(self, key: str) -> None:
+        old = self.kv.pop(key, None)
+        if old is None:
+            return
+        _remove_sorted(self.sorted_keys, key)
+        if self._one_level.match(key):
+            _remove_sorted(self.values, old)
+
+    def snapshot(self) -> Snapshot:
+        """A copy the render thread may read while the watch thread changes the keys."""
+        return Snapshot(dict(self.kv), tuple(self.sorted_keys), tuple(self.values))
+
+
+def _remove_sorted(items: list[str], item: str) -> None:
+    index = bisect_left(items, item)
+    if index < len(items) and items[index] == item:
+        del items[index]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The keys as one render sees them."""
+
+    kv: Mapping[str, str]
+    sorted_keys: Sequence[str]
+    values: Sequence[str]  # one level under the prefix, sorted
+
+    @classmethod
+    def of(cls, prefix: str, kv: Mapping[str, str]) -> Snapshot:
+        return Keys(prefix, kv).snapshot()
+
+
+class Entries(Sequence[tuple[str, str]]):
+    """(key, value) for every key, sorted by key, read from the snapshot as the template
+    asks: a template that never reads `entries` costs nothing for them."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def __len__(self) -> int:
+        return len(self._snapshot.sorted_keys)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        kv = self._snapshot.kv
+        return ((key, kv[key]) for key in self._snapshot.sorted_keys)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[str, str]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | list[tuple[str, str]]:
+        kv = self._snapshot.kv
+        if isinstance(index, slice):
+            return [(key, kv[key]) for key in self._snapshot.sorted_keys[index]]
+        key = self._snapshot.sorted_keys[index]
+        return key, kv[key]
+
+
+def context(
+    prefix: str, kv: Mapping[str, str] | Snapshot, variables: Mapping[str, str]
+) -> dict[str, Any]:
     """What a template sees.
 
     values   the values of the keys one level under the prefix, sorted (confd's
@@ -193,19 +337,20 @@ def context(prefix: str, kv: Mapping[str, str], variables: Mapping[str, str]) ->
     getvs(pattern), getv(key, default)   as in confd
     and every --set NAME=VALUE.
     """
+    snapshot = kv if isinstance(kv, Snapshot) else Snapshot.of(prefix, kv)
 
     def getvs(pattern: str) -> list[str]:
         rx = _pattern(pattern)
-        return sorted(v for k, v in kv.items() if rx.match(k))
+        return sorted(v for k, v in snapshot.kv.items() if rx.match(k))
 
     def getv(key: str, default: str | None = None) -> str | None:
-        return kv.get(key, default)
+        return snapshot.kv.get(key, default)
 
     return {
         **variables,
         "prefix": prefix,
-        "values": getvs(prefix.rstrip("/") + "/*"),
-        "entries": sorted(kv.items()),
+        "values": list(snapshot.values),
+        "entries": Entries(snapshot),
         "getvs": getvs,
         "getv": getv,
     }
@@ -214,7 +359,7 @@ def context(prefix: str, kv: Mapping[str, str], variables: Mapping[str, str]) ->
 def render_text(
     template: jinja2.Template,
     prefix: str,
-    kv: Mapping[str, str],
+    kv: Mapping[str, str] | Snapshot,
     variables: Mapping[str, str],
 ) -> str:
     try:
@@ -303,7 +448,8 @@ def _message(body: Mapping[str, Any], answer: requests.Response) -> str:
 
 
 class Renderer:
-    """Renders, stages, checks, swaps in and reloads; keeps the etcd watch going."""
+    """Renders, stages, checks, swaps in and reloads (the render thread); keeps the etcd watch
+    going (the watch thread). `_changed` guards the keys, the revision and the pending change."""
 
     def __init__(
         self,
@@ -318,23 +464,28 @@ class Renderer:
         self.docker_url = docker_url
         self.template = load_template(options.template)
         self.log = structlog.get_logger("sidekick.render").bind(dest=str(options.dest))
-        self.kv: dict[str, str] = {}
+        self.keys = Keys(prefix)
         self.revision = 0
+        self._changed = threading.Condition()
+        self._first: float | None = None  # monotonic time of the first change not rendered
+        self._last = 0.0  # ... and of the latest one
+        self._at_once = False  # a full read: render it without waiting
+        self._watch_failed: BaseException | None = None
         self.rejected: str | None = None  # the text whose check failed last
         self.refused: str | None = None  # why the latest render is not live, one line
         self.reload_failing: str | None = None  # why the owed reload failed last, one line
         self._reload_failures = 0
         self._reload_due = 0.0  # monotonic time of the owed reload's next try
         self._stopping = False
-        self._busy = False
+        self._busy = False  # between taking the keys and reloading: finish before stopping
         self._outage: str | None = None
-        self._failures = 0  # between staging a file and reloading: finish before stopping
+        self._failures = 0
 
     # -- one render --------------------------------------------------------------------
 
     def update(self) -> bool:
-        """Render the current keys; if the text is new, check, swap and reload; reload
-        anyway while a reload is owed.
+        """Render the current keys (render thread); if the text is new, check, swap and
+        reload; reload anyway while a reload is owed. Every change noted so far is in it.
 
         Returns True when the file is live (written now or already the same), False when
         this text was refused (template error or failed check). Raises ReloadError when
@@ -342,7 +493,10 @@ class Renderer:
         """
         self._busy = True
         try:
-            live, installed = self._render()
+            with self._changed:
+                snapshot, revision = self.keys.snapshot(), self.revision
+                self._first, self._at_once = None, False
+            live, installed = self._render(snapshot, revision)
             if installed or self.reload_failing is not None:
                 self._reload()
             return live
@@ -351,16 +505,16 @@ class Renderer:
             if self._stopping:
                 raise _Stop
 
-    def _render(self) -> tuple[bool, bool]:
+    def _render(self, snapshot: Snapshot, revision: int) -> tuple[bool, bool]:
         """(the file is live, a new file went live now); records why a text is refused."""
         try:
-            text = render_text(self.template, self.prefix, self.kv, self.options.variables)
+            text = render_text(self.template, self.prefix, snapshot, self.options.variables)
         except RenderError as exc:
             self.log.error("render failed; the old file stays", error=str(exc))
             self.refused = _one_line(f"render failing: {exc}")
             return False, False
         if text == self._live_text():
-            self.log.debug("unchanged", revision=self.revision)
+            self.log.debug("unchanged", revision=revision)
             self.refused = None
             return True, False
         if text == self.rejected:
@@ -371,11 +525,7 @@ class Renderer:
             self.rejected, self.refused = text, _one_line(f"check failing: {refusal}")
             return False, False
         self.rejected = self.refused = None
-        self.log.info(
-            "rendered",
-            values=len(context(self.prefix, self.kv, {})["values"]),
-            revision=self.revision,
-        )
+        self.log.info("rendered", values=len(snapshot.values), revision=revision)
         return True, True
 
     def _live_text(self) -> str | None:
@@ -457,15 +607,18 @@ class Renderer:
             problems.append(f"reload failing: {self.reload_failing}")
         return (not problems, "; ".join(problems) or "ok")
 
-    # -- the loop ----------------------------------------------------------------------
+    # -- the render thread ---------------------------------------------------------------
 
     def once(self) -> bool:
         """Read the prefix, render, install and reload if new. True when the file is live."""
-        self.kv, self.revision = self.watcher.read_prefix(self.prefix)
+        kv, revision = self.watcher.read_prefix(self.prefix)
+        with self._changed:
+            self.keys.replace(kv)
+            self.revision = revision
         return self.update()
 
     def run(self) -> None:
-        """Render now and after every change, until SIGTERM or SIGINT."""
+        """Render now and after every change, until SIGTERM or SIGINT (the main thread)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._loop()
@@ -477,6 +630,8 @@ class Renderer:
 
     def stop(self) -> None:
         self._stopping = True
+        with self._changed:
+            self._changed.notify_all()
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
@@ -484,15 +639,68 @@ class Renderer:
             raise _Stop
 
     def _loop(self) -> None:
+        """Start the watch thread; render when a change or an owed reload falls due."""
+        watch = threading.Thread(target=self._watch_thread, name="render-watch", daemon=True)
+        watch.start()
+        try:
+            while not self._stopping:
+                with self._changed:
+                    if self._watch_failed is not None:
+                        raise self._watch_failed
+                    delay = self._next_due() - time.monotonic()
+                    if delay > 0:
+                        self._changed.wait(min(delay, self.options.watch_timeout))
+                        continue
+                self._update_logged()
+        finally:
+            self.stop()
+
+    def _next_due(self) -> float:
+        """When the render thread has work: the pending changes' render (as --wait says) or
+        the owed reload's next try. The caller holds `_changed`."""
+        due = self._reload_due if self.reload_failing is not None else float("inf")
+        if self._first is not None:
+            render_at = self._first if self._at_once else self._wait_due(self._first)
+            due = min(due, render_at)
+        return due
+
+    def _wait_due(self, first: float) -> float:
+        return self.options.wait.due(first, self._last)
+
+    def _update_logged(self) -> None:
+        try:
+            self.update()
+        except ReloadError as exc:
+            self._reload_failed(str(exc))
+
+    # -- the watch thread ----------------------------------------------------------------
+
+    def _note_change(self, at_once: bool = False) -> None:
+        """A change to render (the caller holds `_changed`); wakes the render thread."""
+        now = time.monotonic()
+        if self._first is None:
+            self._first = now
+        self._last = now
+        self._at_once = self._at_once or at_once
+        self._changed.notify_all()
+
+    def _watch_thread(self) -> None:
+        """The watch loop; an error it does not expect ends the renderer (in the main thread)."""
+        try:
+            self._watch_loop()
+        except BaseException as exc:
+            self.log.exception("watch thread failed")
+            with self._changed:
+                self._watch_failed = exc
+                self._changed.notify_all()
+
+    def _watch_loop(self) -> None:
         full_read = True
         while not self._stopping:
             try:
-                self._retry_reload()
                 if full_read:
-                    self.kv, self.revision = self.watcher.read_prefix(self.prefix)
+                    self._read_all()
                     full_read = False
-                    self._healthy()
-                    self._update_logged()
                 self._follow()
             except WatchSilent:
                 # Quiet, or a connection that died without a word: a new watch from our
@@ -511,6 +719,15 @@ class Renderer:
                 )
                 time.sleep(wait)
 
+    def _read_all(self) -> None:
+        """Read the whole prefix; rendered at once, whatever --wait says."""
+        kv, revision = self.watcher.read_prefix(self.prefix)
+        with self._changed:
+            self.keys.replace(kv)
+            self.revision = revision
+            self._note_change(at_once=True)
+        self._healthy()
+
     def _healthy(self) -> None:
         """etcd answered: end the outage, if there was one."""
         if self._outage is not None:
@@ -518,28 +735,12 @@ class Renderer:
         self._outage = None
         self._failures = 0
 
-    def _update_logged(self) -> None:
-        try:
-            self.update()
-        except ReloadError as exc:
-            self._reload_failed(str(exc))
-
-    def _retry_reload(self) -> None:
-        """Try an owed reload again once its delay has passed."""
-        if self.reload_failing is not None and time.monotonic() >= self._reload_due:
-            self._update_logged()
-
-    def _read_timeout(self) -> float:
-        """--watch-timeout, or less so that an owed reload is tried when due."""
-        if self.reload_failing is None:
-            return self.options.watch_timeout
-        due_in = self._reload_due - time.monotonic()
-        return max(0.05, min(self.options.watch_timeout, due_in))
-
     def _follow(self) -> None:
-        """Apply the watch stream to self.kv until it fails; render after each change."""
-        stream = self.watcher.watch(self.prefix, self.revision + 1, self._read_timeout())
+        """Apply the watch stream to the keys until it fails; note each change."""
+        stream = self.watcher.watch(self.prefix, self.revision + 1, self.options.watch_timeout)
         for result in stream:
+            if self._stopping:
+                return
             header = result.get("header", {})
             if int(result.get("compact_revision", 0)) > 0:
                 raise WatchReset(
@@ -564,15 +765,19 @@ class Renderer:
             if not events:  # a progress notification: every event up to here was sent
                 self.revision = max(self.revision, int(header.get("revision", 0)))
                 continue
+            self._apply(events)
+
+    def _apply(self, events: Sequence[Mapping[str, Any]]) -> None:
+        with self._changed:
             for event in events:
                 kv = event.get("kv", {})
                 key = unb64(kv.get("key", ""))
                 if event.get("type") == "DELETE":
-                    self.kv.pop(key, None)
+                    self.keys.delete(key)
                 else:
-                    self.kv[key] = unb64(kv.get("value", ""))
+                    self.keys.put(key, unb64(kv.get("value", "")))
                 self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
-            self._update_logged()
+            self._note_change()
 
 
 def reload_retry_delay(failures: int) -> float:

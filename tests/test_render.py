@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import random
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,16 +21,19 @@ from sidekick import render
 from sidekick.config import ConfigError, Endpoint
 from sidekick.render import (
     EtcdWatcher,
+    Keys,
     Renderer,
+    Wait,
     context,
     load_template,
     make_options,
+    parse_wait,
     reload_retry_delay,
     render_text,
 )
 from sidekick.store import Store
 from tests.conftest import Containers, EtcdServer, free_port, wait_for
-from tests.lb import Nginx, RenderProcess, TcpProxy, nginx_binary
+from tests.lb import Nginx, RenderProcess, TcpProxy, clean_env, nginx_binary
 
 DATA = Path(__file__).resolve().parent / "data"
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +141,8 @@ class TestTemplate:
             ),
             ({"mode": "rw"}, "--mode: not an octal mode"),
             ({"watch_timeout": 0.1}, "--watch-timeout: must be at least 0.5"),
+            ({"wait": "soon"}, "--wait: expected MIN[:MAX] in seconds"),
+            ({"wait": "1:0.5"}, "--wait: MAX (0.5) must not be less than MIN (1)"),
             ({"template": Path("/nonexistent.j2")}, "--template: /nonexistent.j2 is not a file"),
         ],
     )
@@ -155,6 +162,72 @@ class TestTemplate:
                 dest=tmp_path / "o", reload_signal=name, reload_container="nginx"
             )
             assert options.reload_signal == "HUP"
+
+
+class TestWaitOption:
+    """--wait MIN[:MAX]: docker-gen's -wait, in seconds."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("0", Wait(0, 0)),
+            ("0.5", Wait(0.5, 2.0)),
+            ("0.5:1", Wait(0.5, 1.0)),
+            ("500ms:2s", Wait(0.5, 2.0)),
+            (".25", Wait(0.25, 1.0)),
+            ("0:1", Wait(0, 1.0)),
+        ],
+    )
+    def test_parsed(self, text: str, expected: Wait) -> None:
+        """MAX defaults to 4 x MIN; ms and s suffixes as docker-gen writes them."""
+        assert parse_wait(text) == expected
+
+    @pytest.mark.parametrize("text", ["", "x", "-1", "1:", ":1", "1:2:3", "1m", "nan", "inf"])
+    def test_refused_naming_the_option(self, text: str) -> None:
+        with pytest.raises(ConfigError, match=r"^SIDEKICK_RENDER_WAIT: expected MIN\[:MAX\]"):
+            parse_wait(text, "SIDEKICK_RENDER_WAIT")
+
+    def test_due(self) -> None:
+        """Rendered MIN after the latest change, but never later than MAX after the first."""
+        wait = Wait(0.5, 2.0)
+        assert wait.due(first=10.0, last=10.3) == pytest.approx(10.8)
+        assert wait.due(first=10.0, last=11.9) == pytest.approx(12.0)
+        assert Wait().due(first=10.0, last=10.3) == 10.0
+
+
+class TestKeys:
+    """The kept-sorted keys and values give what sorting everything again gives."""
+
+    def test_same_context_as_sorting_again(self) -> None:
+        rng = random.Random(7)
+        keys, kv = Keys("/p"), {}
+        names = [f"/p/{rng.choice('abc')}{n}" for n in range(40)] + ["/p/x/deep", "/px/y"]
+        for _ in range(2000):
+            key = rng.choice(names)
+            if rng.random() < 0.3:
+                keys.delete(key)
+                kv.pop(key, None)
+            else:
+                value = f"10.0.0.{rng.randrange(5)}:{rng.randrange(3)}"  # duplicates on purpose
+                keys.put(key, value)
+                kv[key] = value
+            if rng.random() < 0.05:
+                ours, fresh = context("/p", keys.snapshot(), {}), context("/p", dict(kv), {})
+                assert ours["values"] == fresh["values"]
+                assert list(ours["entries"]) == list(fresh["entries"]) == sorted(kv.items())
+        snapshot = keys.snapshot()
+        keys.put("/p/new", "1.2.3.4:5")
+        assert "/p/new" not in snapshot.kv  # a snapshot does not move with the keys
+
+    def test_entries_in_a_template(self, tmp_path: Path) -> None:
+        """entries: iterated, counted and indexed as a list would be."""
+        path = tmp_path / "e.j2"
+        path.write_text(
+            "{{ entries|length }} {{ entries[0][0] }} {{ entries[-1][1] }}"
+            "{% for k, v in entries %} {{ k }}={{ v }}{% endfor %}"
+        )
+        text = render_text(load_template(path), "/p", {"/p/b": "2", "/p/a": "1"}, {})
+        assert text == "2 /p/a 2 /p/a=1 /p/b=2"
 
 
 # -- against a real etcd -------------------------------------------------------------------
@@ -347,6 +420,69 @@ class TestWatch:
         assert process.stop() == 0
         assert time.monotonic() - started < 3
         process.wait_log("render stopped")
+
+
+class TestCoalescing:
+    """--wait MIN[:MAX]: a burst costs one render and one reload; a steady trickle still
+    renders. Counts only: no assertion on how long anything took."""
+
+    def test_burst_is_one_reload(self, setup: Setup) -> None:
+        """50 puts in a burst with --wait 0.5: far fewer reloads than puts, and the file
+        ends with all 50."""
+        process = setup.render(
+            "--template",
+            str(setup.template()),
+            "--reload-cmd",
+            f"echo r >> {setup.reloads}",
+            "--wait",
+            "0.5",
+        ).start()
+        wait_for(lambda: setup.reload_count() == 1, message="first render")
+        for n in range(50):
+            setup.etcd.put(f"{setup.prefix}/k{n:02d}", f"v{n:02d}")
+        expected = [f"v{n:02d}" for n in range(50)]
+        setup.wait_lines(expected, timeout=10)
+        time.sleep(1.5)  # a late render would show here
+        reloads = setup.reload_count() - 1
+        print(f"50 puts in a burst: {reloads} reload(s)")
+        assert 1 <= reloads <= 5
+        assert len(process.events("rendered")) == reloads + 1
+
+    def test_trickle_still_renders(self, setup: Setup) -> None:
+        """A put every 0.1 s with --wait 1:2 never leaves MIN quiet, yet MAX makes it render
+        while the trickle goes on; and every put is in the file at the end."""
+        setup.render("--template", str(setup.template()), "--wait", "1:2").start()
+        wait_for(setup.dest.exists, message="first render")
+        seen_during: set[str] = set()
+        for n in range(60):
+            setup.etcd.put(f"{setup.prefix}/t{n:02d}", f"t{n:02d}")
+            seen_during.update(setup.lines())
+            time.sleep(0.1)
+        assert seen_during, "nothing rendered during a 6 s trickle with MAX 2 s"
+        setup.wait_lines([f"t{n:02d}" for n in range(60)], timeout=10)
+
+    @pytest.mark.parametrize(
+        ("flag", "env", "named"),
+        [
+            (["--wait", "1:0.5"], {}, "--wait: MAX (0.5) must not be less than MIN (1)"),
+            ([], {"SIDEKICK_RENDER_WAIT": "soon"}, "SIDEKICK_RENDER_WAIT: expected MIN[:MAX]"),
+        ],
+    )
+    def test_bad_wait_exits_2(
+        self, setup: Setup, flag: list[str], env: dict[str, str], named: str
+    ) -> None:
+        """One line naming the option, or the variable it came from; exit 2."""
+        done = subprocess.run(
+            [sys.executable, "-m", "sidekick", "render", "--dest", str(setup.dest), *flag],
+            capture_output=True,
+            text=True,
+            env={**clean_env(), **env},
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 2, done
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"sidekick: error: {named}"), line
 
 
 class TestWatchFaults:
