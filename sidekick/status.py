@@ -1,7 +1,11 @@
 """`sidekick ls`: every key under the prefix, who holds it, how long it has left.
 
-`build_rows` and the two renderers are pure; `collect` does the reading (etcd, and Docker for
-the names of this node's containers, which it can do without).
+`build_rows`, `select`, `summarize` and the renderers are pure; `collect` does the reading
+(etcd, and Docker for the names of this node's containers, which it can do without). At fleet
+size a filter keeps the read small: `--this-node` reads only this node's keys, as the agent does
+(the keys on its lease and the keys its containers want), never the prefix; `--by-node` and
+`--service` read the narrowest range the key template allows. Runs on the main thread; the
+leases' time left is asked a few leases at a time on worker threads.
 """
 
 from __future__ import annotations
@@ -11,17 +15,23 @@ import json
 import os
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import NamedTuple, TextIO
 
-from sidekick.config import Config
+from sidekick.config import Config, ConfigError
 from sidekick.docker_source import DockerSource, DockerUnavailable
-from sidekick.model import KeyState, Registration, merge
+from sidekick.leasefile import LeaseFile
+from sidekick.model import KeyState, Registration, key_is_confined, merge
 from sidekick.oneshot import assess, brief, with_retry
 from sidekick.store import EtcdUnavailable, Store
 
-_NODE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # what a node and a service name may be
+_FIELD_PATTERNS = {"node": _NAME_PATTERN, "service": _NAME_PATTERN, "port": r"\d+"}
 COLUMNS = ("KEY", "VALUE", "OWNER", "TTL", "CONTAINER")
+TTL_WORKERS = 4  # leases asked for their time left at once (etcd has no bulk call)
 
 
 class Row(NamedTuple):
@@ -48,10 +58,9 @@ class Row(NamedTuple):
         return "expired" if self.ttl < 0 else f"{self.ttl}s"
 
 
-def node_from_key(key_template: str, prefix: str) -> Callable[[str], str | None]:
-    """A function that reads `{node}` back out of a key, when the key template has it."""
-    if "{node}" not in key_template:
-        return lambda _key: None
+def key_fields(key_template: str, prefix: str) -> Callable[[str], dict[str, str] | None]:
+    """A function that reads the template's fields ({node}, {service}, {port}, ...) back out
+    of a key; None for a key the template does not make."""
     pattern, seen = "", set()
     for literal, field, _spec, _conversion in string.Formatter().parse(key_template):
         pattern += re.escape(literal)
@@ -63,15 +72,135 @@ def node_from_key(key_template: str, prefix: str) -> Callable[[str], str | None]
             pattern += f"(?P={field})"
         else:
             seen.add(field)
-            body = _NODE_PATTERN if field == "node" else ".+?"
-            pattern += f"(?P<{field}>{body})"
+            pattern += f"(?P<{field}>{_FIELD_PATTERNS.get(field, '.+?')})"
     compiled = re.compile(pattern)
 
-    def read(key: str) -> str | None:
+    def read(key: str) -> dict[str, str] | None:
         match = compiled.fullmatch(key)
-        return match.group("node") if match else None
+        return match.groupdict() if match else None
 
     return read
+
+
+def node_from_key(key_template: str, prefix: str) -> Callable[[str], str | None]:
+    """A function that reads `{node}` back out of a key, when the key template has it."""
+    if "{node}" not in key_template:
+        return lambda _key: None
+    fields = key_fields(key_template, prefix)
+
+    def read(key: str) -> str | None:
+        found = fields(key)
+        return found["node"] if found else None
+
+    return read
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which keys `ls` shows: --this-node, --by-node NAME, --service NAME (all: every key)."""
+
+    this_node: bool = False
+    node: str | None = None
+    service: str | None = None
+
+
+def check_selection(selection: Selection, config: Config) -> Selection:
+    """The selection as `collect` reads it (--by-node of this node is --this-node); a
+    ConfigError when the key template cannot tell what it asks."""
+    if selection.this_node and selection.node not in {None, config.node}:
+        raise ConfigError(
+            f"--by-node: {selection.node} is not this node ({config.node}); "
+            "give --this-node or --by-node, not both"
+        )
+    for name, flag in (("node", "--by-node"), ("service", "--service")):
+        if getattr(selection, name) is not None and f"{{{name}}}" not in config.key_template:
+            if name == "node" and selection.node == config.node:
+                continue
+            raise ConfigError(
+                f"{flag}: the key template {config.key_template} has no {{{name}}}, so a "
+                f"key's {name} cannot be told"
+                + ("; run `sidekick ls --this-node` on that node" if name == "node" else "")
+            )
+    if selection.node == config.node:
+        return Selection(this_node=True, service=selection.service)
+    return selection
+
+
+def describe(selection: Selection) -> str:
+    """ " of this node", " of node n2 and service web", or "" (for the empty-listing note)."""
+    parts = ["this node"] if selection.this_node else []
+    parts += [f"node {selection.node}"] if selection.node else []
+    parts += [f"service {selection.service}"] if selection.service else []
+    return f" of {' and '.join(parts)}" if parts else ""
+
+
+def range_prefix(key_template: str, prefix: str, known: Mapping[str, str]) -> str:
+    """The longest start every key the template makes with the `known` fields shares: the
+    range `ls` reads (e.g. /test/web- for {prefix}/{service}-{port} and --service web)."""
+    start = ""
+    for literal, field, spec, conversion in string.Formatter().parse(key_template):
+        start += literal
+        if field is None:
+            continue
+        if field == "prefix":
+            start += prefix
+        elif field in known and not spec and not conversion:
+            start += known[field]
+        else:
+            break
+    return start
+
+
+def select(rows: Sequence[Row], selection: Selection, config: Config) -> list[Row]:
+    """The rows the selection asks for: by node (this node's, or the one read from the key)
+    and by service (read from the key)."""
+    if selection.node is None and selection.service is None:
+        return list(rows)
+    fields = key_fields(config.key_template, config.prefix)
+    chosen = []
+    for row in rows:
+        if selection.node is not None and row.node != selection.node:
+            continue
+        if selection.service is not None:
+            found = fields(row.key)
+            if found is None or found.get("service") != selection.service:
+                continue
+        chosen.append(row)
+    return chosen
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The line after the table: how many keys, owners (leases and plain keys) and nodes."""
+
+    keys: int
+    leases: int
+    plain: int
+    nodes: int
+    unknown_node: int  # keys whose node cannot be told
+
+    @property
+    def owners(self) -> int:
+        return self.leases + self.plain
+
+    def line(self) -> str:
+        unknown = f" ({self.unknown_node:,} keys of no known node)" if self.unknown_node else ""
+        return (
+            f"{self.keys:,} keys; {self.owners:,} owners ({self.leases:,} leases, "
+            f"{self.plain:,} plain keys); {self.nodes:,} nodes{unknown}"
+        )
+
+
+def summarize(rows: Sequence[Row]) -> Summary:
+    leases = {row.lease for row in rows if row.lease}
+    nodes = {row.node for row in rows if row.node is not None}
+    return Summary(
+        keys=len(rows),
+        leases=len(leases),
+        plain=sum(1 for row in rows if not row.lease),
+        nodes=len(nodes),
+        unknown_node=sum(1 for row in rows if row.node is None),
+    )
 
 
 def build_rows(
@@ -79,15 +208,18 @@ def build_rows(
     ttls: Mapping[int, int],
     mine: Mapping[str, Registration],
     config: Config,
+    agent_lease: int = 0,
 ) -> list[Row]:
     """The table, sorted by key.
 
     A key whose value is what this node announces for it is this node's (with the container's
-    name); so is every key on a lease that holds one of those. Otherwise the node is read from
-    the key when the key template has `{node}`.
+    name); so is every key on a lease that holds one of those, and every key on this node's
+    agent lease. Otherwise the node is read from the key when the key template has `{node}`.
     """
     ours = {k for k, r in mine.items() if k in actual and actual[k].value == r.value}
-    our_leases = {actual[k].lease for k in ours if actual[k].lease}
+    our_leases = {actual[k].lease for k in ours if actual[k].lease} | (
+        {agent_lease} if agent_lease else set()
+    )
     read_node = node_from_key(config.key_template, config.prefix)
     rows = []
     for key, state in sorted(actual.items()):
@@ -107,11 +239,12 @@ def build_rows(
 
 
 def render_json(rows: Sequence[Row], config: Config) -> str:
-    """One JSON document: the prefix, this node, and one object per key."""
+    """One JSON document: the prefix, this node, one object per key, and the summary."""
     return json.dumps(
         {
             "prefix": config.prefix,
             "node": config.node,
+            "summary": {**asdict(summarize(rows)), "owners": summarize(rows).owners},
             "registrations": [
                 {
                     "key": row.key,
@@ -181,18 +314,76 @@ def _paint(cells: list[str], row: Row | None) -> list[str]:
 
 
 def collect(
-    config: Config, store: Store, docker: DockerSource, warn: Callable[[str], None]
+    config: Config,
+    store: Store,
+    docker: DockerSource,
+    warn: Callable[[str], None],
+    *,
+    selection: Selection = Selection(),
+    lease_file: LeaseFile | None = None,
 ) -> list[Row]:
-    """Read the prefix, the leases' time left and this node's containers; etcd errors go up."""
-    actual, _ = with_retry(lambda: store.read_prefix(config.prefix + "/"), EtcdUnavailable)
-    ttls = {
-        lease: with_retry(functools.partial(store.time_to_live, lease), EtcdUnavailable)
-        for lease in sorted({s.lease for s in actual.values() if s.lease})
-    }
+    """The selected keys with their leases' time left and this node's containers' names;
+    etcd errors go up. `selection` must have been through check_selection."""
+    mine = _announced(config, docker, warn)
+    if selection.this_node:
+        actual, agent_lease, ttls = _read_this_node(config, store, mine, lease_file)
+    else:
+        known = {"node": selection.node, "service": selection.service}
+        start = range_prefix(
+            config.key_template, config.prefix, {k: v for k, v in known.items() if v}
+        )
+        actual, _ = with_retry(lambda: store.read_prefix(start), EtcdUnavailable)
+        agent_lease, ttls = 0, {}
+    rows = select(build_rows(actual, {}, mine, config, agent_lease), selection, config)
+    leases = {row.lease for row in rows if row.lease and row.lease not in ttls}
+    ttls.update(time_left(store, leases))
+    return [row._replace(ttl=ttls.get(row.lease, -1)) if row.lease else row for row in rows]
+
+
+def _announced(
+    config: Config, docker: DockerSource, warn: Callable[[str], None]
+) -> dict[str, Registration]:
+    """The keys this node's running containers would announce (none without Docker)."""
     try:
         containers = docker.running_containers()
     except DockerUnavailable as exc:
         warn(f"{brief(exc)}; container names not shown")
         containers = []
-    mine = merge(assess(c, config).registrations for c in containers).registrations
-    return build_rows(actual, ttls, mine, config)
+    return merge(assess(c, config).registrations for c in containers).registrations
+
+
+def _read_this_node(
+    config: Config,
+    store: Store,
+    mine: Mapping[str, Registration],
+    lease_file: LeaseFile | None,
+) -> tuple[dict[str, KeyState], int, dict[int, int]]:
+    """This node's keys as the agent reads them: those on its lease (named by the lease file,
+    when that lease is alive; one request) and those its containers want. (keys, the agent's
+    lease or 0, its time left)."""
+    lease = lease_file.read() if lease_file is not None else None
+    ttl, on_lease = -1, list[str]()
+    if lease:
+        ttl, on_lease = with_retry(functools.partial(store.lease_keys, lease), EtcdUnavailable)
+    agent_lease = lease if lease and ttl >= 0 else 0
+    wanted = {k for k in on_lease if key_is_confined(k, config.prefix)} | set(mine)
+    actual = with_retry(functools.partial(store.read_keys, sorted(wanted)), EtcdUnavailable)
+    return actual, agent_lease, ({agent_lease: ttl} if agent_lease else {})
+
+
+def time_left(store: Store, leases: Collection[int]) -> dict[int, int]:
+    """Seconds left on each lease (-1: gone), asked TTL_WORKERS at a time, each worker on a
+    connection of its own."""
+    local = threading.local()
+
+    def ask(lease: int) -> int:
+        if not hasattr(local, "store"):
+            local.store = store.clone()
+        own: Store = local.store
+        return with_retry(functools.partial(own.time_to_live, lease), EtcdUnavailable)
+
+    ordered = sorted(leases)
+    if len(ordered) <= 1:
+        return {lease: ask(lease) for lease in ordered}
+    with ThreadPoolExecutor(min(TTL_WORKERS, len(ordered))) as pool:
+        return dict(zip(ordered, pool.map(ask, ordered), strict=True))
