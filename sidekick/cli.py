@@ -456,25 +456,74 @@ def deregister_command(
 @with_config(without=AGENT_ONLY | {"ttl"})
 def ls_command(
     config: Config,
+    *,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON document, for scripts.")
     ] = False,
+    this_node: Annotated[
+        bool,
+        typer.Option(
+            "--this-node",
+            help="Only this node's keys, read as the agent reads them (the keys on its lease "
+            "and those its containers want), never the whole prefix.",
+        ),
+    ] = False,
+    by_node: Annotated[
+        str | None,
+        typer.Option(
+            "--by-node",
+            metavar="NAME",
+            help="Only the keys of node NAME (the key template needs {node}).",
+            show_default=False,
+        ),
+    ] = None,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            "--service",
+            metavar="NAME",
+            help="Only the keys of service NAME (the key template needs {service}).",
+            show_default=False,
+        ),
+    ] = None,
+    lease_file: Annotated[
+        Path,
+        typer.Option(
+            "--lease-file",
+            envvar="SIDEKICK_LEASE_FILE",
+            help="With --this-node: the agent's lease file, whose lease's keys are shown.",
+        ),
+    ] = DEFAULT_LEASE_FILE,
 ) -> None:
-    """List every key under the prefix: value, owner (lease and node, or plain), TTL, container."""
+    """List the keys under the prefix: value, owner (lease and node, or plain), TTL, container;
+    then one summary line (keys, owners, nodes)."""
     from sidekick import oneshot, status  # noqa: PLC0415
     from sidekick.store import EtcdError  # noqa: PLC0415
 
+    try:
+        selection = status.check_selection(status.Selection(this_node, by_node, service), config)
+    except ConfigError as exc:
+        fail(str(exc))
     report = oneshot.Report(sys.stdout, sys.stderr)
     try:
-        rows = status.collect(config, make_store(config), make_docker(config), report.warning)
+        rows = status.collect(
+            config,
+            make_store(config),
+            make_docker(config),
+            report.warning,
+            selection=selection,
+            lease_file=LeaseFile(None if str(lease_file) in {"", "."} else lease_file),
+        )
     except EtcdError as exc:
         fail(oneshot.etcd_message(exc), EXIT_ETCD)
     if as_json:
         print(status.render_json(rows, config))
     elif rows:
         print(status.render_table(rows, color=status.use_color(sys.stdout)))
+        print(status.summarize(rows).line())
     else:
-        print(f"sidekick: no keys under {config.prefix}/", file=sys.stderr)
+        where = f"{config.prefix}/{status.describe(selection)}"
+        print(f"sidekick: no keys under {where}", file=sys.stderr)
 
 
 app.command("ls")(ls_command)

@@ -184,11 +184,16 @@ class Summary:
         return self.leases + self.plain
 
     def line(self) -> str:
-        unknown = f" ({self.unknown_node:,} keys of no known node)" if self.unknown_node else ""
+        unknown = f" ({_count(self.unknown_node, 'key')} of no known node)"
         return (
-            f"{self.keys:,} keys; {self.owners:,} owners ({self.leases:,} leases, "
-            f"{self.plain:,} plain keys); {self.nodes:,} nodes{unknown}"
+            f"{_count(self.keys, 'key')}; {_count(self.owners, 'owner')} "
+            f"({_count(self.leases, 'lease')}, {_count(self.plain, 'plain key')}); "
+            f"{_count(self.nodes, 'node')}{unknown if self.unknown_node else ''}"
         )
+
+
+def _count(number: int, word: str) -> str:
+    return f"{number:,} {word}{'' if number == 1 else 's'}"
 
 
 def summarize(rows: Sequence[Row]) -> Summary:

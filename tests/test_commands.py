@@ -9,16 +9,20 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
+from sidekick.hostaddr import local_addresses
 from tests.conftest import TEST_LABEL, Containers, EtcdServer, free_port, wait_for
 from tests.test_security import _pki, _tls_etcd  # noqa: F401 - the pki and tls_etcd fixtures
 
@@ -98,6 +102,15 @@ def _sidekick(live_etcd: EtcdServer, scope: str, tmp_path: Path) -> Run:
         return Result(done, time.monotonic() - started)
 
     return run
+
+
+def etcd_requests(etcd: EtcdServer) -> dict[str, float]:
+    """gRPC requests etcd has started, by method (its own /metrics)."""
+    text = requests.get(etcd.url + "/metrics", timeout=5).text
+    found = re.finditer(
+        r'^grpc_server_started_total\{grpc_method="(\w+)",[^}]*\} (\S+)$', text, re.M
+    )
+    return {match.group(1): float(match.group(2)) for match in found}
 
 
 def dead_endpoint() -> str:
@@ -419,8 +432,11 @@ class TestLs:
         result = sidekick("ls")
         assert result.code == 0, result
         assert "\033" not in result.out
-        lines = result.out.splitlines()
+        *lines, summary = result.out.splitlines()
         assert lines[0].split() == ["KEY", "VALUE", "OWNER", "TTL", "CONTAINER"]
+        assert (
+            summary == "3 keys; 3 owners (1 lease, 2 plain keys); 1 node (2 keys of no known node)"
+        )
         rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
         port, lease = made["port"], made["lease"]
         mine = [f"127.0.0.1:{port}", "plain", f"({NODE})", "-", made["name"]]
@@ -453,6 +469,74 @@ class TestLs:
         assert other["lease"] == f"{made['lease']:x}" and 50 <= other["ttl"] <= 60
         assert other["this_node"] is False
         etcd.revoke(made["lease"])
+
+    def test_this_node(self, sidekick, containers, etcd, scope, tmp_path):
+        """--this-node: the keys this node's containers announce and those on its agent lease
+        (named by the lease file), nothing else, and not one Range request: no prefix read."""
+        port = free_port()
+        web = containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        assert sidekick("register", web.name).code == 0
+        agent_lease, other = etcd.grant(60), etcd.grant(60)
+        etcd.put(f"/{scope}/old-90", f"{HOST_IP}:90", lease=agent_lease)
+        for n in range(20):
+            etcd.put(f"/{scope}/other-{n}", "192.0.2.9:1", lease=other)
+        etcd.put(f"/{scope}/static-82", "192.0.2.10:82")
+        lease_file = tmp_path / "lease"
+        lease_file.write_text(f"{agent_lease:x}\n")
+        before = etcd_requests(etcd)
+        result = sidekick("ls", "--this-node", "--lease-file", str(lease_file))
+        after = etcd_requests(etcd)
+        assert result.code == 0, result
+        *lines, summary = result.out.splitlines()
+        rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+        assert sorted(rows) == [f"/{scope}/old-90", f"/{scope}/web-{port}"]
+        assert rows[f"/{scope}/old-90"][1:4] == ["lease", f"{agent_lease:x}", f"({NODE})"]
+        assert rows[f"/{scope}/web-{port}"][-1] == web.name
+        assert summary == "2 keys; 2 owners (1 lease, 1 plain key); 1 node"
+        assert after.get("Range", 0) - before.get("Range", 0) == 0
+        etcd.revoke(agent_lease)  # a lease file naming a lease that is gone: containers only
+        result = sidekick("ls", "--this-node", "--lease-file", str(lease_file), "--json")
+        document = json.loads(result.out)
+        assert [e["key"] for e in document["registrations"]] == [f"/{scope}/web-{port}"]
+        assert document["summary"]["keys"] == 1
+        etcd.revoke(other)
+
+    def test_by_node_and_service(self, sidekick, etcd, scope):
+        """--by-node and --service read the names back out of the keys ({node} and {service}
+        in the key template): exact names, both filters together, a summary of what is shown."""
+        template = "{prefix}/{node}-{service}-{port}"
+        leases = {node: etcd.grant(60) for node in ("n1", "n10", "n2")}
+        for node, service, port in [
+            ("n1", "web", 80),
+            ("n1", "web2", 81),
+            ("n10", "web", 80),
+            ("n2", "db", 5432),
+        ]:
+            etcd.put(f"/{scope}/{node}-{service}-{port}", f"192.0.2.1:{port}", lease=leases[node])
+
+        def keys(*args: str) -> list[str]:
+            result = sidekick("ls", "--key-template", template, *args)
+            assert result.code == 0, result
+            return [line.split()[0] for line in result.out.splitlines()[1:-1]]
+
+        assert keys("--by-node", "n1") == [f"/{scope}/n1-web-80", f"/{scope}/n1-web2-81"]
+        assert keys("--service", "web") == [f"/{scope}/n1-web-80", f"/{scope}/n10-web-80"]
+        assert keys("--by-node", "n1", "--service", "web2") == [f"/{scope}/n1-web2-81"]
+        result = sidekick("ls", "--key-template", template, "--service", "web")
+        assert result.out.splitlines()[-1] == "2 keys; 2 owners (2 leases, 0 plain keys); 2 nodes"
+        none = sidekick("ls", "--key-template", template, "--by-node", "n3")
+        assert (none.code, none.out) == (0, "")
+        assert f"no keys under /{scope}/ of node n3" in none.err
+        for lease in leases.values():
+            etcd.revoke(lease)
+
+    def test_filter_the_template_cannot_tell(self, sidekick):
+        """--by-node with a key template without {node}: exit 2, one line naming the option."""
+        result = sidekick("ls", "--by-node", "n2")
+        assert result.code == 2, result
+        assert len(result.err_lines) == 1 and result.err_lines[0].startswith(
+            "sidekick: error: --by-node: the key template {prefix}/{service}-{port} has no {node}"
+        )
 
     def test_status_is_an_alias(self, sidekick, etcd, scope):
         """`sidekick status` prints what `sidekick ls` prints."""
@@ -505,23 +589,64 @@ class TestLs:
 class TestDoctor:
     """`sidekick doctor`: one marked line per check; exit 0 when all hold, 1 otherwise."""
 
-    def test_all_good(self, sidekick, containers, etcd, scope):
-        """Docker and etcd fine, a good container: every line ok, exit 0, no key left behind."""
+    def test_all_good(self, sidekick, agent_factory, containers, etcd, scope, tmp_path):
+        """An agent announcing a good container: every line ok, exit 0, no probe key left."""
+        agent_factory(lease_file="agent.lease")
         port = free_port()
         web = containers.run(ports=published(port), labels={"sidekick.service": "web"})
-        result = sidekick("doctor")
+        key = f"/{scope}/web-{port}"
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"), message=key)
+        own = next(  # an address of this host other nodes could reach (not lo, not a bridge)
+            (
+                ip
+                for ip, nic in local_addresses().items()
+                if not nic.bridge
+                and not ip_address(ip).is_loopback
+                and "%" not in ip
+                and not ip_address(ip).is_link_local
+            ),
+            None,
+        )
+        host_ip = own or HOST_IP  # a machine with only lo and bridges: one warning, said below
+        result = sidekick("doctor", "--lease-file", str(tmp_path / "agent.lease"), host_ip=host_ip)
         assert result.code == 0, result
         lines = result.out.splitlines()
-        assert all(line[0] in "✓·" for line in lines), result.out
+        if own is None:
+            assert [line for line in lines if line[0] not in "✓·"] == [
+                f"! host IP {HOST_IP} is not an address of this host (fine behind NAT or a load "
+                "balancer's address; otherwise check --host-ip / COREOS_PRIVATE_IPV4); "
+                "from --host-ip"
+            ]
+        else:
+            assert all(line[0] in "✓·" for line in lines), result.out
+            assert f"host IP {own}, from --host-ip" in result.out
         text = result.out
-        assert f"host IP {HOST_IP}, from --host-ip" in text
         assert "Docker reachable" in text and "API " in text
         assert f"etcd reachable at {etcd.url}: version 3." in text
         assert "is healthy (GET /health)" in text and f"API answers at {etcd.url}/v3/" in text
         assert "a lease can be granted" in text
         assert f"a key can be written and deleted under /{scope}/" in text
-        assert f"container {web.name} would be announced: /{scope}/web-{port}" in text
-        assert etcd.keys(f"/{scope}/") == {}
+        assert "1 containers in scope: 1 to announce (1 keys), 0 skipped" in text
+        lease = etcd.entries(f"/{scope}/")[key][1]
+        assert f"1 keys in etcd on lease {lease:x}" in text
+        assert f"the agent's lease {lease:x} (in {tmp_path / 'agent.lease'}) is alive" in text
+        assert web.name and set(etcd.keys(f"/{scope}/")) == {key}
+
+    def test_no_agent_running(self, sidekick, containers, scope, tmp_path):
+        """A container to announce and no agent: its key is missing, said as such, exit 1."""
+        port = free_port()
+        containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        result = sidekick("doctor", "--lease-file", str(tmp_path / "none"))
+        assert result.code == 1, result
+        assert f"1 of 1 keys are not in etcd (/{scope}/web-{port})" in result.out
+        assert "is `sidekick run` running on this node?" in result.out
+        assert f"no lease id in {tmp_path / 'none'}" in result.out
+
+    def test_loopback_host_ip_warned(self, sidekick):
+        """A loopback host IP is a warning in doctor, naming what run does with it."""
+        result = sidekick("doctor", host_ip="127.0.0.1")
+        assert "! host IP 127.0.0.1 is a loopback address" in result.out
+        assert "refuses it without --force-host-ip" in result.out
 
     def test_etcd_dead(self, sidekick):
         """A dead etcd endpoint: its line is marked failed, exit 1."""

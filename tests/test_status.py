@@ -6,9 +6,23 @@ import json
 
 import pytest
 
-from sidekick.config import Config
+from sidekick.config import Config, ConfigError
 from sidekick.model import KeyState, Registration
-from sidekick.status import Row, build_rows, node_from_key, render_json, render_table
+from sidekick.status import (
+    Row,
+    Selection,
+    build_rows,
+    check_selection,
+    key_fields,
+    node_from_key,
+    range_prefix,
+    render_json,
+    render_table,
+    select,
+    summarize,
+)
+
+NODE_TEMPLATE = "{prefix}/{node}-{service}-{port}"
 
 MINE = {"/test/apache-8001": Registration("/test/apache-8001", "10.0.0.5:8001", "c1", "web-1")}
 AGENT_LEASE, OTHER_LEASE = 0x694D, 0xBEEF
@@ -103,6 +117,80 @@ class TestNodeFromKey:
         assert rows[0].owner == "lease 5 (node2)"
 
 
+class TestSelection:
+    """--this-node, --by-node and --service: what is read and what is shown."""
+
+    def test_key_fields(self) -> None:
+        """Every field is read back; a service or node may hold dashes, a port is digits."""
+        read = key_fields("{prefix}/{service}-{port}", "/test")
+        assert read("/test/web-api-8080") == {"service": "web-api", "port": "8080"}
+        assert read("/test/web-api") is None
+        assert key_fields(NODE_TEMPLATE, "/lb")("/lb/n7-web-80") == {
+            "node": "n7",
+            "service": "web",
+            "port": "80",
+        }
+
+    def test_range_prefix(self) -> None:
+        """The longest start the known fields give; the prefix alone when the first field is
+        unknown."""
+        assert range_prefix(NODE_TEMPLATE, "/lb", {"node": "n7"}) == "/lb/n7-"
+        assert range_prefix(NODE_TEMPLATE, "/lb", {"service": "web"}) == "/lb/"
+        assert range_prefix(NODE_TEMPLATE, "/lb", {"node": "n7", "service": "web"}) == (
+            "/lb/n7-web-"
+        )
+        assert range_prefix("{prefix}/{service}-{port}", "/t", {"service": "web"}) == "/t/web-"
+        assert range_prefix("{prefix}/{node}/{service}", "/t", {}) == "/t/"
+
+    def test_select_by_node_and_service(self) -> None:
+        """Exact names: web is not web2, n1 is not n10."""
+        config = Config(prefix="/lb", node="lb", key_template=NODE_TEMPLATE)
+        actual = {
+            k: KeyState("v", 5, 1)
+            for k in ("/lb/n1-web-80", "/lb/n1-web2-80", "/lb/n10-web-80", "/lb/n2-db-5432")
+        }
+        rows = build_rows(actual, {5: 9}, {}, config)
+        by_node = select(rows, Selection(node="n1"), config)
+        assert [r.key for r in by_node] == ["/lb/n1-web-80", "/lb/n1-web2-80"]
+        by_service = select(rows, Selection(service="web"), config)
+        assert [r.key for r in by_service] == ["/lb/n1-web-80", "/lb/n10-web-80"]
+        both = select(rows, Selection(node="n1", service="web2"), config)
+        assert [r.key for r in both] == ["/lb/n1-web2-80"]
+
+    def test_check_selection(self) -> None:
+        """--by-node of this node is --this-node; a field the template lacks is refused."""
+        config = Config(node="node1")
+        assert check_selection(Selection(node="node1"), config) == Selection(this_node=True)
+        with pytest.raises(ConfigError, match=r"^--by-node: the key template .* has no \{node\}"):
+            check_selection(Selection(node="node2"), config)
+        bare = Config(node="node1", key_template="{prefix}/{node}-{port}")
+        with pytest.raises(ConfigError, match=r"^--service: the key template .* has no"):
+            check_selection(Selection(service="web"), bare)
+        with pytest.raises(ConfigError, match=r"^--by-node: node2 is not this node"):
+            check_selection(Selection(this_node=True, node="node2"), bare)
+
+    def test_agent_lease_marks_this_node(self, config: Config) -> None:
+        """A key on this node's agent lease is this node's even without a container for it."""
+        actual = {"/test/old-1": KeyState("10.0.0.5:1", AGENT_LEASE, 3)}
+        [row] = build_rows(actual, {}, {}, config, agent_lease=AGENT_LEASE)
+        assert (row.this_node, row.node) == (True, "node1")
+
+    def test_summary(self) -> None:
+        """Keys, owners (leases and plain keys), nodes, and the keys of no known node."""
+        rows = [
+            Row("/t/a", "v", 1, "n1", 5, None, False),
+            Row("/t/b", "v", 1, "n1", 5, None, False),
+            Row("/t/c", "v", 2, "n2", 5, None, False),
+            Row("/t/d", "v", 0, None, None, None, False),
+        ]
+        summary = summarize(rows)
+        assert (summary.keys, summary.leases, summary.plain, summary.owners) == (4, 2, 1, 3)
+        assert (summary.nodes, summary.unknown_node) == (2, 1)
+        assert summary.line() == (
+            "4 keys; 3 owners (2 leases, 1 plain key); 2 nodes (1 key of no known node)"
+        )
+
+
 class TestRender:
     """Aligned and coloured on a terminal, the same without colour when piped, JSON for scripts."""
 
@@ -134,6 +222,14 @@ class TestRender:
         """One document: prefix, node, and each key with its lease in hex (null when plain)."""
         document = json.loads(render_json(self.ROWS, config))
         assert (document["prefix"], document["node"]) == ("/test", "node1")
+        assert document["summary"] == {
+            "keys": 2,
+            "owners": 2,
+            "leases": 1,
+            "plain": 1,
+            "nodes": 1,
+            "unknown_node": 1,
+        }
         first, second = document["registrations"]
         assert first == {
             "key": "/test/apache-8001",
