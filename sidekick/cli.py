@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, overload
 
+import structlog
 import typer
 
-from sidekick import __version__, logs
+from sidekick import __version__, hostaddr, logs
 from sidekick.agent import Agent, ConfigurationRefused
 from sidekick.config import (
     Config,
@@ -255,13 +256,27 @@ def run(
             "One file per agent; '' disables.",
         ),
     ] = DEFAULT_LEASE_FILE,
+    force_host_ip: Annotated[
+        bool,
+        typer.Option(
+            "--force-host-ip",
+            envvar="SIDEKICK_FORCE_HOST_IP",
+            help="Announce a loopback or bridge host IP all the same (a one-node test). "
+            "(env: SIDEKICK_FORCE_HOST_IP)",
+        ),
+    ] = False,
 ) -> None:
     """Run the agent: follow Docker events and keep etcd right until SIGTERM."""
     try:
-        require_host_ip(config)
+        ip = require_host_ip(config)
         address = parse_address(metrics_address, "--metrics-address") if metrics_address else None
     except ConfigError as exc:
         fail(str(exc))
+    verdict = hostaddr.judge(ip, hostaddr.local_addresses())
+    if verdict is not None and verdict.refuse and not force_host_ip:
+        fail(f"{verdict.text} (from {config.host_ip_source}; --force-host-ip to use it anyway)")
+    if verdict is not None:  # forced, or only doubtful: said once, in the log
+        structlog.get_logger("sidekick").warning(verdict.text, source=config.host_ip_source)
     store = (
         DryRunStore(config.etcd_endpoints, config.etcd_timeout, sys.stdout, config.etcd_security)
         if dry_run
@@ -535,14 +550,25 @@ app.command("status", help="Alias of ls.")(ls_command)
     without=AGENT_ONLY,
     helps={"ttl": "TTL of the test lease doctor grants and revokes (at least 2). (default: 30)"},
 )
-def doctor_command(config: Config) -> None:
+def doctor_command(
+    config: Config,
+    lease_file: Annotated[
+        Path,
+        typer.Option(
+            "--lease-file",
+            envvar="SIDEKICK_LEASE_FILE",
+            help="The agent's lease file, to say whether its lease is alive. "
+            "(env: SIDEKICK_LEASE_FILE)",
+        ),
+    ] = DEFAULT_LEASE_FILE,
+) -> None:
     """Check what the agent needs, one line each: exit 0 when all hold, 1 otherwise."""
     from sidekick import doctor, status  # noqa: PLC0415
 
     color, unicode = status.use_color(sys.stdout), doctor.can_encode(sys.stdout)
     checks = []
     store_for = functools.partial(Store, timeout=config.etcd_timeout, security=config.etcd_security)
-    for check in doctor.run_checks(config, make_docker(config), store_for):
+    for check in doctor.run_checks(config, make_docker(config), store_for, lease_file):
         checks.append(check)
         print(doctor.render(check, color=color, unicode=unicode), flush=True)
     raise typer.Exit(doctor.exit_code(checks))

@@ -7,12 +7,16 @@ timeout shows where it stands); `container_checks`, `render` and `exit_code` are
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from sidekick import hostaddr
 from sidekick.config import Config, ConfigError, Endpoint, require_host_ip
 from sidekick.docker_source import DockerSource, DockerUnavailable
-from sidekick.model import Container, Delete, KeyState, Put
+from sidekick.leasefile import DEFAULT_LEASE_FILE, LeaseFile
+from sidekick.model import Container, Delete, KeyState, Put, Registration
 from sidekick.oneshot import assess, brief, holder
 from sidekick.store import EtcdError, Store
 
@@ -52,49 +56,112 @@ def render(check: Check, color: bool = False, unicode: bool = True) -> str:
 
 
 def container_checks(
-    containers: Sequence[Container], config: Config, actual: Mapping[str, KeyState] | None
+    containers: Sequence[Container],
+    config: Config,
+    actual: Mapping[str, KeyState] | None,
+    ttls: Mapping[int, int] | None = None,
 ) -> list[Check]:
-    """One line per container in scope: what it would announce, or why it is skipped.
+    """A summary of the containers in scope, then every problem on a line of its own.
 
-    A container whose labels cannot be honoured, or whose key another owner holds with another
-    value (`actual`, when etcd could be read), fails; one that is not ready yet is a warning.
+    `actual` holds the keys the containers want, as etcd has them (None when etcd could not be
+    read); `ttls` the seconds left on the leases that hold them. A container whose labels
+    cannot be honoured fails, one not ready yet warns; a wanted key another owner holds with
+    another value fails, and so does a wanted key etcd lacks: no agent is announcing it. The
+    full list of keys is `sidekick register --dry-run`'s or `sidekick ls --this-node`'s job.
     """
     if not containers:
         scope = "is running" if config.all_containers else "opts in (label sidekick.enable=true)"
         return [Check(INFO, f"no running container in scope {scope}")]
-    checks = []
+    skipped, wanted = [], []
     for container in sorted(containers, key=lambda c: c.name):
         assessment = assess(container, config)
         if not assessment.registrations:
             status = FAIL if assessment.problem else WARN if assessment.transient else INFO
-            checks.append(Check(status, f"container {container.name} skipped: {assessment.reason}"))
-            continue
-        for registration in assessment.registrations:
-            held = (actual or {}).get(registration.key)
-            if held is not None and held.value != registration.value:
-                checks.append(
-                    Check(
-                        FAIL,
-                        f"container {container.name}: {registration.key} is held by "
-                        f"{holder(held.lease)} with {held.value}; the agent would leave it "
-                        f"(it wants {registration.value})",
-                    )
-                )
-            else:
-                checks.append(
-                    Check(
-                        OK,
-                        f"container {container.name} would be announced: "
-                        f"{registration.key} = {registration.value}",
-                    )
-                )
+            skipped.append(
+                Check(status, f"container {container.name} skipped: {assessment.reason}")
+            )
+        wanted += [(container.name, r) for r in assessment.registrations]
+    announced = len({name for name, _ in wanted})
+    checks = [
+        Check(
+            INFO,
+            f"{len(containers)} containers in scope: {announced} to announce "
+            f"({len(wanted)} keys), {len(skipped)} skipped",
+        ),
+        *skipped,
+    ]
+    if actual is not None:
+        checks += _key_checks(wanted, actual, ttls or {})
     return checks
+
+
+def _key_checks(
+    wanted: Sequence[tuple[str, Registration]],
+    actual: Mapping[str, KeyState],
+    ttls: Mapping[int, int],
+) -> list[Check]:
+    """Is each wanted key in etcd with this node's value, and on a live lease?"""
+    checks, missing, by_lease = [], [], Counter[int]()
+    for name, registration in wanted:
+        held = actual.get(registration.key)
+        if held is None:
+            missing.append(registration.key)
+        elif held.value != registration.value:
+            checks.append(
+                Check(
+                    FAIL,
+                    f"container {name}: {registration.key} is held by {holder(held.lease)} "
+                    f"with {held.value}; the agent would leave it (it wants {registration.value})",
+                )
+            )
+        else:
+            by_lease[held.lease] += 1
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        checks.append(
+            Check(
+                FAIL,
+                f"{len(missing)} of {len(wanted)} keys are not in etcd ({shown}): "
+                "is `sidekick run` running on this node?",
+            )
+        )
+    for lease, count in sorted(by_lease.items()):
+        if lease == 0:
+            checks.append(Check(INFO, f"{count} keys in etcd as plain keys: no lease keeps them"))
+        elif ttls.get(lease, -1) > 0:
+            checks.append(
+                Check(OK, f"{count} keys in etcd on lease {lease:x} ({ttls[lease]} s left)")
+            )
+        else:
+            checks.append(Check(FAIL, f"{count} keys on lease {lease:x}, which is gone"))
+    return checks
+
+
+def lease_file_check(path: Path, store: Store) -> Check:
+    """Does the agent's lease file name a live lease?"""
+    lease = LeaseFile(path).read()
+    if lease is None:
+        return Check(
+            INFO,
+            f"no lease id in {path}: no agent has run here since boot (or it uses another "
+            "--lease-file)",
+        )
+    try:
+        ttl = store.time_to_live(lease)
+    except EtcdError as exc:
+        return Check(FAIL, f"cannot ask etcd about the agent's lease {lease:x}: {brief(exc)}")
+    if ttl > 0:
+        return Check(OK, f"the agent's lease {lease:x} (in {path}) is alive: {ttl} s left")
+    return Check(WARN, f"the agent's lease {lease:x} (in {path}) is gone: is the agent running?")
 
 
 def run_checks(
     config: Config,
     docker: DockerSource,
     store_for: Callable[[Sequence[Endpoint]], Store],
+    lease_file: Path = DEFAULT_LEASE_FILE,
 ) -> Iterator[Check]:
     """Every check, in the order an operator would look (no retries: doctor says how it is now)."""
     yield Check(
@@ -104,7 +171,14 @@ def run_checks(
     )
     try:
         ip = require_host_ip(config)
-        yield Check(OK, f"host IP {ip}, from {config.host_ip_source}")
+        verdict = hostaddr.judge(ip, hostaddr.local_addresses())
+        if verdict is None:
+            yield Check(OK, f"host IP {ip}, from {config.host_ip_source}")
+        else:
+            refused = (
+                " (`sidekick run` refuses it without --force-host-ip)" if verdict.refuse else ""
+            )
+            yield Check(WARN, f"{verdict.text}; from {config.host_ip_source}{refused}")
     except ConfigError as exc:
         yield Check(FAIL, str(exc))
 
@@ -127,24 +201,40 @@ def run_checks(
             live.append(endpoint)
         yield from checks
 
-    actual: dict[str, KeyState] | None = None
-    if live:
-        store = store_for(live)
+    store = store_for(live) if live else None
+    if store is not None:
         yield from _write_checks(store, config)
-        try:
-            actual, _ = store.read_prefix(config.prefix + "/")
-        except EtcdError as exc:
-            yield Check(FAIL, f"cannot read the keys under {config.prefix}/: {brief(exc)}")
+        yield lease_file_check(lease_file, store)
     else:
         yield Check(FAIL, "no etcd endpoint works: lease and write checks not run")
 
-    if docker_up:
-        try:
-            yield from container_checks(docker.running_containers(), config, actual)
-        except DockerUnavailable as exc:
-            yield Check(FAIL, f"cannot list containers: {brief(exc)}")
-    else:
+    if not docker_up:
         yield Check(INFO, "containers not checked: Docker not reachable")
+        return
+    try:
+        containers = docker.running_containers()
+    except DockerUnavailable as exc:
+        yield Check(FAIL, f"cannot list containers: {brief(exc)}")
+        return
+    actual: dict[str, KeyState] | None = None
+    ttls: dict[int, int] = {}
+    if store is not None:
+        try:
+            actual, ttls = _own_keys(store, containers, config)
+        except EtcdError as exc:
+            yield Check(FAIL, f"cannot read this node's keys under {config.prefix}/: {brief(exc)}")
+    yield from container_checks(containers, config, actual, ttls)
+
+
+def _own_keys(
+    store: Store, containers: Sequence[Container], config: Config
+) -> tuple[dict[str, KeyState], dict[int, int]]:
+    """The keys these containers want as etcd has them (never the whole prefix), and the
+    seconds left on the leases that hold them."""
+    keys = [r.key for c in containers for r in assess(c, config).registrations]
+    actual = store.read_keys(keys)
+    leases = sorted({state.lease for state in actual.values() if state.lease})
+    return actual, {lease: store.time_to_live(lease) for lease in leases}
 
 
 def _endpoint_checks(store: Store, endpoint: Endpoint) -> Iterator[Check]:

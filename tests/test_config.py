@@ -556,3 +556,33 @@ class TestHelp:
             "SIDEKICK_FILTER",
         ):
             assert variable in text
+
+
+class TestHostIpRefused:
+    """`run` refuses a loopback or bridge host IP (other nodes cannot reach it) unless forced."""
+
+    @pytest.mark.parametrize(("ip", "words"), [("127.0.0.1", "loopback"), ("::1", "loopback")])
+    def test_refused(self, ip: str, words: str, tmp_path: Path) -> None:
+        (tmp_path / "env").touch()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sidekick",
+                "run",
+                "--host-ip",
+                ip,
+                "--environment-file",
+                str(tmp_path / "env"),
+                "--lease-file",
+                "",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 2
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"sidekick: error: host IP {ip} is a {words} address")
+        assert "--force-host-ip" in line
