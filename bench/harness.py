@@ -155,14 +155,16 @@ class Bench:
 
     # -- set-up and clean-up -------------------------------------------------------------
 
-    def setup(self, watchers: bool = True) -> None:
+    def setup(self, watchers: bool = True, start_etcd: bool = True) -> None:
         """The run's network and etcd; with `watchers`, the Docker events reader and the etcd
-        watcher the latency phase times against."""
+        watcher the latency phase times against. start_etcd=False: self.etcd is already
+        running (a member of the fleet's cluster)."""
         orphans = self.fleet.remove_orphans()
         if orphans:
             log(f"removed {orphans} containers left by an earlier, dead bench run")
         self.fleet.create_network()
-        self.etcd.start()
+        if start_etcd:
+            self.etcd.start()
         if not watchers:
             log(f"etcd {self.etcd.url} (data {self.etcd.data_dir}); run id {self.run_id}")
             return

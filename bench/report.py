@@ -20,8 +20,8 @@ from sidekick import __version__
 PLOT_NAME = "benchmarks-latency.png"
 
 
-def machine(client: docker.DockerClient, etcd_url: str) -> dict[str, Any]:
-    """What the figures were taken on."""
+def machine(client: docker.DockerClient | None, etcd_url: str) -> dict[str, Any]:
+    """What the figures were taken on (no client: a run that uses no Docker engine)."""
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -47,7 +47,7 @@ def machine(client: docker.DockerClient, etcd_url: str) -> dict[str, Any]:
         "cpu": cpu,
         "kernel": platform.release(),
         "os": _os_name(),
-        "docker": client.version().get("Version", "unknown"),
+        "docker": client.version().get("Version", "unknown") if client else "not used",
         "etcd": etcd_version,
         "python": platform.python_version(),
         "sidekick": f"{__version__} ({commit})" if commit else __version__,
