@@ -152,6 +152,7 @@ class Bench:
             },
         ).stdout
         self.has_lease_file = "--lease-file" in help_text
+        self.has_force_host_ip = "--force-host-ip" in help_text  # loopback refused without it
 
     # -- set-up and clean-up -------------------------------------------------------------
 
@@ -230,6 +231,8 @@ class Bench:
             "--environment-file",
             str(self.workdir / "environment"),
         ]
+        if self.has_force_host_ip:  # every container publishes on 127.0.0.1 only
+            args.append("--force-host-ip")
         if self.has_lease_file:  # one per agent, as on separate nodes
             args += ["--lease-file", str(self.workdir / f"lease-{name}")]
         if docker_url:
