@@ -3,6 +3,7 @@ measured in the same run. Started by ./bench/run (which installs what is missing
 
     python -m bench.harness [--quick] [--profile DIR] [--keep]
     python -m bench.harness --resync-cost [--resyncs K]   (bench/resync.py only)
+    python -m bench.harness --render-scale [--quick]      (bench/render_scale.py only)
 
 Phases (all loopback, all bounded, everything labelled and removed at the end):
   1. registration / deregistration latency, containers one after another and in bursts of 20;
@@ -42,6 +43,7 @@ from typing import Any
 import docker
 import requests
 
+from bench import render_scale as render_scale_mode
 from bench import report, resync
 from bench.common import (
     CLK_TCK,
@@ -954,6 +956,12 @@ def main(argv: list[str] | None = None) -> int:
         "under the prefix; writes its section of docs/benchmarks.md",
     )
     parser.add_argument(
+        "--render-scale",
+        action="store_true",
+        help="only `sidekick render` and `sidekick ls` with 100,000 keys under the prefix "
+        "(with --quick: shorter); writes its section of docs/benchmarks.md",
+    )
+    parser.add_argument(
         "--resyncs",
         type=int,
         default=resync.ResyncPlan.resyncs,
@@ -980,6 +988,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if args.resync_cost:
         return resync_cost(args)
+    if args.render_scale:
+        return render_scale(args)
     plan = Plan.make(args.quick)
     workdir = Path(tempfile.mkdtemp(prefix="sidekick-bench-"))
     bench = Bench(plan, workdir, args.profile)
@@ -1037,6 +1047,34 @@ def resync_cost(args: argparse.Namespace) -> int:
     if not args.no_docs:
         report.write_resync(results, line, command, ROOT / "docs")
         log("wrote the resync-cost section of docs/benchmarks.md")
+    print(json.dumps(line))
+    return 0
+
+
+def render_scale(args: argparse.Namespace) -> int:
+    """--render-scale: bench/render_scale.py's run; its section of docs/benchmarks.md, its JSON."""
+    plan = render_scale_mode.ScalePlan.make(args.quick)
+    workdir = Path(tempfile.mkdtemp(prefix="sidekick-bench-"))
+    bench = Bench(Plan.make(quick=True), workdir, None)
+    ok = False
+    try:
+        bench.setup(watchers=False)
+        results = render_scale_mode.run(bench, plan)
+        ok = True
+    finally:
+        bench.cleanup()
+        if args.keep or not ok:
+            log(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    line = render_scale_mode.headline(results)
+    results["headline"] = line
+    command = "./bench/run --render-scale" + (" --quick" if args.quick else "")
+    (ROOT / ".tmp").mkdir(exist_ok=True)
+    (ROOT / ".tmp" / "bench-render-scale.json").write_text(json.dumps(results, indent=1))
+    if not args.no_docs:
+        render_scale_mode.write_docs(results, command, ROOT / "docs")
+        log("wrote the render-scale section of docs/benchmarks.md")
     print(json.dumps(line))
     return 0
 
