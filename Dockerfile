@@ -1,7 +1,8 @@
 # sidekick as a container: `docker run --net host -v /var/run/docker.sock:/var/run/docker.sock
 # sidekick run ...` (see units/sidekick-docker.service). Build with scripts/build-image, which
-# makes the base image offline (scripts/build-base-image) and a wheelhouse so the build needs
-# no index; a plain `docker build .` works too where pip can reach an index.
+# makes the base image offline (scripts/build-base-image), sidekick's wheel (the distribution
+# docker-etcd-sidekick) and a wheelhouse, so the build installs that wheel and needs no index;
+# a plain `docker build .` works too where pip can reach an index (pip builds the wheel).
 #
 # The base image is an ARG so it can be swapped for any Debian-like image with python3 and
 # python3-venv (e.g. --build-arg BASE_IMAGE=debian:bookworm-slim plus those packages).
@@ -13,7 +14,7 @@ COPY . /src
 RUN python3 -m venv /opt/sidekick \
  && if [ -d /src/wheels ]; then \
       /opt/sidekick/bin/pip install --no-cache-dir --no-compile --no-index \
-        --find-links /src/wheels sidekick; \
+        --find-links /src/wheels docker-etcd-sidekick; \
     else \
       /opt/sidekick/bin/pip install --no-cache-dir --no-compile /src; \
     fi \
