@@ -322,7 +322,9 @@ class Chaos:
         """Docker answers nothing for 2 x ttl while containers change; the keys of the
         containers that keep running must stay, on the agent's lease, the whole time."""
         lease = self.agent_lease()
-        watched = self.steady_keys()
+        first = self.watchable()
+        held = self.etcd.entries(self.prefix)
+        watched = {k: v for k, v in self.steady_keys().items() if held.get(k, ())[:2] == (v, lease)}
         self.proxy.stall()
         began = time.monotonic()
         try:
@@ -335,7 +337,18 @@ class Chaos:
         finally:
             self.proxy.resume()
         self.faults["docker_stalled"] += 1
-        return [f"docker stalled {STALL_SECONDS}s", *done]
+        return [*first, f"docker stalled {STALL_SECONDS}s", *done]
+
+    def watchable(self) -> list[str]:
+        """With no steady container running, start a web one (no draw: the seed's draws stay
+        as they are) and give the agent time to announce it, so the stall has a key to watch."""
+        if self.steady_keys() or len(self.backends) >= MAX_CONTAINERS:
+            return []
+        self._create("web", "web")
+        deadline = time.monotonic() + CONVERGE_WITHIN
+        while time.monotonic() < deadline and not self.holds()[0]:
+            time.sleep(0.02)
+        return [f"create web {self.backends[-1].name} (to watch through the stall)"]
 
     def steady_keys(self) -> dict[str, str]:
         """The expected keys of running containers that change only when the test changes
