@@ -28,13 +28,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "units"
+# The units that run the agent; units/README.md installs the command as /usr/local/bin/sidekick.
+AGENT_UNITS = ("sidekick.service", "sidekick@.service", "sidekick-docker.service")
 TEMPLATE = UNITS / "confd" / "templates" / "nginx.conf.tmpl"
 RESOURCE = UNITS / "confd" / "conf.d" / "nginx.toml"
 DATA = Path(__file__).resolve().parent / "data"
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".target", ".path", ".mount")
 
 # Executables the units run, and units they require, that a node provides.
-STUB_EXECUTABLES = ("/usr/bin/docker", "/usr/local/bin/sidekick", "/bin/sh", "/bin/kill")
+STUB_EXECUTABLES = (
+    "/usr/bin/docker",
+    "/usr/local/bin/sidekick",
+    "/bin/sh",
+    "/bin/kill",
+    "/usr/bin/touch",
+)
 STUB_UNITS = {
     "docker.service": "[Unit]\nDescription=stub\n[Service]\nExecStart=/usr/bin/docker\n",
     # DefaultDependencies=yes: Requires=sysinit.target, After=basic.target,
@@ -228,6 +236,74 @@ class TestSystemdUnits:
             assert not [line for line in execs if "etcdctl" in line], unit.name
         apache = (UNITS / "apache@.service").read_text()
         assert "--label sidekick.enable=true --label sidekick.service=apache" in apache
+
+
+def unit_lines(name: str) -> list[str]:
+    """The unit's lines with continuations joined and comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (UNITS / name).read_text())
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+class TestOneInstallOneSetOfSettings:
+    """One command path and one set of settings files in every unit and doc (issue 15)."""
+
+    def test_one_command_path(self) -> None:
+        """/usr/bin/sidekick appears nowhere; the native units run /usr/local/bin/sidekick."""
+        for path in [*unit_files(), UNITS / "README.md", ROOT / "README.md", ROOT / "Dockerfile"]:
+            assert "/usr/bin/sidekick" not in path.read_text(), path.name
+        for name in ("sidekick.service", "sidekick@.service"):
+            assert "ExecStart=/usr/local/bin/sidekick run" in unit_lines(name), name
+
+    def test_every_agent_unit_reads_the_settings(self) -> None:
+        """/etc/environment and /etc/default/sidekick, both optional, in each agent unit;
+        the container variant hands the latter to docker run --env-file."""
+        for name in AGENT_UNITS:
+            lines = unit_lines(name)
+            assert "EnvironmentFile=-/etc/environment" in lines, name
+            if name == "sidekick-docker.service":
+                assert any("--env-file /etc/default/sidekick" in line for line in lines)
+            else:
+                assert "EnvironmentFile=-/etc/default/sidekick" in lines, name
+        assert "EnvironmentFile=/etc/default/sidekick-%i" in unit_lines("sidekick@.service")
+
+    def test_restart_keeps_the_lease_stop_revokes_it(self) -> None:
+        """KillSignal=SIGTERM (stop revokes) and RestartKillSignal=SIGUSR1 (restart keeps);
+        the lease file's directory outlives a restart."""
+        for name in AGENT_UNITS:
+            lines = unit_lines(name)
+            assert "KillSignal=SIGTERM" in lines, name
+            assert "RestartKillSignal=SIGUSR1" in lines, name
+            assert "RuntimeDirectory=sidekick" in lines, name
+            assert "RuntimeDirectoryPreserve=yes" in lines, name
+
+    def test_container_variant_passes_only_what_the_agent_needs(self) -> None:
+        """Not the whole /etc/environment (a quoted PATH= replaces the image's), only
+        COREOS_PRIVATE_IPV4; the host's /run/sidekick for the lease file; no `docker stop`
+        (which would always send SIGTERM), the client forwards systemd's signal."""
+        lines = unit_lines("sidekick-docker.service")
+        start = next(line for line in lines if line.startswith("ExecStart="))
+        assert "--env-file /etc/environment" not in start
+        assert "-v /etc/environment" not in start
+        assert " -e COREOS_PRIVATE_IPV4 " in start
+        assert " -v /run/sidekick:/run/sidekick " in start
+        assert not [line for line in lines if line.startswith("ExecStop=")]
+        text = (UNITS / "sidekick-docker.service").read_text()
+        assert "docker save sidekick:latest | ssh NODE docker load" in text
+
+    def test_register_lines_only_without_an_agent(self) -> None:
+        """The shipped apache@.service has no register/deregister lines; the README shows
+        them for a node without an agent, with the same settings and the one path."""
+        apache = (UNITS / "apache@.service").read_text()
+        assert "sidekick register" not in apache
+        assert "sidekick deregister" not in apache
+        readme = (ROOT / "README.md").read_text()
+        block = re.search(r"<!-- test_systemd: oneshot -->\n```ini\n(.*?)```", readme, re.S)
+        assert block, "README.md: the register/deregister unit lines"
+        lines = block.group(1)
+        assert "ExecStartPost=/usr/local/bin/sidekick register apache-%i" in lines
+        assert "ExecStop=/usr/local/bin/sidekick deregister --service apache --port %i" in lines
+        assert "EnvironmentFile=-/etc/default/sidekick" in lines
+        assert "for a node without the agent" in readme[: block.start()][-600:]
 
 
 class TestConfdNginxTemplate:
