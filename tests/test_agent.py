@@ -113,11 +113,15 @@ class TestRegistration:
             )
         )
 
-    def test_created_then_renamed_then_started(self, agent_factory, containers, etcd, scope):
+    def test_created_then_renamed_then_started(
+        self, agent_factory, containers, etcd, scope, docker_proxy
+    ):
         """`docker create`, `docker rename`, `docker start`: the key carries the name the
         container has when it starts (the agent reads containers ahead, at `create`), and a
         second start after a stop registers it again."""
-        agent_factory("--key-template", "{prefix}/{container}-{port}")
+        agent_factory(
+            "--key-template", "{prefix}/{container}-{port}", "--docker-url", docker_proxy.url
+        )
         port = free_port()
         container = containers.client.containers.create(
             containers.image,
@@ -126,7 +130,10 @@ class TestRegistration:
             ports=published(port),
             name=f"{scope}-before",
         )
-        time.sleep(0.5)  # the look-ahead at `create` has been made
+        wait_for(  # the look-ahead at `create` has read it, under its first name
+            lambda: any(f"/containers/{container.id}/json" in r for r in docker_proxy.requests),
+            message="the look-ahead at create",
+        )
         container.rename(f"{scope}-after")
         container.start()
         wanted = {f"/{scope}/{scope}-after-{port}": f"127.0.0.1:{port}"}
@@ -149,11 +156,15 @@ class TestRegistration:
             labels={TEST_LABEL: scope, "sidekick.enable": "true", "sidekick.service": "ahead"},
             ports=published(port),
         )
-        wait_for(
-            lambda: any(f"/containers/{container.id}/json" in r for r in docker_proxy.requests),
-            message="the look-ahead at create",
-        )
-        time.sleep(0.2)  # its network inspect follows
+
+        def read_ahead() -> bool:  # the container's inspect, then its network's (first use)
+            requests = list(docker_proxy.requests)
+            inspected = [
+                i for i, r in enumerate(requests) if f"/containers/{container.id}/json" in r
+            ]
+            return bool(inspected) and any("/networks/" in r for r in requests[inspected[0] :])
+
+        wait_for(read_ahead, message="the look-ahead at create: the container and its network")
         before_start = len(docker_proxy.requests)
         container.start()
         wanted = {f"/{scope}/ahead-{port}": f"127.0.0.1:{port}"}
