@@ -48,6 +48,7 @@ import heapq
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -62,6 +63,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +72,7 @@ import requests
 
 import sidekick.lease
 from bench import report
-from bench.common import ROOT, cpu_ticks, diff_counts, etcd_requests, rss_kb
+from bench.common import ROOT, cpu_ticks, diff_counts, etcd_requests, rss_kb, summary
 from sidekick.config import Config, Endpoint
 from sidekick.lease import LeaseKeeper
 from sidekick.leasefile import LeaseFile
@@ -107,7 +110,9 @@ class FleetPlan:
     settle_seconds: float = 15.0
     start_rate: float = 100.0  # nodes started per second, at random moments
     outage_seconds: float = 60.0
-    workers: int = 16
+    workers: int = 16  # resync workers in each simulator process
+    processes: int = 2  # simulator processes (node i in process i % processes)
+    nice: int = 10  # their priority: the nodes stand for other machines
     agent: bool = True  # the real `sidekick run` and its latency, with and without the fleet
     no_jitter_round: bool = True
     quick: bool = False
@@ -161,14 +166,43 @@ def registrations(prefix: str, node: str, services: int) -> list[Registration]:
     ]
 
 
-class NodeLog:
-    """A structlog stand-in for one node: counts events by name, prints nothing."""
+# A node's figures, in memory shared with the parent (int64 each), so that the parent reads
+# them without asking a host that may be busy: its row in its host's array.
+ALIVE, LEASE, RECONCILED, LAPSED_N, RESYNCS, REQUESTS, BYTES_IN, BYTES_OUT, FIRST_MS = range(9)
+ROW = 9
+# A host's figures: failed etcd requests, its worst scheduling delay (ms) since the parent
+# last reset it (the simulator's own starvation: every thread late by that much), threads.
+ERRORS, LATE_MS, THREADS = range(3)
+HOST_ROW = 3
+LATE_PROBE = 0.1  # seconds the probe sleeps between looks
 
-    def __init__(self) -> None:
+
+class Row:
+    """One node's slots in a shared array."""
+
+    def __init__(self, array: Any, slot: int) -> None:
+        self.array = array
+        self.base = slot * ROW
+
+    def set(self, field: int, value: int) -> None:
+        self.array[self.base + field] = value
+
+    def add(self, field: int, value: int = 1) -> None:
+        self.array[self.base + field] += value
+
+
+class NodeLog:
+    """A structlog stand-in for one node: counts events by name, prints nothing; a lapsed
+    lease (LeaseKeeper's warning) is also counted in the node's shared row."""
+
+    def __init__(self, row: Row | None = None) -> None:
         self.counts: dict[str, int] = defaultdict(int)
+        self.row = row
 
     def _count(self, event: str, *_args: Any, **_fields: Any) -> None:
         self.counts[event] += 1
+        if event == LAPSED and self.row is not None:
+            self.row.add(LAPSED_N)
 
     debug = info = warning = error = exception = _count
 
@@ -222,9 +256,11 @@ class SimNode:
         endpoints: Sequence[Endpoint],
         metrics: Metrics,
         on_due: Callable[[SimNode, float], None],
+        row: Row,
     ) -> None:
         self.index = index
-        self.name = f"node{index:05d}"
+        self.name = node_name(index)
+        self.row = row
         self.config = Config(
             prefix=prefix,
             etcd_endpoints=tuple(endpoints),
@@ -233,7 +269,7 @@ class SimNode:
             resync=plan.resync,
             node=self.name,
         )
-        self.log = NodeLog()
+        self.log = NodeLog(row)
         self.store = CountingStore(self.config.etcd_endpoints, self.config.etcd_timeout)
         self.on_due = on_due
         self.keeper = LeaseKeeper(
@@ -242,7 +278,7 @@ class SimNode:
             LeaseFile(None),
             metrics,
             self.log,
-            on_new_lease=lambda: self.on_due(self, time.monotonic()),
+            on_new_lease=self._on_new_lease,
         )
         self.sync = Sync(
             self.config,
@@ -263,16 +299,26 @@ class SimNode:
         self.failures = 0
         self.reconciled_once = False
         self.last_ok = 0.0  # monotonic time of the last reconcile that succeeded
+        self.started_at = 0.0
+        self.first_ok = 0.0  # monotonic time of the first reconcile that succeeded
         self.resyncs = 0  # reconciles that succeeded
         self.resync_cost = [0, 0, 0]  # their requests, bytes received, bytes sent
 
+    def _on_new_lease(self) -> None:
+        """From the lease thread, as the agent's: reconcile now (the agent queues NEW_LEASE)."""
+        self.row.set(LEASE, self.keeper.lease)
+        self.on_due(self, time.monotonic())
+
     def start(self) -> None:
         self.alive = True
+        self.row.set(ALIVE, 1)
+        self.started_at = time.monotonic()
         self.keeper.start()
 
     def kill(self) -> None:
         """As kill -9: the lease thread and the loop stop; nothing is revoked."""
         self.alive = False
+        self.row.set(ALIVE, 0)
         self.keeper.stop()
 
     def reconcile(self) -> float:
@@ -299,9 +345,19 @@ class SimNode:
         self.reconciled_once = True
         self.failures = 0
         self.last_ok = time.monotonic()
+        if not self.first_ok:
+            self.first_ok = self.last_ok
+            self.row.set(FIRST_MS, round((self.first_ok - self.started_at) * 1000))
         self.resyncs += 1
         for i in range(3):
             self.resync_cost[i] += after[i] - before[i]
+        row = self.row
+        row.set(RECONCILED, 1)
+        row.set(LEASE, self.keeper.lease)
+        row.add(RESYNCS)
+        row.add(REQUESTS, after[0] - before[0])
+        row.add(BYTES_IN, after[1] - before[1])
+        row.add(BYTES_OUT, after[2] - before[2])
         return self.config.resync
 
     def _retry(self) -> float:
@@ -526,70 +582,273 @@ class Check:
     read_seconds: float
 
 
+class NodeHost:
+    """A share of the fleet in a process of its own, driven by the parent's commands; each
+    node's figures in the shared `rows`, the process's in `host`.
+
+    The simulated nodes stand for other machines. With the parent (which controls etcd and
+    measures) in another process, a thousand lease threads retrying against a dead cluster
+    (about 2 ms of CPU per failed attempt on three endpoints, measured) cannot hold up the
+    measurements, and their figures stay readable whatever the host is doing.
+    """
+
+    def __init__(
+        self, plan: FleetPlan, prefix: str, ports: Sequence[int], rows: Any, host: Any
+    ) -> None:
+        self.plan = plan
+        self.prefix = prefix
+        self.ports = list(ports)
+        self.rows = rows
+        self.host = host
+        self.metrics = Metrics()  # one registry for the process: the parts only count
+        self.scheduler = Scheduler(plan.workers)
+        self.nodes: dict[int, SimNode] = {}
+        threading.Thread(target=self._report, name="report", daemon=True).start()
+
+    def _report(self) -> None:
+        """Every LATE_PROBE s: how late this thread woke (the process's scheduling delay,
+        GIL and CPU), the failed etcd requests, the threads."""
+        while True:
+            began = time.monotonic()
+            time.sleep(LATE_PROBE)
+            late = round((time.monotonic() - began - LATE_PROBE) * 1000)
+            self.host[LATE_MS] = max(self.host[LATE_MS], late)
+            errors = 0.0
+            for metric in self.metrics.errors.collect():
+                for sample in metric.samples:
+                    if sample.name.endswith("_total") and sample.labels.get("peer") == "etcd":
+                        errors += sample.value
+            self.host[ERRORS] = int(errors)
+            self.host[THREADS] = threading.active_count()
+
+    def endpoints_for(self, index: int) -> list[Endpoint]:
+        k = index % len(self.ports)
+        return [Endpoint("http", "127.0.0.1", p) for p in self.ports[k:] + self.ports[:k]]
+
+    def grow(self, starts: Sequence[tuple[int, float]]) -> int:
+        """Make the nodes, then start each at its moment (monotonic: one clock for every
+        process of the machine)."""
+        processes = self.plan.processes
+        new = [
+            (
+                SimNode(
+                    index,
+                    self.plan,
+                    self.prefix,
+                    self.endpoints_for(index),
+                    self.metrics,
+                    self.scheduler.at,
+                    Row(self.rows, index // processes),
+                ),
+                at,
+            )
+            for index, at in starts
+        ]
+        for node, at in sorted(new, key=lambda pair: pair[1]):
+            self.nodes[node.index] = node
+            time.sleep(max(0.0, at - time.monotonic()))
+            node.start()
+        return len(new)
+
+    def kill(self, index: int) -> dict[str, float]:
+        """Kill a node just after a keepalive (its lease's longest life), without revoking."""
+        node = self.nodes[index]
+        renewed = node.keeper.last_renewal
+        deadline = time.monotonic() + self.plan.ttl
+        while node.keeper.last_renewal == renewed and time.monotonic() < deadline:
+            time.sleep(0.001)
+        last = node.keeper.last_renewal
+        node.kill()
+        return {"last_keepalive": last, "killed": time.monotonic()}
+
+    def jitter(self, retry: float, loop: float) -> None:
+        """The contrast round: sidekick.lease.RETRY_JITTER and LOOP_JITTER, in this process."""
+        global LOOP_JITTER  # noqa: PLW0603 - in this simulator process only
+        sidekick.lease.RETRY_JITTER = retry
+        LOOP_JITTER = loop
+
+    def due(self) -> list[float]:
+        return self.scheduler.due_times(n for n in self.nodes.values() if n.alive)
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.alive = False
+        self.scheduler.stop()
+        with ThreadPoolExecutor(64) as pool:
+            list(pool.map(lambda n: n.keeper.stop(), self.nodes.values()))
+
+
+def host_main(  # noqa: PLR0917 - what a spawned process is given
+    conn: Connection, plan: FleetPlan, prefix: str, ports: list[int], rows: Any, host: Any
+) -> None:
+    """A child process: a NodeHost answering (command, args) from the parent until "stop"."""
+    os.nice(plan.nice)
+    node_host = NodeHost(plan, prefix, ports, rows, host)
+    while True:
+        try:
+            command, args = conn.recv()
+        except EOFError:  # the parent is gone
+            node_host.stop()
+            return
+        try:
+            conn.send(("ok", getattr(node_host, command)(*args)))
+        except Exception as exc:  # the parent raises it
+            conn.send(("error", f"{command}: {exc!r}"))
+        if command == "stop":
+            return
+
+
+@dataclass
+class Status:
+    """Every node's row, and the hosts' figures, as read from the shared memory."""
+
+    nodes: dict[int, tuple[int, ...]]
+    errors: int
+    late_ms: int  # the worst host's scheduling delay since the last reset
+    threads: int
+
+    def live(self) -> list[int]:
+        return sorted(i for i, n in self.nodes.items() if n[ALIVE])
+
+    def leases(self) -> dict[int, int]:
+        return {i: n[LEASE] for i, n in self.nodes.items() if n[ALIVE]}
+
+    def unreconciled(self) -> int:
+        return sum(1 for n in self.nodes.values() if n[ALIVE] and not n[RECONCILED])
+
+    def lapsed(self) -> int:
+        return sum(n[LAPSED_N] for n in self.nodes.values())
+
+    def resync_totals(self) -> tuple[int, int, int, int]:
+        """(reconciles, their requests, bytes received, bytes sent) over all nodes."""
+        rows = list(self.nodes.values())
+        return (
+            sum(n[RESYNCS] for n in rows),
+            sum(n[REQUESTS] for n in rows),
+            sum(n[BYTES_IN] for n in rows),
+            sum(n[BYTES_OUT] for n in rows),
+        )
+
+    def first_reconcile(self, indices: Iterable[int]) -> dict[str, float | int]:
+        """Seconds from a node's start to its first reconcile's end, over `indices`."""
+        return summary([self.nodes[i][FIRST_MS] / 1000 for i in indices if self.nodes[i][FIRST_MS]])
+
+
 class Fleet:
+    """The parent's handle on the simulated nodes, spread over FleetPlan.processes hosts
+    (node i on host i % processes, in its row i // processes)."""
+
     def __init__(self, plan: FleetPlan, cluster: EtcdCluster, prefix: str) -> None:
         self.plan = plan
         self.cluster = cluster
         self.prefix = prefix
-        self.metrics = Metrics()  # one registry for all: the keepers and syncs only count
-        self.nodes: list[SimNode] = []
-        self.scheduler = Scheduler(plan.workers)
+        self.size = 0
         self.random = random.Random(11)
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        ports = [m.client_port for m in cluster.members]
+        slots = -(-plan.nodes // plan.processes)
+        self.hosts: list[tuple[BaseProcess, Connection, Any, Any]] = []
+        for k in range(plan.processes):
+            rows = context.RawArray("q", slots * ROW)
+            host = context.RawArray("q", HOST_ROW)
+            mine, theirs = context.Pipe()
+            process = context.Process(
+                target=host_main,
+                args=(theirs, plan, prefix, ports, rows, host),
+                name=f"fleet-{k}",
+            )
+            process.daemon = True
+            process.start()
+            self.hosts.append((process, mine, rows, host))
 
-    def endpoints_for(self, index: int) -> list[Endpoint]:
-        members = self.cluster.members
-        order = members[index % len(members) :] + members[: index % len(members)]
-        return [Endpoint("http", "127.0.0.1", m.client_port) for m in order]
+    def _call(self, commands: Sequence[tuple[str, tuple[Any, ...]]], timeout: float) -> list[Any]:
+        """One command to each host (all sent, then all answered)."""
+        for (_, conn, _, _), command in zip(self.hosts, commands, strict=True):
+            conn.send(command)
+        answers = []
+        deadline = time.monotonic() + timeout
+        for process, conn, _, _ in self.hosts:
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"{process.name} did not answer {commands[0][0]} in time")
+            kind, value = conn.recv()
+            if kind == "error":
+                raise RuntimeError(f"{process.name}: {value}")
+            answers.append(value)
+        return answers
 
-    def live(self) -> list[SimNode]:
-        return [n for n in self.nodes if n.alive]
+    def _all(self, command: str, *args: Any, timeout: float = 120) -> list[Any]:
+        return self._call([(command, args)] * len(self.hosts), timeout)
 
     def grow(self, count: int) -> float:
-        """`count` more nodes, started at random moments over count / start_rate seconds;
-        the ramp's length."""
-        first = len(self.nodes)
-        new = [
-            SimNode(
-                i,
-                self.plan,
-                self.prefix,
-                self.endpoints_for(i),
-                self.metrics,
-                self.scheduler.at,
-            )
-            for i in range(first, first + count)
-        ]
-        self.nodes += new
+        """`count` more nodes, started at random moments over count / start_rate seconds
+        (a node's moment drawn uniformly); the ramp's length."""
         ramp = max(1.0, count / self.plan.start_rate)
-        offsets = sorted(self.random.uniform(0, ramp) for _ in new)
-        began = time.monotonic()
-        for node, offset in zip(new, offsets, strict=True):
-            time.sleep(max(0.0, began + offset - time.monotonic()))
-            node.start()
+        began = time.monotonic() + 1.0  # the hosts make their nodes first
+        starts: list[list[tuple[int, float]]] = [[] for _ in self.hosts]
+        for index in range(self.size, self.size + count):
+            starts[index % len(self.hosts)].append((index, began + self.random.uniform(0, ramp)))
+        self._call([("grow", (s,)) for s in starts], timeout=ramp + 120)
+        self.size += count
         return ramp
+
+    def status(self) -> Status:
+        """Every node's figures, from the shared memory (no question to the hosts)."""
+        processes = len(self.hosts)
+        nodes: dict[int, tuple[int, ...]] = {}
+        for index in range(self.size):
+            rows = self.hosts[index % processes][2]
+            base = (index // processes) * ROW
+            nodes[index] = tuple(rows[base : base + ROW])
+        hosts = [h[3] for h in self.hosts]
+        return Status(
+            nodes,
+            sum(h[ERRORS] for h in hosts),
+            max(h[LATE_MS] for h in hosts),
+            sum(h[THREADS] for h in hosts),
+        )
+
+    def reset_late(self) -> None:
+        """Start a new window for the hosts' worst scheduling delay."""
+        for host in self.hosts:
+            host[3][LATE_MS] = 0
 
     def wait_reconciled(self, timeout: float) -> float:
         """Until every live node has reconciled once (its own view); seconds waited."""
         began = time.monotonic()
-        while any(n.last_ok == 0.0 for n in self.live()):
+        while (late := self.status().unreconciled()) > 0:
             if time.monotonic() - began > timeout:
-                late = sum(1 for n in self.live() if n.last_ok == 0.0)
                 raise RuntimeError(f"{late} nodes never reconciled in {timeout:.0f} s")
-            time.sleep(0.1)
+            time.sleep(0.2)
         return time.monotonic() - began
 
-    def expected(self) -> dict[str, tuple[str, int]]:
+    def expected(self, leases: dict[int, int]) -> dict[str, tuple[str, int]]:
         out: dict[str, tuple[str, int]] = {}
-        for node in self.live():
-            out.update(node.expected())
+        for index, lease in leases.items():
+            for r in registrations(self.prefix, node_name(index), self.plan.services):
+                out[r.key] = (r.value, lease)
         return out
 
-    def check(self, url: str | None = None) -> Check:
-        """Read the whole prefix from a live member and compare."""
+    def read(self) -> tuple[dict[str, tuple[str, int, int]], float]:
+        """The whole prefix, read from a live member, and how long the read took."""
         began = time.monotonic()
-        found = read_prefix(url or self.cluster.any_live().url, self.prefix + "/")
-        took = time.monotonic() - began
-        expected = self.expected()
+        found = read_prefix(self.cluster.any_live().url, self.prefix + "/")
+        return found, time.monotonic() - began
+
+    def check(self, leases: dict[int, int] | None = None) -> Check:
+        """Read the whole prefix; compare with the live nodes' keys on their leases (as the
+        hosts' rows say, or `leases`)."""
+        found, took = self.read()
+        return self.compare(found, took, leases)
+
+    def compare(
+        self,
+        found: dict[str, tuple[str, int, int]],
+        took: float,
+        leases: dict[int, int] | None = None,
+    ) -> Check:
+        if leases is None:
+            leases = self.status().leases()
+        expected = self.expected(leases)
         missing = sum(1 for k in expected if k not in found)
         wrong = sum(
             1 for k, (v, lease) in expected.items() if k in found and found[k][:2] != (v, lease)
@@ -597,47 +856,61 @@ class Fleet:
         extra = sum(1 for k in found if k not in expected)
         return Check(not (missing or wrong or extra), len(found), missing, wrong, extra, took)
 
-    def lapsed(self) -> int:
-        return sum(n.lapsed() for n in self.nodes)
+    def kill(self, index: int) -> dict[str, float]:
+        process, conn, _, _ = self.hosts[index % len(self.hosts)]
+        conn.send(("kill", (index,)))
+        if not conn.poll(self.plan.ttl + 60):
+            raise RuntimeError(f"{process.name} did not kill node {index}")
+        kind, value = conn.recv()
+        if kind == "error":
+            raise RuntimeError(value)
+        return dict(value)
 
-    def leases(self) -> dict[str, int]:
-        return {n.name: n.keeper.lease for n in self.live()}
+    def set_jitter(self, retry: float, loop: float) -> None:
+        self._all("jitter", retry, loop)
 
-    def resync_totals(self) -> tuple[int, int, int, int]:
-        """(reconciles, their requests, bytes received, bytes sent) over all nodes."""
-        nodes = self.nodes
-        return (
-            sum(n.resyncs for n in nodes),
-            sum(n.resync_cost[0] for n in nodes),
-            sum(n.resync_cost[1] for n in nodes),
-            sum(n.resync_cost[2] for n in nodes),
-        )
+    def due_times(self) -> list[float]:
+        return sorted(t for answer in self._all("due") for t in answer)
 
-    def errors(self) -> int:
-        """Failed etcd requests the keepers counted (sidekick_errors{peer="etcd"})."""
-        total = 0.0
-        for metric in self.metrics.errors.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total") and sample.labels.get("peer") == "etcd":
-                    total += sample.value
-        return int(total)
+    def cpu_seconds(self) -> float:
+        """The simulator processes' CPU, read from /proc (no question to a busy host)."""
+        return sum(cpu_ticks(h[0].pid) for h in self.hosts if h[0].pid is not None) / CLK_TCK
+
+    def rss_kb(self) -> int:
+        return sum(rss_kb(h[0].pid) for h in self.hosts if h[0].pid is not None)
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.alive = False
-        self.scheduler.stop()
-        with ThreadPoolExecutor(64) as pool:
-            list(pool.map(lambda n: n.keeper.stop(), self.nodes))
+        with contextlib.suppress(Exception):
+            self._all("stop", timeout=60)
+        for process, conn, _, _ in self.hosts:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+            conn.close()
 
 
-def wait_right(fleet: Fleet, timeout: float, interval: float = 0.5) -> tuple[float | None, Check]:
-    """Poll until etcd is right; (monotonic start of the first right read, or None; last)."""
+def node_name(index: int) -> str:
+    return f"node{index:05d}"
+
+
+def wait_right(
+    fleet: Fleet, timeout: float, interval: float = 0.5, leases: dict[int, int] | None = None
+) -> tuple[float | None, Check]:
+    """Poll until etcd is right; (monotonic start of the first right read, or None; last).
+
+    With `leases`, each read is compared with those first (no question to the hosts, which
+    may be busy); a read that does not match them is compared with the hosts' current ones.
+    """
     deadline = time.monotonic() + timeout
     last = Check(False, 0, 0, 0, 0, 0.0)
     while time.monotonic() < deadline:
         began = time.monotonic()
         try:
-            last = fleet.check()
+            found, took = fleet.read()
+            last = fleet.compare(found, took, leases)
+            if not last.right and leases is not None:
+                last = fleet.compare(found, took)
         except (requests.RequestException, ValueError, IndexError):
             time.sleep(interval)
             continue
@@ -732,22 +1005,27 @@ class FleetRun:
     # -- 2: fleets at rest ----------------------------------------------------------------
 
     def stage(self, size: int) -> dict[str, Any]:
-        more = size - len(self.fleet.nodes)
+        first, more = self.fleet.size, size - self.fleet.size
         log(f"fleet of {size}: starting {more} more nodes")
         began = time.monotonic()
         ramp = self.fleet.grow(more)
         self.fleet.wait_reconciled(self.plan.converge_timeout)
         up = time.monotonic() - began
+        start_up = self.fleet.status().first_reconcile(range(first, size))
         right_at, check = wait_right(self.fleet, self.plan.converge_timeout)
         if right_at is None:
             raise RuntimeError(f"fleet of {size}: etcd never right ({check})")
         log(
-            f"fleet of {size}: every node reconciled {up:.1f} s after the first start "
-            f"(ramp {ramp:.1f} s); {check.keys} keys right (read in {check.read_seconds:.2f} s)"
+            f"fleet of {size}: every node reconciled {up:.1f} s after the ramp began "
+            f"(ramp {ramp:.1f} s; start to first reconcile p50 {start_up['p50']:.2f} s, "
+            f"max {start_up['max']:.2f} s); {check.keys} keys right "
+            f"(read in {check.read_seconds:.2f} s)"
         )
         time.sleep(self.plan.settle_seconds)
         row = self.at_rest(size)
-        row.update({"ramp_seconds": ramp, "all_reconciled_seconds": up})
+        row.update(
+            {"ramp_seconds": ramp, "all_reconciled_seconds": up, "first_reconcile": start_up}
+        )
         log(
             f"fleet of {size} at rest: {row['requests_per_second']:.1f} requests/s "
             f"({_methods(row['by_method_per_second'])}); "
@@ -761,15 +1039,17 @@ class FleetRun:
         leader = self.cluster.leader()
         requests_before = {m.name: etcd_requests(m.url) for m in members}
         ticks_before = {m.name: cpu_ticks(_pid(m)) for m in members}
-        cost_before = self.fleet.resync_totals()
-        lapsed_before = self.fleet.lapsed()
-        cpu_before, t0 = process_cpu(), time.monotonic()
+        self.fleet.reset_late()
+        status_before = self.fleet.status()
+        cost_before = status_before.resync_totals()
+        cpu_before, t0 = self.fleet.cpu_seconds(), time.monotonic()
         time.sleep(plan.rest_seconds)
         elapsed = time.monotonic() - t0
-        cpu_after = process_cpu()
+        cpu_after = self.fleet.cpu_seconds()
         ticks_after = {m.name: cpu_ticks(_pid(m)) for m in members}
         requests_after = {m.name: etcd_requests(m.url) for m in members}
-        cost_after = self.fleet.resync_totals()
+        status_after = self.fleet.status()
+        cost_after = status_after.resync_totals()
         leader_after = self.cluster.leader()
         by_method: dict[str, int] = defaultdict(int)
         per_member: dict[str, dict[str, Any]] = {}
@@ -824,26 +1104,24 @@ class FleetRun:
             "leader_cpu_percent": per_member[leader.name]["cpu_percent"],
             "members": per_member,
             "simulator_cpu_percent": (cpu_after - cpu_before) / elapsed * 100,
-            "simulator_rss_mb": rss_kb(os.getpid()) / 1024,
-            "simulator_threads": threading.active_count(),
-            "lapsed": self.fleet.lapsed() - lapsed_before,
+            "simulator_rss_mb": self.fleet.rss_kb() / 1024,
+            "simulator_late_ms_max": status_after.late_ms,
+            "simulator_threads": status_after.threads,
+            "simulator_processes": plan.processes,
+            "lapsed": status_after.lapsed() - status_before.lapsed(),
         }
 
     # -- 4: a node killed -------------------------------------------------------------------
 
     def dead_node(self) -> dict[str, Any]:
-        node = self.fleet.live()[-1]
-        url = self.cluster.members[(node.index + 1) % 3].url
-        keys_prefix = f"{self.prefix}/{node.name}-"
+        index = self.fleet.status().live()[-1]
+        name = node_name(index)
+        url = self.cluster.members[(index + 1) % 3].url
+        keys_prefix = f"{self.prefix}/{name}-"
         before = count_prefix(url, keys_prefix)
-        renewed = node.keeper.last_renewal
-        deadline = time.monotonic() + self.plan.ttl
-        while node.keeper.last_renewal == renewed and time.monotonic() < deadline:
-            time.sleep(0.001)  # kill it just after a keepalive: the lease's longest life
-        last_keepalive = node.keeper.last_renewal
-        node.kill()
-        killed = time.monotonic()
-        log(f"{node.name} killed (no revoke) {killed - last_keepalive:.3f} s after a keepalive")
+        moments = self.fleet.kill(index)  # just after a keepalive: the lease's longest life
+        last_keepalive, killed = moments["last_keepalive"], moments["killed"]
+        log(f"{name} killed (no revoke) {killed - last_keepalive:.3f} s after a keepalive")
         gone_at = None
         while time.monotonic() < killed + self.plan.ttl * 3:
             with contextlib.suppress(requests.RequestException, ValueError):
@@ -851,19 +1129,16 @@ class FleetRun:
                     gone_at = time.monotonic()
                     break
             time.sleep(0.05)
-        result = {
-            "node": node.name,
+        gone = gone_at - last_keepalive if gone_at else None
+        log(f"its {before} keys gone {gone} s after its last keepalive")
+        return {
+            "node": name,
             "keys": before,
             "seconds_after_kill": gone_at - killed if gone_at else None,
-            "seconds_after_last_keepalive": gone_at - last_keepalive if gone_at else None,
+            "seconds_after_last_keepalive": gone,
             "goal_seconds": self.plan.ttl + 1,
+            "met": gone is not None and gone <= self.plan.ttl + 1,
         }
-        result["met"] = gone_at is not None and result["seconds_after_last_keepalive"] <= (
-            self.plan.ttl + 1
-        )
-        gone = result["seconds_after_last_keepalive"]
-        log(f"its {before} keys gone {gone} s after its last keepalive")
-        return result
 
     # -- 5: the leader killed ---------------------------------------------------------------
 
@@ -872,8 +1147,8 @@ class FleetRun:
         leader = cluster.leader()
         follower = next(m for m in cluster.members if m is not leader)
         before = read_prefix(follower.url, self.prefix + "/")
-        leases_before = fleet.leases()
-        lapsed_before = fleet.lapsed()
+        status_before = fleet.status()
+        leases_before = status_before.leases()
         probes = [
             WriteProbe([leader, *(m for m in cluster.members if m is not leader)], "via-leader"),
             WriteProbe(
@@ -884,6 +1159,7 @@ class FleetRun:
             probe.start()
         time.sleep(1.0)
         rates = RequestRates(cluster, 1.0).start()
+        fleet.reset_late()
         log(f"killing the leader {leader.name}")
         leader.kill()
         killed = time.monotonic()
@@ -892,8 +1168,9 @@ class FleetRun:
         for probe in probes:
             probe.stop()
         new_leader = cluster.leader()
-        lapsed = fleet.lapsed() - lapsed_before
-        leases_after = fleet.leases()
+        status_after = fleet.status()
+        lapsed = status_after.lapsed() - status_before.lapsed()
+        leases_after = status_after.leases()
         changed = sum(1 for n, lease in leases_before.items() if leases_after.get(n) != lease)
         leader.launch()
         started = time.monotonic()
@@ -903,13 +1180,14 @@ class FleetRun:
             time.sleep(0.1)
         rates.stop()
         after = read_prefix(follower.url, self.prefix + "/")
-        expected = fleet.expected()
-        lost = sum(
+        expected = fleet.expected(leases_after)
+        missing = sum(1 for key in expected if key not in after)
+        recreated = sum(  # deleted and put again meanwhile: a new create_revision
             1
             for key in expected
-            if key not in after or (key in before and after[key][2] != before[key][2])
+            if key in after and key in before and after[key][2] != before[key][2]
         )
-        check = fleet.check()
+        check = fleet.check(leases_after)
         back = [g for g in gaps.values() if g is not None]
         result = {
             "leader": leader.name,
@@ -918,8 +1196,11 @@ class FleetRun:
             "writes_back_seconds": max(back) if len(back) == len(gaps) else None,
             "lapsed": lapsed,
             "leases_changed": changed,
-            "keys_lost": lost,
+            "keys_lost": missing + recreated,
+            "keys_missing": missing,
+            "keys_recreated": recreated,
             "keys_checked": len(expected),
+            "simulator_late_ms_max": status_after.late_ms,
             "right_after": check.right,
             "check": asdict(check),
             "peak_requests_per_second": max((r for _, r in rates.per_second(killed)), default=0),
@@ -927,33 +1208,31 @@ class FleetRun:
         }
         log(
             f"leader kill: writes back after {gaps}; {lapsed} leases lapsed, {changed} changed, "
-            f"{lost} keys lost; new leader {new_leader.name}"
+            f"{missing} keys missing, {recreated} put again; new leader {new_leader.name}; "
+            f"simulator late by up to {status_after.late_ms} ms"
         )
         return result
 
     # -- 6: every member down -------------------------------------------------------------
 
     def outage(self, jitter: bool) -> dict[str, Any]:
-        global LOOP_JITTER  # noqa: PLW0603 - the no-jitter contrast, in this process only
         cluster, fleet, plan = self.cluster, self.fleet, self.plan
-        saved = (sidekick.lease.RETRY_JITTER, LOOP_JITTER)
-        if not jitter:
-            sidekick.lease.RETRY_JITTER = 0.0
-            LOOP_JITTER = 0.0
+        if not jitter:  # the contrast: in the simulator processes only, restored after
+            fleet.set_jitter(0.0, 0.0)
         try:
-            right_at, check = wait_right(fleet, 60)
+            status = fleet.status()
+            leases = status.leases()
+            right_at, check = wait_right(fleet, 60, leases=leases)
             if right_at is None:
                 raise RuntimeError(f"etcd not right before the outage: {check}")
-            lapsed_before, errors_before = fleet.lapsed(), fleet.errors()
-            leases_before = fleet.leases()
             log(f"all three members down for {plan.outage_seconds:g} s (jitter {jitter})")
             for member in cluster.members:
                 member.kill()
             down = time.monotonic()
-            cpu_before = process_cpu()
+            cpu_before = fleet.cpu_seconds()
+            fleet.reset_late()
             time.sleep(plan.outage_seconds)
-            cpu_down = (process_cpu() - cpu_before) / (time.monotonic() - down) * 100
-            errors_down = fleet.errors() - errors_before
+            cpu_down = (fleet.cpu_seconds() - cpu_before) / (time.monotonic() - down) * 100
             rates = RequestRates(cluster, 1.0)
             for member in cluster.members:
                 member.launch()
@@ -966,22 +1245,23 @@ class FleetRun:
                     healthy_at = time.monotonic()
                     break
                 time.sleep(0.05)
-            cpu_before = process_cpu()
-            right_at, check = wait_right(fleet, plan.converge_timeout, interval=0.2)
+            cpu_before = fleet.cpu_seconds()
+            right_at, check = wait_right(fleet, plan.converge_timeout, 0.2, leases)
             # the storm and the keepalives after it: a whole keepalive period past right
             settle_until = max(launched + plan.ttl, (right_at or launched) + plan.ttl / 3 + 2)
             time.sleep(max(0.0, settle_until - time.monotonic()))
-            cpu_up = (process_cpu() - cpu_before) / (time.monotonic() - (healthy_at or launched))
+            cpu_up = (fleet.cpu_seconds() - cpu_before) / (
+                time.monotonic() - (healthy_at or launched)
+            )
             rates.stop()
             for member in cluster.members:
                 member.status()  # member ids for leader()
             series = rates.per_second(launched)
             peak = max(series, key=lambda s: s[1], default=(0.0, 0.0))
-            due = sorted(fleet.scheduler.due_times(fleet.live()))
+            after = fleet.status()
+            due = fleet.due_times()
             result = {
                 "jitter": jitter,
-                "retry_jitter": sidekick.lease.RETRY_JITTER,
-                "loop_jitter": LOOP_JITTER,
                 "outage_seconds": outage,
                 "healthy_seconds": healthy_at - launched if healthy_at else None,
                 "right_seconds": right_at - launched if right_at else None,
@@ -992,22 +1272,23 @@ class FleetRun:
                 "peak_requests_per_second": peak[1],
                 "peak_at_seconds": peak[0],
                 "series": [(round(t, 2), round(r, 1)) for t, r in series],
-                "lapsed": fleet.lapsed() - lapsed_before,
+                "lapsed": after.lapsed() - status.lapsed(),
                 "leases_changed": sum(
-                    1 for n, lease in fleet.leases().items() if leases_before.get(n) != lease
+                    1 for i, lease in after.leases().items() if leases.get(i) != lease
                 ),
-                "failed_requests_during_outage": errors_down,
-                "failed_requests_per_second": errors_down / plan.outage_seconds,
+                "failed_requests_during_outage": after.errors - status.errors,
                 "simulator_cpu_percent_down": cpu_down,
                 "simulator_cpu_percent_recovery": cpu_up * 100,
+                "simulator_late_ms_max": after.late_ms,
                 "next_resyncs_within_2s_share": _densest(due, 2.0) / max(1, len(due)),
             }
         finally:
-            sidekick.lease.RETRY_JITTER, LOOP_JITTER = saved
+            if not jitter:
+                fleet.set_jitter(sidekick.lease.RETRY_JITTER, LOOP_JITTER)
         log(
             f"outage (jitter {jitter}): healthy after {result['healthy_seconds']} s, right after "
             f"{result['right_seconds']} s; peak {peak[1]:.0f} requests/s at +{peak[0]:.0f} s; "
-            f"{result['lapsed']} lapsed"
+            f"{result['lapsed']} lapsed; simulator CPU {cpu_down:.0f} % while down"
         )
         return result
 
@@ -1025,6 +1306,7 @@ class FleetRun:
         if plan.no_jitter_round:
             self.results["outage"].append(self.outage(jitter=False))
         final = self.fleet.check()
+        self.results["simulator"] = {"processes": plan.processes, "nice": plan.nice}
         self.results["final_check"] = asdict(final)
         self.results["duration_seconds"] = time.monotonic() - started
         self.results["machine"]["load_end"] = os.getloadavg()[0]
@@ -1188,7 +1470,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 # -- entry points -----------------------------------------------------------------------------
 
 
-def execute(plan: FleetPlan, *, keep: bool, no_docs: bool, command: str) -> int:
+def execute(
+    plan: FleetPlan, *, keep: bool, no_docs: bool, command: str, results_path: Path | None = None
+) -> int:
     """Run the plan; save the results, write the docs (full runs), print the JSON line."""
     workdir = Path(tempfile.mkdtemp(prefix="sidekick-fleet-"))
     bench = None
@@ -1215,9 +1499,11 @@ def execute(plan: FleetPlan, *, keep: bool, no_docs: bool, command: str) -> int:
     line = headline(results)
     results["headline"] = line
     results["command"] = command
-    (ROOT / ".tmp").mkdir(exist_ok=True)
-    name = "bench-fleet-quick-results.json" if plan.quick else "bench-fleet-results.json"
-    (ROOT / ".tmp" / name).write_text(json.dumps(results, indent=1, default=str))
+    if results_path is None:
+        name = "bench-fleet-quick-results.json" if plan.quick else "bench-fleet-results.json"
+        results_path = ROOT / ".tmp" / name
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1, default=str))
     if not no_docs and not plan.quick:
         report.write_fleet(results, line, command, ROOT / "docs")
         log("wrote the fleet section of docs/benchmarks.md and the figures in docs/scale.md")
@@ -1249,7 +1535,7 @@ def command_line(args: argparse.Namespace, base: str) -> str:
         parts.append("--stages " + ",".join(str(s) for s in args.stages))
     if args.quick:
         parts.append("--quick")
-    for name in ("ttl", "resync", "rest", "outage", "workers", "services"):
+    for name in ("ttl", "resync", "rest", "outage", "workers", "processes", "services"):
         if (value := getattr(args, name, None)) is not None:
             parts.append(f"--{name} {value:g}")
     if getattr(args, "no_agent", False):
@@ -1266,12 +1552,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-agent", action="store_true", help="no real sidekick run")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument("--no-docs", action="store_true", help="write no docs")
+    parser.add_argument("--results", type=Path, metavar="JSON", help="where to save results")
     for name, kind, what in (
         ("ttl", int, "the nodes' lease TTL (s)"),
         ("resync", float, "the nodes' --resync (s)"),
         ("rest", float, "seconds each fleet is measured at rest"),
         ("outage", float, "seconds all three members stay down"),
-        ("workers", int, "resync worker threads"),
+        ("workers", int, "resync worker threads in each simulator process"),
+        ("processes", int, "simulator processes"),
         ("services", int, "registrations a node"),
     ):
         parser.add_argument(f"--{name}", type=kind, help=what)
@@ -1286,6 +1574,7 @@ def main(argv: list[str] | None = None) -> int:
             ("rest_seconds", args.rest),
             ("outage_seconds", args.outage),
             ("workers", args.workers),
+            ("processes", args.processes),
             ("services", args.services),
         )
         if value is not None
@@ -1295,11 +1584,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_jitter_round is not None:
         changes["no_jitter_round"] = args.no_jitter_round == "yes"
     plan = replace(plan, **changes)
+    periods = max(1, round(plan.rest_seconds / plan.resync))
+    plan = replace(plan, rest_seconds=periods * plan.resync)  # each node resyncs k times in it
     return execute(
         plan,
         keep=args.keep,
         no_docs=args.no_docs,
         command=command_line(args, "python -m bench.fleet"),
+        results_path=args.results,
     )
 
 
@@ -1308,7 +1600,9 @@ def on_term(signum: int, _frame: object) -> None:
 
 
 if __name__ == "__main__":
+    import importlib
     import signal
 
+    this = importlib.import_module("bench.fleet")  # pickles name bench.fleet, not __main__
     signal.signal(signal.SIGTERM, on_term)
-    sys.exit(main())
+    sys.exit(this.main())
