@@ -31,6 +31,7 @@ from sidekick.store import EtcdUnavailable, Store
 _NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # what a node and a service name may be
 _FIELD_PATTERNS = {"node": _NAME_PATTERN, "service": _NAME_PATTERN, "port": r"\d+"}
 COLUMNS = ("KEY", "VALUE", "OWNER", "TTL", "CONTAINER")
+PAGE = 10_000  # keys per range request
 TTL_WORKERS = 4  # leases asked for their time left at once (etcd has no bulk call)
 
 
@@ -337,7 +338,7 @@ def collect(
         start = range_prefix(
             config.key_template, config.prefix, {k: v for k, v in known.items() if v}
         )
-        actual, _ = with_retry(lambda: store.read_prefix(start), EtcdUnavailable)
+        actual, _ = with_retry(lambda: store.read_prefix(start, page=PAGE), EtcdUnavailable)
         agent_lease, ttls = 0, {}
     rows = select(build_rows(actual, {}, mine, config, agent_lease), selection, config)
     leases = {row.lease for row in rows if row.lease and row.lease not in ttls}

@@ -101,6 +101,40 @@ def _prefix(etcd: EtcdServer, scope: str) -> Iterator[str]:
     delete_prefix(etcd, f"/{scope}/")
 
 
+class TestReadPrefixInPages:
+    """read_prefix(prefix, page=N): the keys of one read, in answers of at most N keys."""
+
+    def test_same_keys_as_one_answer(self, etcd: EtcdServer, prefix: str) -> None:
+        put_many(etcd, {f"{prefix}k{n:03d}": f"v{n}" for n in range(250)})
+        etcd.put(prefix.rstrip("/") + "x/outside", "no")  # past the prefix's range end
+        store = store_for(etcd.url)
+        recorder = Recorder(store)
+        whole = store.read_prefix(prefix)
+        recorder.clear()
+        assert store.read_prefix(prefix, page=100) == whole
+        assert len(whole[0]) == 250
+        assert recorder.paths == ["/kv/range"] * 3
+
+    def test_one_revision_for_every_page(self, etcd: EtcdServer, prefix: str) -> None:
+        """A key put between two pages is not in the read: every page is read at the first
+        page's revision."""
+        put_many(etcd, {f"{prefix}k{n:03d}": "v" for n in range(30)})
+        store = store_for(etcd.url)
+        post = store._post
+
+        def put_after_first(path: str, payload: dict[str, Any], subject: str | None = None) -> Any:
+            answer = post(path, payload, subject)
+            if "revision" not in payload:
+                etcd.put(f"{prefix}k999", "late")
+            return answer
+
+        store._post = put_after_first  # type: ignore[method-assign]
+        keys, revision = store.read_prefix(prefix, page=10)
+        assert sorted(keys) == [f"{prefix}k{n:03d}" for n in range(30)]
+        assert f"{prefix}k999" in store_for(etcd.url).read_prefix(prefix)[0]
+        assert revision < store_for(etcd.url).read_prefix(prefix)[1]
+
+
 class TestLeaseKeys:
     """lease_keys: the TTL and exactly the keys on one lease, in one request."""
 
