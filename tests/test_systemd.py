@@ -43,11 +43,16 @@ import docker.errors
 import pytest
 
 from tests.conftest import APACHE_IMAGE, TEST_LABEL, EtcdServer, free_port, missing, wait_for
+from tests.test_image import _image  # noqa: F401  (the `image` fixture: sidekick's image)
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS_README = ROOT / "units" / "README.md"
+README = ROOT / "README.md"
+# Ubuntu's /etc/environment: a quoted PATH= line, which must not reach the agent's container.
+UBUNTU_PATH = 'PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/snap/bin"'
+HOST_LEASE_FILE = Path("/run/sidekick/lease")  # sidekick-docker.service's, on the host
 BUILD_SCRIPT = ROOT / "scripts" / "build-systemd-image"
 HOST_DOCKER_CLI = Path("/usr/bin/docker")  # what the build script copies in
 WATCHDOG_SEC = 6
@@ -58,11 +63,11 @@ APACHE2CTL = "#!/bin/sh\nexec httpd -f -p 80 -h /www\n"
 # -- units/README.md's shell blocks -----------------------------------------------------------
 
 
-def readme_block(name: str) -> str:
-    """The ```sh block after `<!-- test_systemd: NAME -->` in units/README.md."""
-    text = UNITS_README.read_text()
-    match = re.search(rf"<!-- test_systemd: {re.escape(name)} -->\n```sh\n(.*?)```", text, re.S)
-    assert match, f"units/README.md has no block marked test_systemd: {name}"
+def readme_block(name: str, readme: Path = UNITS_README) -> str:
+    """The fenced block after `<!-- test_systemd: NAME -->` in units/README.md (or README.md)."""
+    text = readme.read_text()
+    match = re.search(rf"<!-- test_systemd: {re.escape(name)} -->\n```\w+\n(.*?)```", text, re.S)
+    assert match, f"{readme.relative_to(ROOT)} has no block marked test_systemd: {name}"
     return match.group(1)
 
 
@@ -113,8 +118,9 @@ def _systemd_image(docker_client: docker.DockerClient) -> str:
 def _apache_image(docker_client: docker.DockerClient, images: dict[str, str]) -> Iterator[str]:
     """dash/apache as apache@.service runs it (`/usr/sbin/apache2ctl -D FOREGROUND`): the test
     busybox image plus an apache2ctl that runs busybox httpd. It is tagged dash/apache:latest
-    for this module (a superset of the busybox image the other tests run as dash/apache), and
-    the tag is given back afterwards."""
+    for this module (a superset of the busybox image the other tests run as dash/apache), again
+    before each `systemctl start apache@` (a test session starting meanwhile tags its own
+    busybox image so), and the tag is given back afterwards. Yields the image's id."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, text, mode in (
@@ -137,7 +143,7 @@ def _apache_image(docker_client: docker.DockerClient, images: dict[str, str]) ->
     with contextlib.suppress(docker.errors.ImageNotFound):
         previous = docker_client.images.get(APACHE_IMAGE)
     image.tag(APACHE_IMAGE)
-    yield APACHE_IMAGE
+    yield str(image.id)
     if previous is not None:
         previous.tag(APACHE_IMAGE)
     with contextlib.suppress(docker.errors.APIError):
@@ -176,8 +182,11 @@ def _wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Node:
     """A systemd container: run shell in it, ask systemctl, read etcd as the test."""
 
-    def __init__(self, container: Any, etcd: EtcdServer, scope: str, port: int) -> None:
+    def __init__(
+        self, container: Any, etcd: EtcdServer, scope: str, port: int, apache_id: str
+    ) -> None:
         self.container = container
+        self.apache_id = apache_id
         self.etcd = etcd
         self.scope = scope
         self.prefix = f"/{scope}"
@@ -198,6 +207,12 @@ class Node:
         flags = " ".join(f"-p {p}" for p in props)
         out = self.sh(f"systemctl show {flags} {unit}")
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def start_apache(self, client: docker.DockerClient, *, check: bool = True) -> str:
+        """`systemctl start apache@PORT`, dash/apache:latest being the apache2ctl image."""
+        client.images.get(self.apache_id).tag(APACHE_IMAGE)
+        script = f"systemctl start apache@{self.port}.service"
+        return self.sh(script if check else f"{script} 2>&1 || echo FAILED", check=check)
 
     def main_pid(self, unit: str = "sidekick.service") -> int:
         return int(self.show(unit, "MainPID")["MainPID"])
@@ -279,7 +294,7 @@ def _node(
             "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
         },
     )
-    node = Node(container, etcd, scope, _apache_port(docker_client))
+    node = Node(container, etcd, scope, _apache_port(docker_client), apache_image)
     try:
         started = time.monotonic()
         wait_for(
@@ -354,6 +369,20 @@ def _start_backend(
         ports={"80/tcp": ("127.0.0.1", port)},
     )
     return container, port
+
+
+def _wait_removed(client: docker.DockerClient, name: str) -> None:
+    """Until `docker run --rm`'s container is removed: a new one of the same name started
+    while the daemon still removes it fails with a name conflict."""
+
+    def removed() -> bool:
+        try:
+            client.containers.get(name)
+        except docker.errors.NotFound:
+            return True
+        return False
+
+    wait_for(removed, timeout=30, message=f"{name} removed")
 
 
 def _wait_restart(node: Node, old_pid: int, timeout: float) -> float:
@@ -431,7 +460,7 @@ class TestUnitsUnderSystemd:
         node.sh("systemctl start sidekick.service")
         unit, name = f"apache@{node.port}.service", f"apache-{node.port}"
         started = time.monotonic()
-        node.sh(f"systemctl start {unit}")
+        node.start_apache(docker_client)
         wait_for(
             lambda: node.entries().get(node.key, ("",))[0] == f"127.0.0.1:{node.port}",
             timeout=30,
@@ -463,7 +492,8 @@ class TestUnitsUnderSystemd:
         print(f"\nkey gone {key_gone:.2f} s, container stopped {container_gone:.2f} s after stop")
         assert still_running, "the key went only after the container"
         assert container_gone > key_gone
-        node.sh(f"systemctl start {unit}")
+        _wait_removed(docker_client, name)
+        node.start_apache(docker_client)
         wait_for(lambda: node.key in node.entries(), timeout=30, message=node.key)
 
     def test_kill_9_resumes_the_lease(self, node: Node) -> None:
@@ -573,3 +603,119 @@ class TestUnitsUnderSystemd:
         assert node.lease_file() == ""
         assert node.show("sidekick.service", "ExecMainStatus")["ExecMainStatus"] == "0"
         print(f"\nsystemctl stop: {elapsed:.2f} s, lease {lease:x} revoked")
+
+    def test_container_variant(
+        self, node: Node, docker_client: docker.DockerClient, image: str
+    ) -> None:
+        """sidekick-docker.service installed as sidekick.service (the README's block), the
+        image tagged sidekick:latest: the agent gets /etc/default/sidekick and only
+        COREOS_PRIVATE_IPV4 (Ubuntu's quoted PATH= line stays out), its lease file is the
+        host's /run/sidekick/lease; `systemctl restart` keeps the key (SIGUSR1 through the
+        `docker run` client), `systemctl stop` removes it at once."""
+        node.sh("systemctl stop sidekick.service")
+        previous = None
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            previous = docker_client.images.get("sidekick:latest")
+        host_lease_existed = HOST_LEASE_FILE.exists()
+        docker_client.images.get(image).tag("sidekick:latest")
+        try:
+            metrics = f"SIDEKICK_METRICS_ADDRESS=127.0.0.1:{free_port()}"
+            node.sh(
+                f"echo '{UBUNTU_PATH}' >> /etc/environment"
+                f" && echo {metrics} >> /etc/default/sidekick"
+                # the watchdog drop-in is for the native unit; Type=simple sends no WATCHDOG=1
+                " && rm -rf /etc/systemd/system/sidekick.service.d"
+            )
+            node.sh(readme_block("docker"), workdir="/root/install")
+            started = time.monotonic()
+            node.sh("systemctl daemon-reload && systemctl start sidekick.service")
+            wait_for(
+                lambda: node.entries().get(node.key, ("",))[0] == f"127.0.0.1:{node.port}",
+                timeout=60,
+                message=f"{node.key} from the container agent",
+            )
+            node.figures["container variant start to key"] = time.monotonic() - started
+            before = node.entries()[node.key]
+            agent = docker_client.containers.get("sidekick")
+            env = dict(e.split("=", 1) for e in agent.attrs["Config"]["Env"])
+            assert env["PATH"].startswith("/opt/sidekick/bin:"), env["PATH"]
+            assert env["COREOS_PRIVATE_IPV4"] == "127.0.0.1"
+            assert env["SIDEKICK_PREFIX"] == node.prefix
+            assert HOST_LEASE_FILE.read_text().strip() == f"{before[1]:x}"
+
+            started = time.monotonic()
+            node.sh("systemctl restart sidekick.service")
+
+            def resumed() -> bool:
+                with contextlib.suppress(docker.errors.NotFound):
+                    new = docker_client.containers.get("sidekick")
+                    logs = new.logs()
+                    return new.id != agent.id and b'"reconciled"' in logs
+                return False
+
+            wait_for(resumed, timeout=60, interval=0.2, message="a new container reconciled")
+            node.figures["container variant restart"] = time.monotonic() - started
+            logs = docker_client.containers.get("sidekick").logs().decode()
+            assert f'"lease": "{before[1]:x}", "ttl": 30, "event": "lease resumed"' in logs, logs
+            assert node.entries()[node.key] == before, "same value, lease and mod_revision"
+
+            node.sh("systemctl stop sidekick.service")
+            assert node.key not in node.entries(), "stop revokes the lease at once"
+            assert not node.lease_alive(before[1])
+        finally:
+            node.sh("systemctl stop sidekick.service", check=False)
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.containers.get("sidekick").remove(force=True)
+            if previous is not None:
+                previous.tag("sidekick:latest")
+            else:
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_client.images.remove("sidekick:latest")
+            if not host_lease_existed:
+                HOST_LEASE_FILE.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    HOST_LEASE_FILE.parent.rmdir()
+
+    def test_register_lines_on_a_node_without_an_agent(
+        self, node: Node, docker_client: docker.DockerClient
+    ) -> None:
+        """README.md's apache@ lines for a node without an agent, as a drop-in: `register`
+        and `deregister` read /etc/default/sidekick (the test's etcd, not the default
+        127.0.0.1:2379), the key is plain and there when `systemctl start` returns, and it
+        goes before the container stops."""
+        unit, name = f"apache@{node.port}.service", f"apache-{node.port}"
+        node.sh(
+            f"systemctl stop sidekick.service {unit}"
+            " && rm -f /etc/systemd/system/sidekick.service && systemctl daemon-reload"
+        )
+        assert node.key not in node.entries()
+        _wait_removed(docker_client, name)
+        lines = readme_block("oneshot", README)
+        # Replace the unit's ExecStop= (the README lists all three stop lines) instead of
+        # adding to it, as editing apache@.service itself would.
+        node.write(
+            "/etc/systemd/system/apache@.service.d/oneshot.conf", f"[Service]\nExecStop=\n{lines}"
+        )
+        node.sh("systemctl daemon-reload")
+        out = node.start_apache(docker_client, check=False)
+        assert "FAILED" not in out, out + node.journal(unit)[-3000:]
+        value, lease, _ = node.entries()[node.key]
+        assert (value, lease) == (f"127.0.0.1:{node.port}", 0), "a plain key, written by register"
+
+        def running() -> bool:
+            try:
+                return bool(docker_client.api.inspect_container(name)["State"]["Running"])
+            except docker.errors.NotFound:
+                return False
+
+        stopper = subprocess.Popen(["docker", "exec", node.container.id, "systemctl", "stop", unit])
+        try:
+            started = time.monotonic()
+            while node.key in node.entries():
+                assert time.monotonic() - started < 30, "key not deregistered"
+                time.sleep(0.02)
+            still_running = running()
+        finally:
+            assert stopper.wait(60) == 0
+        assert still_running, "deregister runs before docker stop"
+        assert node.key not in node.entries()
