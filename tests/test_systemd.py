@@ -18,6 +18,12 @@ has no route to a package index of its own), the units, the second agent. The su
 made to them are listed in README_SUBSTITUTIONS; everything else runs verbatim, so the docs
 cannot drift from what works. The watchdog is shortened to 6 s by a drop-in (the shipped 30 s
 would only make the test slower).
+
+The apache container is the test busybox image with an /usr/sbin/apache2ctl that runs httpd,
+tagged dash/apache:latest as the unit expects. The container variant's agent runs on the
+host's engine, so its `-v /run/sidekick:/run/sidekick` is the host's /run/sidekick (removed
+afterwards when the test made it), and its image is sidekick's, tagged sidekick:latest for the
+test (tests/test_image.py builds it).
 """
 
 from __future__ import annotations
