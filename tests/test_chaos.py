@@ -111,10 +111,11 @@ SECOND_AGENTS: dict[str, tuple[str, ...]] = {
     "same filter": (),  # wants the same keys, same values: they are announced already
     "same filter, other value": ("--value-template", "{ip}:{port}/second"),  # every one clashes
 }
-# Seconds for an agent on a held lease file to exit: "at once" is judged by what it did (one
-# error line, nothing started, the lease file untouched); the time is mostly the interpreter's
-# start, seconds on a loaded machine.
+# Seconds for an agent on a held lease file to exit: "at once" is judged by what it did (its
+# last line names the file, it logged none of STARTED_EVENTS, the lease file is untouched);
+# the time is mostly the interpreter's start, seconds on a loaded machine.
 REFUSED_WITHIN = 30.0
+STARTED_EVENTS = {"agent starting", "lease granted", "lease resumed", "registered", "reconciled"}
 FAULT_CHANCE = 0.5  # of a round having one fault around its container operations
 Entry = tuple[str, int, int]  # an etcd key's value, lease and mod_revision
 
@@ -401,8 +402,8 @@ class Chaos:
         return [f"second agent ({variant}) for {runs_for:.1f}s, {clashes} clashes logged"]
 
     def same_lease_file_refused(self) -> None:
-        """An agent started on the running agent's lease file exits 2 at once: one line
-        naming the file, nothing started, the running agent's lease id left in the file."""
+        """An agent started on the running agent's lease file exits 2 at once: its last line
+        names the file, nothing started (no lease, no key), the lease id left in the file."""
         lease = self.agent_lease()
         began = time.monotonic()
         third = self.start_agent(lease_file=self.lease_path.name, wait_ready=False)
@@ -412,14 +413,14 @@ class Chaos:
             third.stop()
             code = None
         took = time.monotonic() - began
-        lines = third.log_path.read_text().splitlines()
-        named = len(lines) == 1 and "held by another running agent" in lines[0]
-        named = named and str(self.lease_path) in lines[0]
-        if code != 2 or not named or self.agent_lease() != lease:
+        lines = third.log_path.read_text().splitlines() or [""]
+        named = "held by another running agent" in lines[-1] and str(self.lease_path) in lines[-1]
+        started = [e["event"] for e in third.logs() if e.get("event") in STARTED_EVENTS]
+        if code != 2 or not named or started or self.agent_lease() != lease:
             self.broken(
                 "same lease file",
-                f"exit {code} after {took:.1f}s, one line naming the file: {named}, lease file "
-                f"{lease} -> {self.agent_lease()}; log: {lines[-3:]!r}",
+                f"exit {code} after {took:.1f}s, last line names the file: {named}, did "
+                f"{started}, lease file {lease} -> {self.agent_lease()}; log: {lines[-3:]!r}",
             )
         self.refusals.append(took)
 
