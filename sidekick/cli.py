@@ -275,8 +275,6 @@ def run(
     verdict = hostaddr.judge(ip, hostaddr.local_addresses())
     if verdict is not None and verdict.refuse and not force_host_ip:
         fail(f"{verdict.text} (from {config.host_ip_source}; --force-host-ip to use it anyway)")
-    if verdict is not None:  # forced, or only doubtful: said once, in the log
-        structlog.get_logger("sidekick").warning(verdict.text, source=config.host_ip_source)
     store = (
         DryRunStore(config.etcd_endpoints, config.etcd_timeout, sys.stdout, config.etcd_security)
         if dry_run
@@ -289,6 +287,8 @@ def run(
         fail(str(exc))
     except OSError as exc:
         fail(f"--lease-file: cannot open {lease_file}: {exc.strerror}")
+    if verdict is not None:  # forced, or only doubtful: said once, in the log
+        structlog.get_logger("sidekick").warning(verdict.text, source=config.host_ip_source)
     agent = Agent(config, store, make_docker(config), notifier=Notifier(), lease_file=lease_store)
     server = None
     if address is not None:
