@@ -637,6 +637,8 @@ class Renderer:
                 signal.signal(signum, handler)
 
     def stop(self) -> None:
+        """Stop both threads (any thread): the render thread at once, the watch thread at
+        its next message or read timeout."""
         self._stopping = True
         with self._changed:
             self._changed.notify_all()
@@ -667,13 +669,11 @@ class Renderer:
         """When the render thread has work: the pending changes' render (as --wait says) or
         the owed reload's next try. The caller holds `_changed`."""
         due = self._reload_due if self.reload_failing is not None else float("inf")
-        if self._first is not None:
-            render_at = self._first if self._at_once else self._wait_due(self._first)
-            due = min(due, render_at)
+        if self._first is not None and self._at_once:
+            due = min(due, self._first)
+        elif self._first is not None:
+            due = min(due, self.options.wait.due(self._first, self._last))
         return due
-
-    def _wait_due(self, first: float) -> float:
-        return self.options.wait.due(first, self._last)
 
     def _update_logged(self) -> None:
         try:
