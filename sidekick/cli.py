@@ -411,7 +411,8 @@ def register_command(
 ) -> None:
     """Announce containers (or --service/--port) once, as plain keys; with --ttl N, on a lease.
 
-    For unit files: ExecStartPost=/usr/bin/sidekick register apache-%i
+    For unit files on a node without an agent (the agent announces by label):
+    ExecStartPost=/usr/local/bin/sidekick register apache-%i
 
     Never overwrites a key that holds another value; a key with the same value is left as it is.
 
