@@ -41,7 +41,7 @@ TWO_BACKENDS = {"/test/apache-8002": "127.0.0.1:8002", "/test/apache-8001": "127
 
 
 def body(text: str) -> str:
-    """The text after its leading comment lines (which name the tool that rendered it)."""
+    """The text after its leading comment lines (which name what rendered it)."""
     lines = text.splitlines(keepends=True)
     while lines and lines[0].startswith("#"):
         lines.pop(0)
@@ -49,14 +49,17 @@ def body(text: str) -> str:
 
 
 class TestTemplate:
-    """The shipped nginx template renders what the confd template renders."""
+    """The shipped Jinja2 template gives the text of the confd template as the test translates
+    it (tests/test_units.py's render_confd; confd itself is not packaged here, never run)."""
 
     @pytest.mark.parametrize(
         ("fixture", "kv"),
         [("nginx-0-backends.conf", {}), ("nginx-2-backends.conf", TWO_BACKENDS)],
     )
-    def test_same_output_as_confd(self, fixture: str, kv: dict[str, str]) -> None:
-        """Byte for byte the confd fixture, but for the header comment naming the renderer."""
+    def test_same_text_as_translated_confd_template(self, fixture: str, kv: dict[str, str]) -> None:
+        """The shipped Jinja2 template and the confd template, translated by the test, give the
+        same text byte for byte, but for the leading comments (each names its renderer; the
+        fixture's also say what produced it)."""
         text = render_text(load_template(None), "/test", kv, {})
         assert body(text) == body((DATA / fixture).read_text())
         assert text.startswith("# Rendered by sidekick render from the values under /test")
