@@ -89,10 +89,26 @@ class TestCheckTarget:
         with pytest.raises(UsageError, match=message):
             check_target(target)
 
-    def test_good_targets_pass(self) -> None:
-        """Names alone, nothing at all, and a full --service/--port/--ip are accepted."""
-        for target in (Target(("a", "b")), Target(), Target(service="apache", port=1, ip="::1")):
-            check_target(target)
+    @pytest.mark.parametrize(
+        ("good", "one_change_off"),
+        [
+            (Target(("a", "b")), Target(("a", "b"), ip="10.0.0.1")),
+            (Target(), Target(port=80)),
+            (Target(service="apache", port=1, ip="::1"), Target(service="apache", ip="::1")),
+            (Target(service="a" * 128, port=65535), Target(service="a" * 129, port=65535)),
+        ],
+        ids=["names", "nothing", "service-port-ip", "longest-service-highest-port"],
+    )
+    def test_good_targets_pass(self, good: Target, one_change_off: Target) -> None:
+        """Names alone, nothing at all, a full --service/--port/--ip and the longest service
+        name with the highest port are accepted, while the same target one field off is
+        refused: the check looks at what it accepts."""
+        try:
+            check_target(good)
+        except UsageError as exc:
+            pytest.fail(f"{good} refused: {exc}")
+        with pytest.raises(UsageError):
+            check_target(one_change_off)
 
 
 class TestServiceRegistration:
