@@ -3,6 +3,7 @@ measured in the same run. Started by ./bench/run (which installs what is missing
 
     python -m bench.harness [--quick] [--profile DIR] [--keep]
     python -m bench.harness --resync-cost [--resyncs K]   (bench/resync.py only)
+    python -m bench.harness --fleet [--nodes M] [--quick]   (bench/fleet.py only)
     python -m bench.harness --render-scale [--quick]      (bench/render_scale.py only)
 
 Phases (all loopback, all bounded, everything labelled and removed at the end):
@@ -43,8 +44,8 @@ from typing import Any
 import docker
 import requests
 
+from bench import fleet, report, resync
 from bench import render_scale as render_scale_mode
-from bench import report, resync
 from bench.common import (
     CLK_TCK,
     GROUP_LABEL,
@@ -968,9 +969,25 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="with --resync-cost: resyncs measured at each size",
     )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="only the fleet simulator: M simulated nodes (sidekick's own lease and sync code) "
+        "on a three-member etcd cluster, a real agent beside them, faults; writes its section "
+        "of docs/benchmarks.md and the figures of docs/scale.md (with --quick: 200 nodes, "
+        "correctness only, no docs)",
+    )
+    fleet.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.from_results is not None:
         results = json.loads(args.from_results.read_text())
+        if results.get("mode") == "fleet":  # a --fleet run (.tmp/bench-fleet-results.json)
+            line = fleet.headline(results)
+            report.write_fleet(
+                results, line, results.get("command", "./bench/run --fleet"), ROOT / "docs"
+            )
+            print(json.dumps(line))
+            return 0
         if "rows" in results:  # a --resync-cost run (.tmp/bench-resync-results.json)
             line = resync.headline(results)
             report.write_resync(results, line, "./bench/run --resync-cost", ROOT / "docs")
@@ -988,6 +1005,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if args.resync_cost:
         return resync_cost(args)
+    if args.fleet:
+        return fleet_mode(args)
     if args.render_scale:
         return render_scale(args)
     plan = Plan.make(args.quick)
@@ -1019,6 +1038,18 @@ def main(argv: list[str] | None = None) -> int:
         log("wrote docs/benchmarks.md and docs/benchmarks-latency.png")
     print(json.dumps(line))
     return 0
+
+
+def fleet_mode(args: argparse.Namespace) -> int:
+    """--fleet: bench/fleet.py's run; its section of docs/benchmarks.md, docs/scale.md's
+    figures, its JSON."""
+    plan = fleet.FleetPlan.make(args.nodes, args.quick, args.stages)
+    return fleet.execute(
+        plan,
+        keep=args.keep,
+        no_docs=args.no_docs,
+        command=fleet.command_line(args, "./bench/run --fleet"),
+    )
 
 
 def resync_cost(args: argparse.Namespace) -> int:
