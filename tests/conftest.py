@@ -100,6 +100,15 @@ def stop_process(
         process.wait()
 
 
+def metric(url: str, name: str, labels: str = "") -> float:
+    """One sample from the Prometheus text at url, e.g. an agent's --metrics-address /metrics
+    (0 when absent)."""
+    text = requests.get(url, timeout=5).text
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search("^" + pattern + "$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

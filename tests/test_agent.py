@@ -8,14 +8,38 @@ import sys
 import time
 
 import pytest
+import requests
 
-from tests.conftest import TEST_LABEL, Containers, EtcdServer, free_port, wait_for
+from tests.conftest import (
+    TEST_LABEL,
+    Containers,
+    EtcdServer,
+    free_port,
+    metric,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def published(port: int, container_port: int = 80) -> dict[str, tuple[str, int]]:
     return {f"{container_port}/tcp": ("127.0.0.1", port)}
+
+
+def events_seen(url: str, action: str) -> float:
+    """How many Docker events of this action the agent at url (its /metrics) has received."""
+    return metric(url, "sidekick_docker_events_total", f'action="{action}"')
+
+
+def marker_announced(containers: Containers, etcd: EtcdServer, scope: str) -> str:
+    """Start a marker container and wait for its key: the agent handles Docker's events one at
+    a time in the order they come, so every event before the marker's start has been handled
+    once its key is in etcd. Returns the key."""
+    port = free_port()
+    containers.run(ports=published(port), labels={"sidekick.service": "marker"})
+    key = f"/{scope}/marker-{port}"
+    wait_for(lambda: key in etcd.keys(f"/{scope}/"), message=f"the marker {key}")
+    return key
 
 
 class TestRegistration:
@@ -249,14 +273,19 @@ class TestEvents:
 
     def test_hup_keeps_and_kill_removes(self, agent_factory, containers, etcd, scope):
         """docker kill -s HUP (an nginx reload) deregisters nothing; docker kill does."""
-        agent = agent_factory()
+        address = f"127.0.0.1:{free_port()}"
+        agent = agent_factory("--metrics-address", address)
+        url = f"http://{address}/metrics"
         port = free_port()
         container = containers.run(ports=published(port), labels={"sidekick.service": "k"})
         key = f"/{scope}/k-{port}"
         wait_for(lambda: key in etcd.keys(f"/{scope}/"))
+        before = etcd.entries(f"/{scope}/")[key]
+        kills = events_seen(url, "kill")
         container.kill(signal="SIGHUP")
-        time.sleep(0.5)
-        assert key in etcd.keys(f"/{scope}/")
+        wait_for(lambda: events_seen(url, "kill") > kills, message="the HUP's kill event received")
+        marker_announced(containers, etcd, scope)  # and handled: it came before the marker
+        assert etcd.entries(f"/{scope}/")[key] == before  # same value, lease and revision
         assert agent.events("deregistered") == []
         container.kill()
         wait_for(lambda: key not in etcd.keys(f"/{scope}/"), message="gone on kill")
@@ -294,7 +323,7 @@ class TestEvents:
         """While the first health check has not passed, nothing is announced."""
         agent_factory()
         port = free_port()
-        containers.run(
+        slow = containers.run(
             ports=published(port),
             labels={"sidekick.service": "slow"},
             healthcheck={
@@ -303,10 +332,10 @@ class TestEvents:
                 "start_period": 60_000_000_000,
             },
         )
-        marker = free_port()
-        containers.run(ports=published(marker), labels={"sidekick.service": "marker"})
-        wait_for(lambda: f"/{scope}/marker-{marker}" in etcd.keys(f"/{scope}/"))
+        marker_announced(containers, etcd, scope)  # the slow one's start is handled by now
         assert f"/{scope}/slow-{port}" not in etcd.keys(f"/{scope}/")
+        slow.reload()
+        assert slow.attrs["State"]["Health"]["Status"] == "starting"  # still, as claimed
 
     def test_restart_loop_leaves_no_stale_key(
         self, agent_factory, containers, docker_client, etcd, scope
@@ -323,8 +352,8 @@ class TestEvents:
         agent.wait_log("registered", count=2, timeout=20)
         container.stop(timeout=1)
         wait_for(lambda: etcd.keys(f"/{scope}/") == {}, message="no key after the loop stops")
-        time.sleep(1)
-        assert etcd.keys(f"/{scope}/") == {}
+        marker = marker_announced(containers, etcd, scope)  # every event of the loop handled
+        assert list(etcd.keys(f"/{scope}/")) == [marker]
 
 
 class TestLease:
@@ -353,14 +382,24 @@ class TestLease:
 
     def test_keepalive_outlives_ttl(self, agent_factory, containers, etcd, scope):
         """While the agent lives its keys outlast the ttl: the heartbeat renews the lease."""
-        agent_factory(ttl=2)
+        address = f"127.0.0.1:{free_port()}"
+        agent_factory("--metrics-address", address, ttl=2)
+        url = f"http://{address}/metrics"
         port = free_port()
         containers.run(ports=published(port), labels={"sidekick.service": "t"})
         key = f"/{scope}/t-{port}"
         wait_for(lambda: key in etcd.keys(f"/{scope}/"))
-        revision = etcd.entries(f"/{scope}/")[key][2]
-        time.sleep(5)
-        assert etcd.entries(f"/{scope}/")[key][2] == revision  # kept alive, never rewritten
+        before = etcd.entries(f"/{scope}/")[key]
+        lease = etcd.post("lease/timetolive", {"ID": before[1]})
+        assert int(lease["grantedTTL"]) == 2
+        renewals = metric(url, "sidekick_keepalive_rtt_seconds_count")
+        # The claim is about time passing, so time passes: 2.5 ttls, the key looked at every
+        # 0.2 s (not once after a sleep), never gone and never rewritten.
+        written = time.monotonic()
+        while time.monotonic() - written < 5:
+            assert etcd.entries(f"/{scope}/").get(key) == before  # same value, lease, revision
+            time.sleep(0.2)
+        assert metric(url, "sidekick_keepalive_rtt_seconds_count") >= renewals + 3
 
     def test_kill_9_keys_expire_within_ttl(self, agent_factory, containers, etcd, scope):
         """kill -9 of the agent: its keys vanish within the ttl, by the lease alone."""
@@ -511,17 +550,31 @@ class TestFaults:
     """The agent survives its peers going away and converges when they return."""
 
     def test_etcd_outage(self, agent_factory, containers, etcd, scope):
-        """etcd stopped while containers start and stop: right within seconds of its return."""
-        agent = agent_factory(ttl=4)
+        """etcd stopped while containers start and stop, for longer than the ttl: right within
+        seconds of its return. (etcd keeps the lease across its own restart, so the keys do
+        not expire meanwhile: the stopped container's key is the agent's to remove.)"""
+        address = f"127.0.0.1:{free_port()}"
+        agent = agent_factory("--metrics-address", address, ttl=4)
+        url = f"http://{address}/metrics"
         keep, gone = free_port(), free_port()
         doomed = containers.run(ports=published(gone), labels={"sidekick.service": "gone"})
         containers.run(ports=published(keep), labels={"sidekick.service": "keep"})
         wait_for(lambda: len(etcd.keys(f"/{scope}/")) == 2)
         etcd.stop()
+        dies, starts = events_seen(url, "die"), events_seen(url, "start")
         doomed.stop(timeout=1)
         new = free_port()
         containers.run(ports=published(new), labels={"sidekick.service": "new"})
-        time.sleep(6)  # longer than the ttl: the lease expires meanwhile
+        wait_for(
+            lambda: events_seen(url, "die") > dies and events_seen(url, "start") > starts,
+            message="the stop and the start received while etcd is down",
+        )
+        agent.wait_log("etcd unavailable; retrying with backoff")
+        wait_for(  # the agent's own word that a ttl went by with no renewal
+            lambda: "no live lease" in requests.get(f"http://{address}/healthz", timeout=5).text,
+            timeout=10,
+            message="/healthz: no live lease (an outage longer than the ttl)",
+        )
         assert agent.process is not None and agent.process.poll() is None, "agent exited"
         etcd.start()
         back = time.monotonic()
@@ -626,7 +679,7 @@ class TestDockerFaults:
         doomed.stop(timeout=1)
         new = free_port()
         containers.run(ports=published(new), labels={"sidekick.service": "new"})
-        time.sleep(2)
+        agent.wait_log("docker unavailable; retrying with backoff")  # it tried, in vain
         assert agent.process is not None and agent.process.poll() is None, "agent exited"
         docker_proxy.start()
         back = time.monotonic()

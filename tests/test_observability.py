@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import time
@@ -11,17 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, metric, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def metric(url: str, name: str, labels: str = "") -> float:
-    """One sample from the Prometheus text at url (0 when absent)."""
-    text = requests.get(url, timeout=5).text
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search("^" + pattern + "$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def published(port: int) -> dict[str, tuple[str, int]]:
