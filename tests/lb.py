@@ -146,6 +146,7 @@ class TcpProxy:
         self._conns: list[tuple[socket.socket, socket.socket, threading.Event]] = []
         self.refusing = False
         self.accepted = 0
+        self.refused = 0  # connections closed at once because `refusing` was set
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -156,6 +157,8 @@ class TcpProxy:
                 return
             if self.refusing:
                 client.close()
+                with self._lock:
+                    self.refused += 1
                 continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), 2)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -282,6 +283,23 @@ class Setup:
             lambda: self.lines() == expected, timeout=timeout, message=f"{self.dest} = {expected}"
         )
 
+    def revision(self, key: str) -> int:
+        """The mod_revision of a key under the prefix."""
+        return self.etcd.entries(key)[key][2]
+
+    def wait_settled(self, process: RenderProcess, revision: int) -> list[dict[str, Any]]:
+        """Wait until `process` has rendered etcd's keys as of `revision` and the reload that
+        follows that render is done; its "rendered" lines. With no later change nothing more
+        is rendered or reloaded, so counts read after this are final."""
+
+        def settled() -> list[dict[str, Any]] | None:
+            rendered = process.events("rendered")
+            done = any(int(line["revision"]) >= revision for line in rendered)
+            reloads = len(process.events("reloaded"))
+            return rendered if done and reloads == len(rendered) else None
+
+        return list(wait_for(settled, message=f"the render of revision {revision}, reloaded"))
+
 
 @pytest.fixture(name="setup")
 def _setup(live_etcd: EtcdServer, scope: str, tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -365,9 +383,9 @@ class TestWatch:
         setup.etcd.put(f"{setup.prefix}x/y", "9")
         setup.etcd.put(f"{setup.prefix}/c", "3")
         setup.wait_lines(["1", "3"], timeout=1)
-        wait_for(lambda: setup.reload_count() == 5, timeout=2)
-        time.sleep(0.3)
-        assert setup.reload_count() == 5
+        # The watch applies changes in order, so the render that has c has every put before it.
+        rendered = setup.wait_settled(process, setup.revision(f"{setup.prefix}/c"))
+        assert (len(rendered), setup.reload_count()) == (5, 5)
         assert process.process is not None and process.process.poll() is None
 
     def test_refused_file_keeps_the_old_one(self, setup: Setup) -> None:
@@ -442,11 +460,11 @@ class TestCoalescing:
             setup.etcd.put(f"{setup.prefix}/k{n:02d}", f"v{n:02d}")
         expected = [f"v{n:02d}" for n in range(50)]
         setup.wait_lines(expected, timeout=10)
-        time.sleep(1.5)  # a late render would show here
+        rendered = setup.wait_settled(process, setup.revision(f"{setup.prefix}/k49"))
         reloads = setup.reload_count() - 1
         print(f"50 puts in a burst: {reloads} reload(s)")
         assert 1 <= reloads <= 5
-        assert len(process.events("rendered")) == reloads + 1
+        assert len(rendered) == reloads + 1
 
     def test_trickle_still_renders(self, setup: Setup) -> None:
         """A put every 0.1 s with --wait 1:2 never leaves MIN quiet, yet MAX makes it render
@@ -524,7 +542,8 @@ class TestWatchFaults:
             setup.etcd.put(f"{setup.prefix}/b", "2")
             setup.etcd.put(f"{setup.prefix}/c", "3")
             setup.etcd.delete(f"{setup.prefix}/a")
-            time.sleep(0.5)
+            refused = proxy.refused
+            wait_for(lambda: proxy.refused > refused, message="a retry after the changes, refused")
             assert setup.lines() == ["1"]
             proxy.refusing = False
             setup.wait_lines(["2", "3"], timeout=8)
