@@ -60,6 +60,55 @@ APACHE_IMAGE = "dash/apache:latest"  # the seed's image name, built from busybox
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+# Fixtures that start or reach a server: Docker, etcd, or what builds on them. A test using
+# one must be marked `integration` (`-m "not integration"` runs the rest without servers);
+# pytest_collection_modifyitems below refuses the run when one is not, so the marks cannot
+# drift. An item's fixturenames hold every fixture it uses, through other fixtures too, so a
+# fixture built on these (test_render's setup, test_commands' sidekick, test_store's prefix,
+# test_systemd's node) is caught through them. Tests that run nginx, systemd-analyze or pip
+# without a fixture are marked by hand.
+SERVER_FIXTURES = frozenset(
+    {
+        "etcd",  # the session's etcd (live_etcd, agent_factory, setup, sidekick build on it)
+        "live_etcd",
+        "docker_client",  # the Docker engine (images, containers, docker_proxy build on it)
+        "images",
+        "containers",
+        "agent_factory",
+        "docker_proxy",
+        "own_network",
+        "look_ahead",  # test_lookahead: a DockerSource on the engine
+        "etcd_cluster",  # test_cluster: three etcd members
+        "tls_etcd",  # test_security: etcds of their own
+        "auth_etcd",
+        "tls_dockerd",
+        "fleet",  # test_fleet: bench/fleet.py against etcd
+        "dists",  # test_package: `python -m build`, which fetches from the package index
+        "wheelhouse",  # test_systemd: pip wheel, likewise
+    }
+)
+
+
+def unmarked_server_tests(items: list[pytest.Item]) -> list[str]:
+    """Node ids of the items that use a server fixture but are not marked integration."""
+    return [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m/-k deselect anything: every collected test counts
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = unmarked_server_tests(items)
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use a server fixture (tests/conftest.py SERVER_FIXTURES) but are not "
+            "marked integration:\n  " + "\n  ".join(unmarked)
+        )
+
+
 def missing(reason: str) -> None:
     """A required server is missing: a failure in CI, a skip elsewhere."""
     if IN_CI:

@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Containers, free_port, wait_for
 from tests.lb import Nginx, RenderProcess
+
+pytestmark = pytest.mark.integration
 
 STOP_WINDOW = 2.0  # seconds after a stop within which nginx must stop using that backend
 ERROR_PAGE = "503 Service Unavailable"

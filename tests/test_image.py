@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import TEST_LABEL, Containers, EtcdServer, free_port, missing, wait_for
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "sidekick-base:bookworm"
 MAX_SIZE_MB = 250

@@ -20,6 +20,8 @@ import pytest
 import sidekick
 from tests.conftest import missing
 
+pytestmark = pytest.mark.integration  # `python -m build` and pip fetch from the package index
+
 ROOT = Path(__file__).resolve().parent.parent
 DIST_NAME = "docker-etcd-sidekick"
 FILE_NAME = "docker_etcd_sidekick"  # the name as it is spelt in file names

@@ -96,6 +96,7 @@ class TestTemplate:
             "scgi_temp_path",
         ]
 
+    @pytest.mark.integration
     @pytest.mark.parametrize("kv", [{}, TWO_BACKENDS], ids=["0-backends", "2-backends"])
     def test_nginx_accepts_it(self, kv: dict[str, str], tmp_path: Path) -> None:
         """Real nginx -t accepts the file, with no backend as with two."""
@@ -309,6 +310,7 @@ def _setup(live_etcd: EtcdServer, scope: str, tmp_path: Path):  # type: ignore[n
         process.stop()
 
 
+@pytest.mark.integration
 class TestOnce:
     """--once reads the prefix, installs the file if it changed, reloads, exits."""
 
@@ -360,6 +362,7 @@ class TestOnce:
         assert "listen 127.0.0.1:8081 default_server;" in text
 
 
+@pytest.mark.integration
 class TestWatch:
     """The file follows every change under the prefix, and only those that change it."""
 
@@ -440,6 +443,7 @@ class TestWatch:
         process.wait_log("render stopped")
 
 
+@pytest.mark.integration
 class TestCoalescing:
     """--wait MIN[:MAX]: a burst costs one render and one reload; a steady trickle still
     renders. Counts only: no assertion on how long anything took."""
@@ -503,6 +507,7 @@ class TestCoalescing:
         assert line.startswith(f"sidekick: error: {named}"), line
 
 
+@pytest.mark.integration
 class TestWatchFaults:
     """The field notes' watch traps: a silent or dropped watch is resumed, nothing is lost."""
 
@@ -588,6 +593,7 @@ class TestWatchFaults:
         process.wait_log("etcd is back")
 
 
+@pytest.mark.integration
 class TestReloadSignal:
     """--reload-signal HUP --reload-container NAME: the seed's `docker kill -s HUP`."""
 
@@ -753,11 +759,13 @@ class TestHealth:
         assert setup.lines() == []
 
 
+@pytest.mark.integration
 def test_nginx_binary_present() -> None:
     """The end-to-end tests need Debian's nginx; scripts/test installs nginx-light."""
     assert Path(nginx_binary()).exists()
 
 
+@pytest.mark.integration
 class TestAuth:
     """With etcd users, the watch logs in like every request, and again when its token dies."""
 

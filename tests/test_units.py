@@ -199,12 +199,14 @@ class TestSystemdUnits:
             "nginx.service",
         }
 
+    @pytest.mark.integration
     @pytest.mark.parametrize("unit", unit_files(), ids=lambda p: p.name)
     def test_unit_verifies_cleanly(self, unit: Path, tmp_path: Path) -> None:
         """systemd-analyze verify exits 0 and prints nothing for the unit."""
         code, output = verify(make_root(tmp_path, all_units()), verify_name(unit))
         assert (code, output) == (0, ""), output
 
+    @pytest.mark.integration
     @pytest.mark.parametrize(
         ("old", "new"),
         [
@@ -359,6 +361,7 @@ class TestConfdNginxTemplate:
         assert re.search(r"location / \{\s*return 503;\s*\}", text)
         assert 'return 503 "<!DOCTYPE html>' in text
 
+    @pytest.mark.integration
     @pytest.mark.parametrize("fixture", ["nginx-0-backends.conf", "nginx-2-backends.conf"])
     def test_nginx_accepts_rendered_config(self, fixture: str, tmp_path: Path) -> None:
         """nginx -t accepts the rendered configuration."""
@@ -366,6 +369,7 @@ class TestConfdNginxTemplate:
         assert proc.returncode == 0, proc.stderr
         assert "test is successful" in proc.stderr
 
+    @pytest.mark.integration
     def test_nginx_rejects_empty_upstream(self, tmp_path: Path) -> None:
         """Without the placeholder, nginx -t refuses the 0-backend config."""
         text = (DATA / "nginx-0-backends.conf").read_text()
