@@ -103,6 +103,7 @@ class FleetPlan:
     """How big, how long."""
 
     stages: tuple[int, ...] = (500, 1000, 2000)
+    extra_stages: tuple[int, ...] = (4000,)  # at rest only, after the faults, if it holds
     services: int = 50
     ttl: int = 30
     resync: float = 60.0  # the agent's default --resync
@@ -129,6 +130,7 @@ class FleetPlan:
             largest = nodes or 200
             return cls(
                 stages=tuple(stages or (largest,)),
+                extra_stages=(),
                 ttl=10,
                 resync=10.0,
                 rest_seconds=10.0,
@@ -140,15 +142,15 @@ class FleetPlan:
                 converge_timeout=90.0,
             )
         if stages:
-            return cls(stages=tuple(sorted(stages)))
+            return cls(stages=tuple(sorted(stages)), extra_stages=())
         if nodes:
             below = tuple(s for s in cls.stages if s < nodes)
-            return cls(stages=(*below, nodes))
+            return cls(stages=(*below, nodes), extra_stages=())
         return cls()
 
     @property
     def nodes(self) -> int:
-        return max(self.stages)
+        return max((*self.stages, *self.extra_stages))
 
 
 # -- what a simulated node announces ----------------------------------------------------------
@@ -1060,6 +1062,7 @@ class FleetRun:
         requests_after = {m.name: etcd_requests(m.url) for m in members}
         status_after = self.fleet.status()
         cost_after = status_after.resync_totals()
+        live = len(status_after.live())  # a node killed in an earlier phase is not counted
         leader_after = self.cluster.leader()
         by_method: dict[str, int] = defaultdict(int)
         per_member: dict[str, dict[str, Any]] = {}
@@ -1092,17 +1095,18 @@ class FleetRun:
         keepalives = by_method.get("LeaseKeepAlive", 0)
         return {
             "nodes": size,
-            "keys": size * plan.services,
+            "live_nodes": live,
+            "keys": live * plan.services,
             "window_seconds": elapsed,
             "leader": leader.name,
             "leader_changed": leader_after is not leader,
             "requests_per_second": total / elapsed,
             "by_method_per_second": {k: v / elapsed for k, v in sorted(by_method.items())},
             "keepalives_per_second": keepalives / elapsed,
-            "keepalives_expected_per_second": size / (plan.ttl / 3),
-            "node_requests_per_minute": total / elapsed * 60 / size,
+            "keepalives_expected_per_second": live / (plan.ttl / 3),
+            "node_requests_per_minute": total / elapsed * 60 / live,
             "resyncs": resyncs,
-            "resyncs_expected": size * elapsed / plan.resync,
+            "resyncs_expected": live * elapsed / plan.resync,
             "resync_requests": (cost_after[1] - cost_before[1]) / resyncs if resyncs else math.nan,
             "resync_bytes_received": (cost_after[2] - cost_before[2]) / resyncs
             if resyncs
@@ -1328,6 +1332,14 @@ class FleetRun:
             self.results["outage"].append(self.outage(jitter=True))
         if plan.no_jitter_round and "nojitter" not in skip:
             self.results["outage"].append(self.outage(jitter=False))
+        self.results["extra_stages"] = []
+        for size in plan.extra_stages:  # more, at rest only, where this machine holds them
+            try:
+                self.results["extra_stages"].append(self.stage(size))
+            except Exception as exc:  # the run's other figures stand; say why this one failed
+                log(f"fleet of {size}: not measured: {exc!r}")
+                self.results["extra_stages"].append({"nodes": size, "error": repr(exc)})
+                break
         final = self.fleet.check()
         self.results["simulator"] = {"processes": plan.processes, "nice": plan.nice}
         self.results["final_check"] = asdict(final)
@@ -1467,6 +1479,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         line["agent_register_p50_ms_fleet"] = rd(with_["p50"], 1)
         line["agent_register_p99_ms_fleet"] = rd(with_["p99"], 1)
         line["agent_register_p99_ratio"] = rd(with_["p99"] / without["p99"], 2)
+        seq = (lat["no-fleet"]["sequential"]["register"], lat["fleet"]["sequential"]["register"])
+        line["agent_register_sequential_p99_ms"] = rd(seq[0]["p99"], 1)
+        line["agent_register_sequential_p99_ms_fleet"] = rd(seq[1]["p99"], 1)
     if (dead := results.get("dead_node")) is not None:
         line["dead_node_keys_gone_s"] = rd(dead["seconds_after_last_keepalive"], 2)
         line["dead_node_goal_s"] = dead["goal_seconds"]
@@ -1555,6 +1570,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="M1,M2,...",
         help="fleet sizes measured at rest, ascending",
     )
+    parser.add_argument(
+        "--extra",
+        type=lambda s: () if s == "none" else tuple(int(x) for x in s.split(",")),
+        metavar="M1,...|none",
+        help="larger fleets measured at rest only, after the faults, while this machine "
+        "holds them (default 4,000 with the default stages)",
+    )
 
 
 def command_line(args: argparse.Namespace, base: str) -> str:
@@ -1563,6 +1585,8 @@ def command_line(args: argparse.Namespace, base: str) -> str:
         parts.append(f"--nodes {args.nodes}")
     if args.stages:
         parts.append("--stages " + ",".join(str(s) for s in args.stages))
+    if args.extra is not None:
+        parts.append("--extra " + (",".join(str(s) for s in args.extra) or "none"))
     if args.quick:
         parts.append("--quick")
     for name in ("ttl", "resync", "rest", "outage", "workers", "processes", "services"):
@@ -1603,6 +1627,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     plan = FleetPlan.make(args.nodes, args.quick, args.stages)
+    if args.extra is not None:
+        plan = replace(plan, extra_stages=args.extra)
     changes: dict[str, Any] = {
         field: value
         for field, value in (

@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -1044,6 +1044,8 @@ def fleet_mode(args: argparse.Namespace) -> int:
     """--fleet: bench/fleet.py's run; its section of docs/benchmarks.md, docs/scale.md's
     figures, its JSON."""
     plan = fleet.FleetPlan.make(args.nodes, args.quick, args.stages)
+    if args.extra is not None:
+        plan = replace(plan, extra_stages=args.extra)
     return fleet.execute(
         plan,
         keep=args.keep,

@@ -659,6 +659,12 @@ def _per_member(members: dict[str, dict[str, Any]], key: str, fmt: str) -> str:
     )
 
 
+def _measured(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every fleet measured at rest: the stages, then the larger ones after the faults."""
+    extra = [row for row in results.get("extra_stages", []) if "error" not in row]
+    return [*results["stages"], *extra]
+
+
 def _provenance(results: dict[str, Any], command: str) -> str:
     host = results["machine"]
     dirty = results.get("dirty_sidekick") or []
@@ -711,10 +717,11 @@ def fleet_markdown(results: dict[str, Any], line: dict[str, Any], command: str) 
         "| simulator CPU % | simulator late, max (ms) | start → first reconcile p50 / max (s) |",
         "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---|",
     ]
-    for row in stages:
+    for row in _measured(results):
         first = row.get("first_reconcile", {})
+        after = " (after the faults)" if row not in stages else ""
         out.append(
-            f"| {row['nodes']:,} | {row['keys']:,} | {row['requests_per_second']:.1f} | "
+            f"| {row['nodes']:,}{after} | {row['keys']:,} | {row['requests_per_second']:.1f} | "
             f"{_rates(row['by_method_per_second'])} | {row['keepalives_per_second']:.1f} "
             f"({row['keepalives_expected_per_second']:g}) | "
             f"{row['node_requests_per_minute']:.2f} | {_fmt(row['resync_requests'], 2)} | "
@@ -727,8 +734,14 @@ def fleet_markdown(results: dict[str, Any], line: dict[str, Any], command: str) 
             f"{_fmt(first.get('p50'), 2)} / {_fmt(first.get('max'), 2)} |"
         )
     small, large = r["nodes"]
+    failed = [row for row in results.get("extra_stages", []) if "error" in row]
     out += [
         "",
+        *(
+            f"A fleet of {row['nodes']:,} was tried after the faults and not measured: "
+            f"`{row['error']}`."
+            for row in failed
+        ),
         "Members in name order, the leader starred. By method: requests a second. "
         f"Per node, {large:,} : {small:,} (target ≤ {r['limit']:g}): requests a minute "
         f"**{r['node_requests_per_minute']:.3f}** "
@@ -769,15 +782,19 @@ def _fleet_agent(results: dict[str, Any]) -> list[str]:
         f"{results['plan']['bursts']} bursts of 20. The same round with no fleet and with the "
         f"fleet of {largest:,} nodes at rest.",
         "",
-        "| run | n | register p50 (ms) | p95 | p99 | max | etcd put p99 meanwhile (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | n | register p50 (ms) | p95 | p99 | max | p99 one after another "
+        "| p99 in bursts | etcd put p99 meanwhile (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for tag, name in (("no-fleet", "no fleet"), ("fleet", f"fleet of {largest:,}")):
         reg = lat[tag]["all"]["register"]
+        seq = lat[tag].get("sequential", {}).get("register", {})
+        burst = lat[tag].get("burst", {}).get("register", {})
         put = lat[tag].get("sequential", {}).get("etcd_put", {})
         out.append(
             f"| {name} | {reg['n']} | {_fmt(reg['p50'])} | {_fmt(reg['p95'])} | "
-            f"{_fmt(reg['p99'])} | {_fmt(reg['max'])} | {_fmt(put.get('p99'))} |"
+            f"{_fmt(reg['p99'])} | {_fmt(reg['max'])} | {_fmt(seq.get('p99'))} | "
+            f"{_fmt(burst.get('p99'))} | {_fmt(put.get('p99'))} |"
         )
     without, with_ = (
         lat["no-fleet"]["all"]["register"]["p99"],
@@ -901,7 +918,7 @@ def _fleet_faults(results: dict[str, Any], largest: int) -> list[str]:
 
 def scale_measured(results: dict[str, Any], command: str) -> str:
     """docs/scale.md's measured figures: per node, per key, per request."""
-    plan, stages = results["plan"], results["stages"]
+    plan, stages = results["plan"], _measured(results)
     first, last = stages[0], stages[-1]
     leader_rss = [max(m["rss_mb"] for m in s["members"].values()) for s in stages]
     db = [max(m["db_bytes"] for m in s["members"].values()) for s in stages]
@@ -955,14 +972,15 @@ def scale_measured(results: dict[str, Any], command: str) -> str:
             "after its last keepalive"
         )
     if faults:
-        out += ["", f"Faults at {last['nodes']:,} nodes: " + "; ".join(faults) + "."]
+        at = results["stages"][-1]["nodes"]
+        out += ["", f"Faults at {at:,} nodes: " + "; ".join(faults) + "."]
     out.append(SCALE_MEASURED[1])
     return "\n".join(out)
 
 
 def scale_extrapolated(results: dict[str, Any]) -> str:
     """docs/scale.md's extrapolations, each with its arithmetic, from the measured figures."""
-    plan, stages = results["plan"], results["stages"]
+    plan, stages = results["plan"], _measured(results)
     first, last = stages[0], stages[-1]
     ttl, resync, services = plan["ttl"], plan["resync"], plan["services"]
     period = ttl / 3
