@@ -1448,7 +1448,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 
     line: dict[str, Any] = {"fleet_nodes": results["plan"]["stages"][-1]}
     line["fleet_keys"] = line["fleet_nodes"] * results["plan"]["services"]
-    for row in results["stages"]:
+    extra = [row for row in results.get("extra_stages", []) if "error" not in row]
+    line["fleet_nodes_at_rest_max"] = max(row["nodes"] for row in [*results["stages"], *extra])
+    for row in [*results["stages"], *extra]:
         n = row["nodes"]
         line[f"fleet_{n}_requests_per_s"] = rd(row["requests_per_second"], 1)
         line[f"fleet_{n}_keepalives_per_s"] = rd(row["keepalives_per_second"], 1)
