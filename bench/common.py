@@ -349,7 +349,8 @@ class DockerEvents:
             with self._lock:
                 return self.times.get(container_id, {}).get(action)
 
-        return wait_until(seen, timeout, interval=0.01)
+        found: int | None = wait_until(seen, timeout, interval=0.01)
+        return found
 
     def delivery_ms(self, container_id: str, action: str) -> float | None:
         """How long after its timeNano the event reached a subscriber."""

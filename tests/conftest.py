@@ -219,7 +219,9 @@ class EtcdServer:
 
     def healthy(self) -> bool:
         try:
-            return requests.get(self.url + "/health", timeout=1).json().get("health") == "true"
+            return bool(
+                requests.get(self.url + "/health", timeout=1).json().get("health") == "true"
+            )
         except (requests.RequestException, ValueError):
             return False
 
@@ -415,10 +417,12 @@ class JsonLog:
         return [line for line in self.logs() if line.get("event") == name]
 
     def wait_log(self, name: str, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
-        return wait_for(
-            lambda: len(self.events(name)) >= count and self.events(name),
-            timeout=timeout,
-            message=f"{count} log line(s) {name!r} in {self.log_path}",
+        return list(
+            wait_for(
+                lambda: len(self.events(name)) >= count and self.events(name),
+                timeout=timeout,
+                message=f"{count} log line(s) {name!r} in {self.log_path}",
+            )
         )
 
 

@@ -123,7 +123,8 @@ class EtcdCluster:
                             return candidate
             return None
 
-        return wait_for(find, timeout=15, message="a leader among the live members")
+        leader: EtcdMember = wait_for(find, timeout=15, message="a leader among the live members")
+        return leader
 
     def keys(self, prefix: str) -> dict[str, str]:
         return self.any_live().keys(prefix)

@@ -524,7 +524,7 @@ def chaos_seconds(config: pytest.Config) -> float:
 def test_chaos_invariant(
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
-    agent_factory,
+    agent_factory: Callable[..., AgentProcess],
     containers: Containers,
     own_network: str,
     docker_client: docker.DockerClient,

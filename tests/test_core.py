@@ -362,14 +362,11 @@ class TestStopSignal:
             assert live_etcd.entries(f"/{scope}/").get(key) == (*wanted, revision)
             assert docker_client.api.inspect_container(container.id)["State"]["Running"]
 
-        wait_for(
-            lambda: (
-                unchanged() is None
-                and sample(running.agent, "sidekick_docker_events_total", {"action": "kill"})
-                > kills
-            ),
-            message="the agent received the kill event",
-        )
+        def kill_received_and_unchanged() -> bool:
+            unchanged()
+            return sample(running.agent, "sidekick_docker_events_total", {"action": "kill"}) > kills
+
+        wait_for(kill_received_and_unchanged, message="the agent received the kill event")
         hold_for(2.0, unchanged)
         assert b"reload" in container.logs()
 
@@ -629,12 +626,12 @@ class TestOwnKeys:
             before = etcd_requests(live_etcd)
             for done in range(1, 4):  # no request of the test's own to etcd meanwhile
                 agent.request_resync()
-                wait_for(
-                    lambda n=done: (
-                        sample(agent, "sidekick_reconcile_duration_seconds_count") >= reconciles + n
-                    ),
-                    message=f"resync {done}",
-                )
+
+                def resynced(n: int = done) -> bool:
+                    count = sample(agent, "sidekick_reconcile_duration_seconds_count")
+                    return count >= reconciles + n
+
+                wait_for(resynced, message=f"resync {done}")
             after = etcd_requests(live_etcd)
             grew = {method: after[method] - before.get(method, 0) for method in after}
             assert grew.get("Range", 0) == 0, grew

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -23,7 +23,7 @@ from sidekick.hostaddr import Interface, judge, local_addresses
 from sidekick.model import LABEL_ENABLE, LABEL_SERVICE, Container, KeyState, PortBinding
 
 
-def container(name: str, labels: dict[str, str] | None = None, **changes: object) -> Container:
+def container(name: str, labels: dict[str, str] | None = None, **changes: Any) -> Container:
     base = Container(
         id=name * 4,
         name=name,

@@ -76,7 +76,8 @@ class TestDistribution:
         assert meta["Requires-Python"] == project["requires-python"]
         assert meta["Summary"] == project["description"]
         assert meta["Description-Content-Type"] == "text/markdown"
-        assert meta.get_payload().startswith("# sidekick\n")
+        payload = meta.get_payload()
+        assert isinstance(payload, str) and payload.startswith("# sidekick\n")
         required = sorted(r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r)
         assert [r.split(">")[0].split("<")[0] for r in required] == sorted(
             r.split(">")[0].split("<")[0] for r in project["dependencies"]

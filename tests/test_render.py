@@ -205,7 +205,7 @@ class TestKeys:
 
     def test_same_context_as_sorting_again(self) -> None:
         rng = random.Random(7)
-        keys, kv = Keys("/p"), {}
+        keys, kv = Keys("/p"), dict[str, str]()
         names = [f"/p/{rng.choice('abc')}{n}" for n in range(40)] + ["/p/x/deep", "/px/y"]
         for _ in range(2000):
             key = rng.choice(names)
@@ -303,7 +303,7 @@ class Setup:
 
 
 @pytest.fixture(name="setup")
-def _setup(live_etcd: EtcdServer, scope: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+def _setup(live_etcd: EtcdServer, scope: str, tmp_path: Path) -> Iterator[Setup]:
     s = Setup(live_etcd, scope, tmp_path)
     yield s
     for process in s.processes:
@@ -643,7 +643,7 @@ def failing_reload(setup: Setup) -> tuple[str, Path]:
     return command, flag
 
 
-def in_process(setup: Setup, **options: str) -> Renderer:
+def in_process(setup: Setup, **options: Any) -> Renderer:
     """A Renderer in this process on the test's etcd, so its health() can be asked."""
     store = Store((Endpoint("http", "127.0.0.1", setup.etcd.client_port),), timeout=2)
     return Renderer(

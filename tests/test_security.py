@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -131,7 +132,7 @@ class TlsEtcd(EtcdServer):
             return True
         return False
 
-    def post(self, path: str, payload: dict) -> dict:
+    def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         answer = requests.post(
             f"{self.url}/v3/{path}",
             json=payload,

@@ -73,7 +73,7 @@ class Recorder:
         self.paths: list[str] = []
         self.bodies: list[bytes] = []
         for client in store._clients:
-            client.session.post = self._wrap(client.session.post)
+            client.session.post = self._wrap(client.session.post)  # type: ignore[method-assign]
 
     def _wrap(self, post: Callable[..., Any]) -> Callable[..., Any]:
         def recorded(url: str, *args: Any, **kwargs: Any) -> Any:

@@ -204,7 +204,7 @@ class Node:
         code, output = self.container.exec_run(
             ["bash", "-euo", "pipefail", "-c", script], workdir=workdir
         )
-        text = output.decode(errors="replace")
+        text: str = output.decode(errors="replace")
         if check:
             assert code == 0, f"{script}\nexit {code}:\n{text}"
         return text
