@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import json
 import math
 import os
@@ -439,7 +440,8 @@ class Bench:
         for n in plan.cold_sizes:
             label = f"label=sidekick.bench.first{n}={self.run_id}"
             keys_of = members[:n]
-            runs, seed_runs = [], []
+            runs: list[dict[str, Any]] = []
+            seed_runs: list[dict[str, Any]] = []
             for repeat in range(plan.cold_repeats):
                 time.sleep(1.0)
                 prefix = f"{self.base}/cold{n}r{repeat}"
@@ -662,7 +664,7 @@ class Bench:
             self.watch = None
         etcd_runs = []
         for _ in range(plan.recovery_repeats):
-            wait_until(lambda now=alive: self.right(prefix, now, session), 30, 0.05)
+            wait_until(functools.partial(self.right, prefix, alive, session), 30, 0.05)
             time.sleep(1.0)
             self.etcd.stop()
             down = time.monotonic()
@@ -700,7 +702,7 @@ class Bench:
         )
         docker_runs = []
         for _ in range(plan.recovery_repeats):
-            wait_until(lambda now=alive: self.right(prefix, now, session), 30, 0.05)
+            wait_until(functools.partial(self.right, prefix, alive, session), 30, 0.05)
             time.sleep(1.0)
             self.proxy.stop()
             cut = time.monotonic()

@@ -319,7 +319,7 @@ def one_renderer(scale: Scale, wait: str | None, tag: str) -> dict[str, Any]:
         after = (cpu_ticks(pid), _lines(reloads), renderer.count("rendered"), time.monotonic())
         found, missing = latencies(answered, times, [dest.name], timeout=30)
         window = after[3] - before[3]
-        row = {
+        row: dict[str, Any] = {
             "wait": wait,
             "tag": tag,
             **first,
@@ -409,7 +409,7 @@ def fanout(scale: Scale) -> dict[str, Any]:
         answered = scale.churn.run(probes, plan.fanout_rate, plan.fanout_seconds)
         sampler.set()
         found, missing = latencies(answered, times, names, timeout=60)
-        row = {
+        row: dict[str, Any] = {
             "renderers": len(renderers),
             "renderers_planned": plan.fanout,
             "changes": len(answered),
@@ -476,7 +476,7 @@ def ls_runs(scale: Scale) -> list[dict[str, Any]]:
     rows = []
     for name, source, extra in variants:
         runs = [_ls_once(source, [*base, *extra], home) for _ in range(scale.plan.ls_repeats)]
-        row = {
+        row: dict[str, Any] = {
             "variant": name,
             "seconds": statistics.median(r[0] for r in runs),
             "peak_rss_kb": statistics.median(r[1] for r in runs),
