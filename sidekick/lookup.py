@@ -25,6 +25,7 @@ from sidekick.sync import Sync
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
 LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is answering
 VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
+GONE_MEMORY = 10.0  # dockerd lists a container as running for up to ~2 s after its `die`
 
 
 class Lookup:
@@ -53,6 +54,7 @@ class Lookup:
         # changed between create and start (a `docker network connect`) is right within 1 s.
         self.to_verify: dict[str, str] = {}
         self.next_verify = float("inf")
+        self.gone_at: dict[str, float] = {}  # container id -> when an event ended it
 
     def on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference."""
@@ -66,6 +68,9 @@ class Lookup:
         for event in events:
             if event.action == "destroy":
                 self.stop_signals.pop(event.container_id, None)
+        for container_id, (_, action) in last.items():
+            if action is not Action.WITHDRAW:
+                self.gone_at.pop(container_id, None)  # started again: the listing is right
         self.withdraw(e for e, action in last.values() if action is Action.WITHDRAW)
         lookups = [e for e, action in last.values() if action is not Action.WITHDRAW]
         starts = [e for e in lookups if e.action == "start"]
@@ -107,8 +112,10 @@ class Lookup:
     def withdraw(self, events: Iterable[DockerEvent]) -> None:
         """Announce nothing for the containers these events end, in one write."""
         gone = list(events)
+        now = time.monotonic()
         for event in gone:
             self.set(event.container_id, event.name, Announcement())
+            self.gone_at[event.container_id] = now
         if gone:
             self.write()
 
@@ -192,6 +199,21 @@ class Lookup:
         else:
             self.warned.pop(container_id, None)
         self.sync.set(container_id, announcement.registrations)
+
+    def confirm(self, listed: Sequence[Container]) -> list[Container]:
+        """A reconcile's listing, with containers an event ended moments ago inspected
+        again: dockerd's listing shows a container as running for a while after its `die`
+        (measured: up to 2.1 s), where inspect waits for the container and is right.
+        DockerUnavailable goes up."""
+        now = time.monotonic()
+        self.gone_at = {c: t for c, t in self.gone_at.items() if now - t < GONE_MEMORY}
+        confirmed = []
+        for container in listed:
+            if container.id not in self.gone_at:
+                confirmed.append(container)
+            elif (again := self.docker.inspect(container.id)) is not None and again.running:
+                confirmed.append(again)
+        return confirmed
 
     def replace_all(self, containers: Sequence[Container]) -> None:
         """A reconcile's snapshot: these are every running container in scope."""

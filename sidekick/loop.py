@@ -32,6 +32,7 @@ from sidekick.systemd import Notifier
 
 TRANSIENT = (EtcdError, DockerUnavailable)
 SUPERVISE_EVERY = 1.0  # seconds between looks at the helper threads
+SETTLE_AFTER = 3.0  # dockerd lists a container as running up to ~2.1 s after its `die`
 
 
 class WaitingForLease(EtcdUnavailable):
@@ -74,10 +75,14 @@ class Loop:
         self.stop_requested = False  # set from a signal handler: a plain flag, no lock
         self.keep_lease_requested = False  # SIGUSR1: stop for a restart, the lease kept
         self.ready_sent = False
+        self.settle_after_reconnect = False  # one more reconcile SETTLE_AFTER a reconnect
         self.wakeup = threading.Event()  # cuts the reconcile's backoff short
         self.etcd_ok = False  # the loop's last etcd request succeeded
         self.needs_reconcile = False  # the first reconcile follows the events stream's connection
         self.next_resync = time.monotonic() + self.config.resync
+        if self.settle_after_reconnect:
+            self.settle_after_reconnect = False
+            self.next_resync = min(self.next_resync, time.monotonic() + SETTLE_AFTER)
         self.next_foreign_check = float("inf")
         self.reconciled = threading.Event()  # set after the first reconcile
         self.beat = time.monotonic()  # the loop's last sign of life
@@ -138,7 +143,11 @@ class Loop:
         elif item is NEW_LEASE:
             self._refused_at_start_up()
             self.needs_reconcile = True  # a new lease: read our keys again
-        elif item in (DOCKER_CONNECTED, RESYNC):
+        elif item is DOCKER_CONNECTED:
+            # events missed while the stream was down: a `die` among them leaves a listing
+            # that still shows the container for a moment, so look once more shortly after
+            self.needs_reconcile = self.settle_after_reconnect = True
+        elif item is RESYNC:
             self.needs_reconcile = True
 
     # -- etcd -------------------------------------------------------------------------------
@@ -193,7 +202,7 @@ class Loop:
         if self.keeper.lease == 0:
             self._refused_at_start_up()
             raise WaitingForLease("waiting for the lease thread's lease")
-        containers = self.parts.docker.running_containers()
+        containers = self.lookup.confirm(self.parts.docker.running_containers())
         self.beat = time.monotonic()
         self.lookup.replace_all(containers)
         try:

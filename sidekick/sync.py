@@ -104,6 +104,13 @@ class Sync:
                 if (state := self.actual.get(key)) and state.lease not in {0, lease}
             }
             if self._apply([*todo.deletes, *todo.puts], desired.registrations, lease):
+                # keep only keys we want or hold: another owner's key we no longer want would
+                # otherwise be remembered as it was, and reported as a clash when wanted again
+                self.actual = {
+                    key: state
+                    for key, state in self.actual.items()
+                    if key in values or state.lease == lease
+                }
                 self.held = {
                     key: registration
                     for key, registration in desired.registrations.items()

@@ -43,6 +43,7 @@ from tests.conftest import (
     EtcdServer,
     JsonLog,
     free_port,
+    metric,
     wait_for,
 )
 from tests.test_security import _auth_etcd, _pki, _tls_etcd  # noqa: F401 - fixtures
@@ -897,3 +898,59 @@ class TestEtcdErrors:
         assert not [
             e for e in events if "retry scheduled" in e or ("retrying" in e and "etcd" not in e)
         ]
+
+
+class TestListingLag:
+    """dockerd lists a container as running for a while after its `die`: a reconcile in that
+    moment must not announce it again (it inspects what an event ended moments ago)."""
+
+    def test_reconcile_right_after_die(self, agent_factory, containers, live_etcd, scope):
+        agent = agent_factory(ttl=30)
+        port = free_port()
+        # httpd daemonises; the shell, PID 1, exits two seconds later: the container dies
+        # by itself, as a crash would, with no `docker stop` and no kill event first
+        container = containers.run(
+            ports=published(port),
+            labels={"sidekick.service": "brief"},
+            command="sh -c 'httpd -p 80; sleep 2'",
+        )
+        key = f"/{scope}/brief-{port}"
+        wait_for(lambda: key in live_etcd.keys(f"/{scope}/"), message="announced")
+        wait_for(lambda: key not in live_etcd.keys(f"/{scope}/"), message="withdrawn on die")
+        reconciled = len(agent.events("reconciled"))
+        agent.signal(signal.SIGHUP)  # a reconcile at once, while the listing may still lag
+        agent.wait_log("reconciled", count=reconciled + 1)
+        assert key not in live_etcd.keys(f"/{scope}/")
+        container.reload()
+        assert container.status == "exited"
+        assert not [e for e in agent.events("registered") if e["key"] == key][1:]
+
+
+class TestClashForgotten:
+    """A key another owner held, no longer wanted, is not remembered: when the container comes
+    back after that owner's lease ended, it is announced at once, with no false clash."""
+
+    def test_comes_back_at_once(self, agent_factory, containers, live_etcd, scope):
+        address = f"127.0.0.1:{free_port()}"
+        # ttl 30: the foreign-key re-check runs every 10 s, too late for this test's 5 s
+        agent = agent_factory("--metrics-address", address, ttl=30)
+        url = f"http://{address}/metrics"
+        port = free_port()
+        key = f"/{scope}/web-{port}"
+        other = live_etcd.grant(60)
+        live_etcd.put(key, f"192.0.2.9:{port}", lease=other)
+        container = containers.run(ports=published(port), labels={"sidekick.service": "web"})
+        agent.wait_log("key held by another owner; left as it is")
+        container.stop(timeout=1)
+        wait_for(  # the agent has taken the stop in (its key was never ours: nothing to log)
+            lambda: metric(url, "sidekick_docker_events_total", 'action="stop"') >= 1,
+            message="the stop event handled",
+        )
+        live_etcd.revoke(other)
+        container.start()
+        wait_for(
+            lambda: live_etcd.keys(f"/{scope}/").get(key) == f"127.0.0.1:{port}",
+            timeout=5,  # well inside the 10 s a stale memory of the clash would cost
+            message="announced as soon as it starts again",
+        )
+        assert len(agent.events("key held by another owner; left as it is")) == 1
