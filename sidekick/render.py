@@ -564,8 +564,10 @@ class Renderer:
                         output=output,
                     )
                     return output
+            # The data is on disk before the rename; the rename itself need not be (no fsync
+            # of the directory, which costs up to 150 ms on a busy disk): after a crash the old
+            # file or the new one is there, whole, and the next start renders it again.
             os.replace(staged, dest)
-            _fsync_dir(dest.parent)
             return None
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -814,11 +816,3 @@ def _shell(command: str) -> tuple[bool, str]:
     if proc.returncode != 0:
         return False, f"exit {proc.returncode}: {output}"
     return True, output
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
