@@ -65,6 +65,7 @@ class ScalePlan:
     fanout_rate: float = 2.0
     fanout_seconds: float = 30.0
     fanout_probes: int = 100
+    fanout_wait: str = "0.05"  # sidekick render's default
     ls_repeats: int = 3
     foreign_ttl: int = 3600
 
@@ -381,9 +382,8 @@ def fanout(scale: Scale) -> dict[str, Any]:
             group = range(batch, min(batch + 5, plan.fanout))
             for index in group:
                 dest = home / "out" / f"r{index:03d}.conf"
-                args = render_args(
-                    scale.url, scale.prefix, dest, env_file, "--template", str(template)
-                )
+                extra = ("--template", str(template), "--wait", plan.fanout_wait)
+                args = render_args(scale.url, scale.prefix, dest, env_file, *extra)
                 renderers.append(Renderer(scale.source, args, home / f"r{index:03d}.log"))
             late = [
                 i for i in group if not rendered(times, f"r{i:03d}.conf", renderers[i].process, 300)
@@ -605,6 +605,13 @@ def write_docs(results: dict[str, Any], command: str, docs: Path) -> None:
     path.write_text(text)
 
 
+def _cpu_per_render(row: dict[str, Any]) -> float | None:
+    """The renderer's CPU over the churn divided by its renders (its watch thread included)."""
+    if not row["renders_per_minute"]:
+        return None
+    return float(row["cpu_percent"] / 100 * 60 / row["renders_per_minute"] * 1000)
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:,.0f}"
 
@@ -642,8 +649,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "changes are counted as missing after 30 s).",
         "",
         "| renderer | first render (s) | peak RSS (MiB) | changes/s | change-to-file p50 (ms) "
-        "| p99 (ms) | max (ms) | missing | renderer CPU | renders/min | reloads/min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p99 (ms) | max (ms) | missing | renderer CPU | renders/min | CPU per render (ms) "
+        "| reloads/min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["renderers"]:
         name = "before (no `--wait`)" if row["wait"] is None else f"`--wait {row['wait']}`"
@@ -652,7 +660,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"{row['first_render_peak_rss_kb'] / 1024:.0f} | {row['changes_per_second']:.0f} | "
             f"{_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {_ms(row['max_ms'])} | "
             f"{row['missing']} | {row['cpu_percent']:.0f}% | {row['renders_per_minute']:.0f} | "
-            f"{row['reloads_per_minute']:.0f} |"
+            f"{_ms(_cpu_per_render(row))} | {row['reloads_per_minute']:.0f} |"
         )
     fan = results["fanout"]
     out += [
@@ -665,7 +673,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "a small template (the values of "
         f"{plan['fanout_probes']} probe keys: with the nginx template each render costs the "
         "CPU in the table above, and this machine's two cores cannot render it "
-        f"{fan['renderers']} times per change); default `--wait`. A churn of "
+        f"{fan['renderers']} times per change); `--wait {plan['fanout_wait']}` (the default). "
+        "A churn of "
         f"{fan['rate']:g} changes/s for {plan['fanout_seconds']:g} s on the probe keys. "
         f"etcd's RSS {fan['etcd_rss_kb_before'] / 1024:.0f} MiB before, "
         f"{fan['etcd_rss_kb_with'] / 1024:.0f} MiB with the {fan['renderers']} watchers, "

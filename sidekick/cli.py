@@ -686,7 +686,7 @@ def render(
             envvar="SIDEKICK_RENDER_WAIT",
             metavar="MIN[:MAX]",
             help="Render once no change came for MIN seconds, holding none longer than MAX "
-            "(default 4 x MIN); 0 renders at once. (default: 0.1)",
+            "(default 4 x MIN); 0 renders at once. (default: 0.05)",
             show_default=False,
         ),
     ] = None,
