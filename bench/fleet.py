@@ -1464,6 +1464,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         line[f"fleet_{n}_node_requests_per_min"] = rd(row["node_requests_per_minute"], 3)
         line[f"fleet_{n}_resync_requests"] = rd(row["resync_requests"], 2)
         line[f"fleet_{n}_resync_bytes"] = rd(row["resync_bytes_received"], 0)
+        line[f"fleet_{n}_held"] = report.held(row)
     r = results["ratios"]
     line["fleet_node_cost_ratio"] = rd(r["node_requests_per_minute"], 3)
     line["fleet_resync_requests_ratio"] = rd(r["resync_requests"], 3)
