@@ -1,7 +1,9 @@
 """`./bench/run --fleet` and `python -m bench.fleet`: M simulated sidekick nodes on a real
 three-member etcd cluster on 127.0.0.1, and one real `sidekick run` beside them.
 
-    python -m bench.fleet [--nodes M] [--stages 500,1000,2000] [--quick] [--no-docs] [--keep]
+    python -m bench.fleet [--nodes M | --stages 500,1000,2000] [--extra 4000|none] [--quick]
+                          [--ttl S] [--resync S] [--rest S] [--outage S] [--skip PHASES]
+                          [--no-agent] [--no-docs] [--keep] [--results JSON]
 
 This module is the only place where a simulated container source may exist, and it is
 nowhere else: a simulated node (SimNode) has no Docker; its containers are a fixed list of
@@ -12,29 +14,37 @@ retry's backoff with sidekick.lease.RETRY_JITTER) on a clone of that Store, and 
 refresh() + write() runs as the agent's reconcile does: at start, on a new lease, and every
 --resync seconds after the last one succeeded, retried with the agent's backoff
 (retry.delay, longest min(1, ttl/3), jitter LOOP_JITTER as agent.py's backoff). Nodes start at
-random moments over the ramp (--start-rate nodes/s on average), as a fleet being deployed
-would; node i lists the three client URLs starting at member i % 3.
+random moments over the ramp (FleetPlan.start_rate nodes/s on average), as a fleet being
+deployed would; node i lists the three client URLs starting at member i % 3.
 
-Threads: one LeaseKeeper thread per node; the loops' reconciles run on a small pool of resync
-workers (--workers) fed by one scheduler thread, not on a thread per node (measured on this
-2-core machine: 4,000 idle threads cost 96 MB and 2.7 % of a core, 2,000 cost 53 MB and 1.5 %;
-the pool is there so that when every node is due at once, after an outage, the loops cannot
-crowd the lease threads off the one interpreter lock: the lease path is what must not starve).
+Processes and threads, as measured on this 2-core machine:
+  - The nodes run in FleetPlan.processes spawned simulator processes (node i in process
+    i % processes), at nice FleetPlan.nice; the parent controls etcd and measures, and reads
+    each node's figures from shared memory, so a busy simulator never holds up a measurement.
+  - One LeaseKeeper thread per node. The loops' reconciles run on a small pool of resync
+    workers (FleetPlan.workers a process) fed by one scheduler thread, not on a second thread
+    per node: 4,000 idle threads cost 96 MB and 2.7 % of a core, 2,000 cost 53 MB and 1.5 %,
+    so that many would fit; the pool is there so that when every node is due at once (after
+    an outage) the loops cannot crowd the lease threads off the interpreter lock.
+  - The simulator processes' GIL switch interval is 50 ms (SWITCH_INTERVAL): at the default
+    5 ms a thousand-thread process that has more work than a core collapses into a convoy of
+    threads waking to ask for the lock (see SWITCH_INTERVAL).
 
 Phases of a full run (loopback only; everything made is removed at the end):
   1. a real `sidekick run` (the commit's package, `git archive`) with busybox containers:
      registration latency (start event -> key seen by an etcd watcher), no fleet
   2. fleets of 500, 1,000, 2,000 nodes (--nodes M: stages up to M), each at rest for --rest
-     seconds: etcd requests/s by method, leader CPU, each member's RSS and db size, per-node
-     cost at rest and per resync
+     seconds (whole resync periods): etcd requests/s by method, each member's CPU, RSS and db
+     size, per-node cost at rest and per resync
   3. the same latency with the largest fleet running
-  4. a node killed without revoking (its lease thread and loop stop): seconds until its keys
-     are gone
+  4. a node killed without revoking (its lease thread and loop stop, just after a keepalive):
+     seconds until its keys are gone
   5. the leader killed (SIGKILL): seconds until writes succeed again, leases lapsed, keys lost
   6. all three members killed, down for --outage seconds, started again: the reconnect storm's
-     peak requests/s and seconds until every node's keys are right, once with the retry jitter
-     and once without (sidekick.lease.RETRY_JITTER and LOOP_JITTER set to 0 in this process
-     only, for the contrast; restored after)
+     requests/s and seconds until every node's keys are right, once with the retry jitter
+     and once without (sidekick.lease.RETRY_JITTER and LOOP_JITTER set to 0 in the simulator
+     processes only, for the contrast; restored after)
+  7. larger fleets (--extra, default 4,000) at rest only, while the machine holds them
 --quick (the CI test, tests/test_fleet.py): one fleet, ttl 10, no real agent, no no-jitter
 round, short windows: the correctness figures only. The last stdout line is one JSON object.
 """
