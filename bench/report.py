@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -94,19 +95,21 @@ def _mark(ours: Any, limit: float | None) -> str:
 
 
 def write(results: dict[str, Any], line: dict[str, Any], command: str, docs: Path) -> None:
-    """docs/benchmarks.md from a full run; the sections of an earlier `--resync-cost` or
-    `--fleet` run are kept, at the end."""
+    """docs/benchmarks.md from a full run; the sections other modes wrote (`--resync-cost`,
+    `--render-scale`, `--fleet`: each between its own markers) are kept, at the end."""
     docs.mkdir(exist_ok=True)
     plotted = plot(results, docs / PLOT_NAME)
     path = docs / "benchmarks.md"
     old = path.read_text() if path.exists() else ""
-    kept = [
-        found
-        for found in (_resync_section(old), _section(old, FLEET_BEGIN, FLEET_END))
-        if found is not None
-    ]
+    kept = [match.group(0) for match in _MODE_SECTION.finditer(old)]
     text = markdown(results, line, command, plotted)
     (docs / "benchmarks.md").write_text(text + "".join("\n" + k + "\n" for k in kept))
+
+
+# A section another mode of ./bench/run wrote into benchmarks.md, markers included.
+_MODE_SECTION = re.compile(
+    r"<!-- ([a-z-]+): written by \./bench/run [^>]*-->.*?<!-- /\1 -->", re.DOTALL
+)
 
 
 # -- the resync-cost section (./bench/run --resync-cost) -----------------------------------
