@@ -11,6 +11,7 @@ retry policy; faults outside a reconcile mark one as needed.
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,12 @@ from sidekick.systemd import Notifier
 TRANSIENT = (EtcdError, DockerUnavailable)
 SUPERVISE_EVERY = 1.0  # seconds between looks at the helper threads
 SETTLE_AFTER = 3.0  # dockerd lists a container as running up to ~2.1 s after its `die`
+
+
+def resync_period(resync: float) -> float:
+    """--resync, give or take a tenth at random: a fleet that came back together (after an
+    etcd outage) does not resync together ever after."""
+    return resync * random.uniform(0.9, 1.1)  # noqa: S311 - spread, not secrecy
 
 
 class WaitingForLease(EtcdUnavailable):
@@ -79,7 +86,7 @@ class Loop:
         self.wakeup = threading.Event()  # cuts the reconcile's backoff short
         self.etcd_ok = False  # the loop's last etcd request succeeded
         self.needs_reconcile = False  # the first reconcile follows the events stream's connection
-        self.next_resync = time.monotonic() + self.config.resync
+        self.next_resync = time.monotonic() + resync_period(self.config.resync)
         if self.settle_after_reconnect:
             self.settle_after_reconnect = False
             self.next_resync = min(self.next_resync, time.monotonic() + SETTLE_AFTER)

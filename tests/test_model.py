@@ -875,3 +875,14 @@ class TestContainerAsStarted:
         """Odd documents never raise."""
         result = container_as_started(junk, bridge())
         assert result is None or result.bindings == ()
+
+
+class TestResyncPeriod:
+    """The resync period is --resync give or take a tenth, so a fleet does not stay in step."""
+
+    def test_spread(self) -> None:
+        from sidekick.loop import resync_period  # noqa: PLC0415
+
+        periods = [resync_period(60.0) for _ in range(200)]
+        assert all(54.0 <= p <= 66.0 for p in periods)
+        assert max(periods) - min(periods) > 6.0  # spread, not one value
