@@ -59,10 +59,14 @@ class Lookup:
     def on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference."""
         last: dict[str, tuple[DockerEvent, Action]] = {}
+        unknown_kill: dict[str, DockerEvent] = {}  # a kill that may be the stop signal
         for event in events:  # the last event that changes something decides
-            action = self._route(event)
-            if action is not Action.NOTHING:
+            action = route(event, self.stop_signals.get(event.container_id))
+            if action is Action.LEARN_SIGNAL:
+                unknown_kill[event.container_id] = event
+            elif action is not Action.NOTHING:
                 last[event.container_id] = (event, action)
+                unknown_kill.pop(event.container_id, None)
         for container_id in last:  # a later event decides, not a check of the read-ahead
             self.to_verify.pop(container_id, None)
         for event in events:
@@ -84,21 +88,27 @@ class Lookup:
         for container_id in last.keys() - done:  # a read made at create serves a first start only
             self.look_ahead.forget(container_id)
         self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
+        self._learn_signals(unknown_kill.values())
 
-    def _route(self, event: DockerEvent) -> Action:
-        """route(), learning the container's stop signal first when the event needs it."""
-        action = route(event, self.stop_signals.get(event.container_id))
-        if action is not Action.LEARN_SIGNAL:
-            return action
-        try:
-            container = self.docker.inspect(event.container_id)
-        except DockerUnavailable as exc:
-            self.fault("docker", exc)
-            return Action.LOOK_UP  # the reconcile after the fault settles it
-        if container is None:
-            return Action.WITHDRAW
-        self.remember(container)
-        return route(event, container.stop_signal)
+    def _learn_signals(self, kills: Iterable[DockerEvent]) -> None:
+        """Kills with a signal that may be the container's stop signal, taken after the rest
+        of the batch (an inspect can wait on a dying container; the other withdrawals must
+        not): one inspect each, for containers that announce something, and a withdrawal
+        where the signal is the stop signal."""
+        stopping = []
+        for event in kills:
+            if not self.sync.announced.get(event.container_id):
+                continue  # nothing to withdraw: the signal does not matter
+            try:
+                container = self.docker.inspect(event.container_id)
+            except DockerUnavailable as exc:
+                self.fault("docker", exc)  # the reconcile after the fault settles it
+                return
+            if container is not None:
+                self.remember(container)
+            if container is None or route(event, container.stop_signal) is Action.WITHDRAW:
+                stopping.append(event)
+        self.withdraw(stopping)
 
     def withdraw_only(self, events: Sequence[DockerEvent]) -> None:
         """Of these events, apply only the withdrawals (a reconcile's snapshot follows)."""
