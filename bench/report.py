@@ -53,8 +53,19 @@ def machine(client: docker.DockerClient | None, etcd_url: str) -> dict[str, Any]
         "python": platform.python_version(),
         "sidekick": f"{__version__} ({commit})" if commit else __version__,
         "commit": commit,
+        **_retry_settings(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_start": os.getloadavg()[0],
+    }
+
+
+def _retry_settings() -> dict[str, float | None]:
+    """The agent's retry ceiling and jitter at this commit (sidekick.lease), for the prose."""
+    from sidekick import lease  # noqa: PLC0415
+
+    return {
+        "retry_longest_s": getattr(lease, "RETRY_LONGEST", None),
+        "retry_jitter_s": getattr(lease, "RETRY_JITTER", None),
     }
 
 
@@ -689,7 +700,8 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
 
 
 def _recovery_prose(results: dict[str, Any]) -> list[str]:
-    rec, settings = results["recovery"], results.get("agent_settings", {})
+    rec = results["recovery"]
+    settings = results.get("agent_settings") or results.get("machine", {})
     etcd_rec = rec["etcd"]
     loop_runs = [r["ttl_loop_seconds"] for r in etcd_rec["runs"] if "ttl_loop_seconds" in r]
     churn, containers = etcd_rec.get("churn"), etcd_rec.get("containers")
@@ -1375,14 +1387,23 @@ def scale_extrapolated(results: dict[str, Any]) -> str:
             "of these cores |"
         )
     n = SCALE_SIZES[-1]
+    host = results.get("machine", {})
+    longest, jitter = host.get("retry_longest_s"), host.get("retry_jitter_s")
+    known = longest is not None and jitter is not None
+    ceiling = (
+        f"({longest:g} s, plus up to {jitter:g} s of jitter)"
+        if known
+        else "(`sidekick.lease.RETRY_LONGEST`, plus up to `RETRY_JITTER` of jitter)"
+    )
+    within = f"{longest + jitter:g} s" if known else "that ceiling"
     out += [
         "",
         "After a full etcd restart every node retries within its backoff's ceiling "
-        "(1 s, plus up to 0.25 s of jitter): the first second back brings about one keepalive "
+        f"{ceiling}: the first second back brings about one keepalive "
         f"from each node, and the loops whose resync fell due during the outage "
         f"({per_resync:g} requests each, every node once the outage is longer than the "
         f"resync): at {n:,} nodes about {n:,} + {n:,} x {per_resync:g} = "
-        f"**{n + n * per_resync:,.0f} requests within ~1.25 s**: at the measured "
+        f"**{n + n * per_resync:,.0f} requests within ~{within}**: at the measured "
         f"{cpu_per_request:.3f} % of a core per request a second, "
         f"{n + n * per_resync:,.0f} x {cpu_per_request / 100:.5f} = "
         f"**{(n + n * per_resync) * cpu_per_request / 100:.0f} core-seconds** of etcd work "
