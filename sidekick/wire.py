@@ -17,17 +17,19 @@ Runs on: the thread that owns the session (each thread has its own sessions and 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import ssl
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import docker
 import requests
 from requests.structures import CaseInsensitiveDict
 
 _PLAIN_ARGUMENTS = frozenset({"params", "data", "json", "headers", "timeout", "allow_redirects"})
+_OURS = frozenset({"host", "content-length"})  # the connection writes these
 UNIX_SCHEMES = ("http+docker", "http+unix")
 
 
@@ -97,7 +99,6 @@ class Connection:
         self.sock.close()
 
 
-_OURS = frozenset({"host", "content-length"})
 _MAX_LINE = 65536
 
 
@@ -125,6 +126,7 @@ class Wire:
             isinstance(url, str)
             and method in {"GET", "POST", "PUT", "DELETE", "HEAD"}
             and _PLAIN_ARGUMENTS.issuperset(kwargs)
+            and isinstance(kwargs.get("data"), str | bytes | None)  # a form: requests' path
             and not (s.trust_env or s.cookies or s.auth or s.proxies or s.params or s.stream)
             and not any(s.hooks.values())
             and urlsplit(url).scheme in {"http", "https", *UNIX_SCHEMES}
@@ -132,27 +134,17 @@ class Wire:
 
     def send(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
         """The call over a kept connection (a stale one is replaced once)."""
-        headers = CaseInsensitiveDict(self.session.headers)
+        headers: dict[str, str] = {str(k): str(v) for k, v in self.session.headers.items()}
         for name, value in (kwargs.get("headers") or {}).items():
-            if value is None:
-                headers.pop(name, None)  # as requests does: None drops a session header
-            else:
-                headers[name] = value
+            for known in [k for k in headers if k.lower() == name.lower()]:
+                del headers[known]
+            if value is not None:  # as requests does: None drops a session header
+                headers[name] = str(value)
+        headers = {k: v for k, v in headers.items() if k.lower() not in _OURS}
         headers["Accept-Encoding"] = "identity"  # we decode no gzip
-        prepared = requests.PreparedRequest()
-        prepared.prepare(
-            method=method,
-            url=url,
-            headers=headers,
-            data=kwargs.get("data") or {},
-            json=kwargs.get("json"),
-            params=kwargs.get("params") or {},
-        )
-        parts = urlsplit(str(prepared.url))
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        body = prepared.body.encode() if isinstance(prepared.body, str) else prepared.body
+        body = _body(kwargs, headers)
+        parts = urlsplit(url)
+        target = (parts.path or "/") + _query(parts.query, kwargs.get("params"))
         key = (parts.scheme, parts.hostname or "", parts.port or 0)
         if parts.scheme == "https":
             self._tls_context()  # a TLS file it cannot read: OSError, outside the retries
@@ -165,7 +157,7 @@ class Wire:
                 if connection is None:
                     connection = self._connections[key] = self._connect(key, connect_timeout)
                 status, reason, fields, content, close = connection.exchange(
-                    method, target, dict(prepared.headers), body, read_timeout
+                    method, target, headers, body, read_timeout
                 )
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(key)
@@ -174,10 +166,10 @@ class Wire:
                 )
                 if reused and stale and attempt == 0:
                     continue  # the server closed a kept connection: one new one
-                raise _as_requests_error(exc, prepared) from exc
+                raise _as_requests_error(exc, method, url) from exc
             if close:
                 self._drop(key)
-            return _response(prepared, status, reason, fields, content)
+            return _response(url, status, reason, fields, content)
         raise AssertionError("unreachable")
 
     def _connect(self, key: tuple[str, str, int], timeout: float | None) -> Connection:
@@ -244,17 +236,39 @@ def _must_exist(what: str, path: str | None) -> None:
         raise OSError(f"Could not find the TLS {what}, invalid path: {path}")
 
 
-def _as_requests_error(exc: BaseException, prepared: requests.PreparedRequest) -> Exception:
-    where = f"{prepared.method} {prepared.url}"
+def _body(kwargs: dict[str, Any], headers: dict[str, str]) -> bytes | None:
+    """The request body as requests would send it: JSON, or data as given."""
+    if kwargs.get("json") is not None:
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        return json.dumps(kwargs["json"], allow_nan=False).encode()
+    data = kwargs.get("data")
+    return data.encode() if isinstance(data, str) else data or None
+
+
+def _query(existing: str, params: Any) -> str:
+    """`?query`: the URL's own, then params as requests encodes them (None values left out)."""
+    pairs = [
+        (str(k), str(v))
+        for k, values in (params or {}).items()
+        for v in (values if isinstance(values, list | tuple) else [values])
+        if v is not None
+    ]
+    query = "&".join(q for q in (existing, urlencode(pairs)) if q)
+    return "?" + query if query else ""
+
+
+def _as_requests_error(exc: BaseException, method: str, url: str) -> Exception:
+    where = f"{method} {url}"
     if isinstance(exc, ssl.SSLError):
-        return requests.exceptions.SSLError(f"{where}: {exc}", request=prepared)
+        return requests.exceptions.SSLError(f"{where}: {exc}")
     if isinstance(exc, TimeoutError):
-        return requests.exceptions.Timeout(f"{where}: timed out", request=prepared)
-    return requests.exceptions.ConnectionError(f"{where}: {exc}", request=prepared)
+        return requests.exceptions.Timeout(f"{where}: timed out")
+    return requests.exceptions.ConnectionError(f"{where}: {exc}")
 
 
 def _response(
-    prepared: requests.PreparedRequest,
+    url: str,
     status: int,
     reason: str,
     fields: list[tuple[str, str]],
@@ -266,8 +280,7 @@ def _response(
     response.headers = CaseInsensitiveDict(fields)
     response._content = content
     response._content_consumed = True  # type: ignore[attr-defined]  # nothing left to read
-    response.url = prepared.url or ""
-    response.request = prepared
+    response.url = url
     response.encoding = requests.utils.get_encoding_from_headers(response.headers)
     return response
 

@@ -87,6 +87,14 @@ def test_one_kept_connection_for_many_calls(server):
     assert len(server.connections) == 1
 
 
+def test_params_as_requests_encodes_them(server):
+    session, plain = WireSession(), requests.Session()
+    for params in ({"a": None, "b": ["x", "y z"]}, {"filters": '{"id": ["1"]}', "all": True}):
+        ours = session.get(_url(server, "/p?q=1"), params=params, timeout=5).json()["path"]
+        theirs = plain.get(_url(server, "/p?q=1"), params=params, timeout=5).json()["path"]
+        assert ours == theirs
+
+
 def test_post_json_and_headers(server):
     session = WireSession()
     session.headers["X-Test"] = "from-session"
