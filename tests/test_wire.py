@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import docker
 import pytest
@@ -89,7 +90,11 @@ def test_one_kept_connection_for_many_calls(server):
 
 def test_params_as_requests_encodes_them(server):
     session, plain = WireSession(), requests.Session()
-    for params in ({"a": None, "b": ["x", "y z"]}, {"filters": '{"id": ["1"]}', "all": True}):
+    cases: list[dict[str, Any]] = [
+        {"a": None, "b": ["x", "y z"]},
+        {"filters": '{"id": ["1"]}', "all": True},
+    ]
+    for params in cases:
         ours = session.get(_url(server, "/p?q=1"), params=params, timeout=5).json()["path"]
         theirs = plain.get(_url(server, "/p?q=1"), params=params, timeout=5).json()["path"]
         assert ours == theirs
