@@ -25,6 +25,7 @@ from sidekick.sync import Sync
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
 LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is answering
 VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
+HEALTH_VERDICTS = frozenset({"healthy", "unhealthy", "starting"})  # `health_status: X`
 GONE_MEMORY = 10.0  # dockerd lists a container as running for up to ~2 s after its `die`
 
 
@@ -49,6 +50,7 @@ class Lookup:
         self.fault = fault
         self.log = log
         self.stop_signals: dict[str, int] = {}  # container id -> what `docker stop` sends
+        self.known: dict[str, Container] = {}  # container id -> its last full record
         self.warned: dict[str, str] = {}  # container id -> last problem logged
         # Read-ahead starts to look up again (id -> name), all at once at next_verify: what
         # changed between create and start (a `docker network connect`) is right within 1 s.
@@ -72,6 +74,7 @@ class Lookup:
         for event in events:
             if event.action == "destroy":
                 self.stop_signals.pop(event.container_id, None)
+                self.known.pop(event.container_id, None)
         for container_id, (_, action) in last.items():
             if action is not Action.WITHDRAW:
                 self.gone_at.pop(container_id, None)  # started again: the listing is right
@@ -85,6 +88,7 @@ class Lookup:
             [e for e in starts if e.container_id not in done],
             deadline=time.monotonic() + LOOK_AHEAD_WAIT,
         )
+        done |= self._apply_verdicts([e for e in lookups if e.action == "health_status"])
         for container_id in last.keys() - done:  # a read made at create serves a first start only
             self.look_ahead.forget(container_id)
         self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
@@ -146,6 +150,25 @@ class Lookup:
             self.next_verify = min(self.next_verify, time.monotonic() + VERIFY_AFTER)
         return done
 
+    def _apply_verdicts(self, events: Sequence[DockerEvent]) -> set[str]:
+        """A healthcheck's verdict, taken from its event and applied to the container's
+        record read before (its ports and labels cannot change while it runs), in one
+        write: no Docker request. The ids done; the rest are looked up."""
+        done = set()
+        for event in events:
+            known = self.known.get(event.container_id)
+            if known is None or known.health is None or event.detail not in HEALTH_VERDICTS:
+                continue
+            container = known._replace(
+                health=event.detail, running=True, paused=False, name=event.name or known.name
+            )
+            self.known[event.container_id] = container
+            self.set(event.container_id, event.name, announce(container, self.config))
+            done.add(event.container_id)
+        if done:
+            self.write()
+        return done
+
     def verify_read_ahead(self) -> None:
         """Look the read-ahead starts up again, in one listing, and write any difference."""
         pending, self.to_verify = self.to_verify, {}
@@ -191,7 +214,8 @@ class Lookup:
             self.write()
 
     def remember(self, container: Container) -> None:
-        """Keep what the container's record says of its stop signal."""
+        """Keep the container's record, and what it says of its stop signal."""
+        self.known[container.id] = container
         if container.stop_signal is not None:
             self.stop_signals[container.id] = container.stop_signal
 
@@ -233,7 +257,7 @@ class Lookup:
             self.set(container.id, container.name, announce(container, self.config))
         for container_id in set(self.sync.announced) - seen:
             self.sync.set(container_id, ())
-        for known in (self.warned, self.stop_signals):
+        for known in (self.warned, self.stop_signals, self.known):
             for container_id in set(known) - seen:
                 known.pop(container_id, None)
         self.look_ahead.clear()  # starts and removals drained: their entries are stale
