@@ -1,12 +1,13 @@
 """A thin adapter around docker-py: container snapshots and the events stream as plain records.
 
 docker-py's client runs on sidekick.wire's lighter transport for its plain calls (inspect,
-listing); the events stream takes docker-py's own path."""
+listing) and the events stream."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import http.client
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,7 @@ from typing import Any, NamedTuple
 import docker
 import docker.errors
 import docker.tls
+import docker.utils
 import requests
 
 from sidekick.config import DockerTLS
@@ -249,7 +251,8 @@ class DockerSource:
         filters: dict[str, Any] = {"type": "container", "event": list(EVENT_ACTIONS)}
         if self.label_filters:
             filters["label"] = self.label_filters
-        stream = self._call(lambda api: api.events(decode=True, filters=filters))
+        params = {"filters": docker.utils.convert_filters(filters)}
+        stream = self._call(lambda api: api.stream_json("/events", params))
         self._stream = stream
         return self._follow(stream)
 
@@ -259,7 +262,13 @@ class DockerSource:
                 event = event_from_raw(raw)
                 if event is not None:
                     yield event
-        except (docker.errors.DockerException, requests.RequestException, OSError, ValueError):
+        except (
+            docker.errors.DockerException,
+            requests.RequestException,
+            http.client.HTTPException,
+            OSError,
+            ValueError,
+        ):
             return
         finally:
             self._stream = None

@@ -16,11 +16,13 @@ Runs on: the thread that owns the session (each thread has its own sessions and 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -30,6 +32,7 @@ from requests.structures import CaseInsensitiveDict
 
 _PLAIN_ARGUMENTS = frozenset({"params", "data", "json", "headers", "timeout", "allow_redirects"})
 _OURS = frozenset({"host", "content-length"})  # the connection writes these
+DEFAULT_CONNECT_TIMEOUT = 60.0  # docker-py's default request timeout
 UNIX_SCHEMES = ("http+docker", "http+unix")
 
 
@@ -73,6 +76,18 @@ class Connection:
             content, close = self.file.read(), True
         return status, reason, answer_headers, content, close
 
+    def open(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, str, Any]:
+        """Send a request and read the answer's head only, for a stream; no timeout."""
+        self.sock.settimeout(None)
+        head = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        self.sock.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n")
+        line = self.file.readline(_MAX_LINE)
+        if not line:
+            raise http.client.RemoteDisconnected("the connection closed with no answer")
+        _, status, reason = _status_line(line)
+        return status, reason, self._headers()
+
     def _headers(self) -> list[tuple[str, str]]:
         found = []
         while (line := self.file.readline(_MAX_LINE)) not in {b"\r\n", b"\n", b""}:
@@ -108,6 +123,42 @@ def _status_line(line: bytes) -> tuple[str, int, str]:
     if not version.startswith("HTTP/") or not code.isdigit():
         raise http.client.BadStatusLine(line.decode("latin-1"))
     return version, int(code), reason
+
+
+class JsonLines:
+    """A streamed answer read as one JSON document a line, as Docker sends its events;
+    close() from another thread ends the iteration."""
+
+    def __init__(self, connection: Connection, chunked: bool) -> None:
+        self.connection = connection
+        self.chunked = chunked
+
+    def __iter__(self) -> Iterator[Any]:
+        buffer = b""
+        while piece := self._piece():
+            buffer += piece
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+
+    def _piece(self) -> bytes:
+        """The next chunk (b"" at the end of the answer)."""
+        file = self.connection.file
+        if not self.chunked:
+            return file.read1(65536)
+        size = int(file.readline(_MAX_LINE).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return b""
+        data = self.connection._exactly(size)
+        file.readline(_MAX_LINE)  # the chunk's CRLF
+        return data
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked reader
+        with contextlib.suppress(OSError):
+            self.connection.close()
 
 
 class Wire:
@@ -171,6 +222,31 @@ class Wire:
                 self._drop(key)
             return _response(url, status, reason, fields, content)
         raise AssertionError("unreachable")
+
+    def open_stream(self, url: str, params: dict[str, Any]) -> JsonLines:
+        """GET a long answer on a connection of its own, read as one JSON document a line
+        (Docker's events); no read timeout. requests' errors, as send() raises them."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.hostname or "", parts.port or 0)
+        target = (parts.path or "/") + _query(parts.query, params)
+        headers = {str(k): str(v) for k, v in self.session.headers.items()}
+        headers["Accept-Encoding"] = "identity"
+        try:
+            connection = self._connect(key, DEFAULT_CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise _as_requests_error(exc, "GET", url) from exc
+        try:
+            status, reason, fields = connection.open(
+                "GET", target, {k: v for k, v in headers.items() if k.lower() not in _OURS}
+            )
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise _as_requests_error(exc, "GET", url) from exc
+        if status != 200:
+            connection.close()
+            raise requests.exceptions.HTTPError(f"{status} {reason} for GET {url}")
+        chunked = "chunked" in dict((k.lower(), v) for k, v in fields).get("transfer-encoding", "")
+        return JsonLines(connection, chunked)
 
     def _connect(self, key: tuple[str, str, int], timeout: float | None) -> Connection:
         scheme, host, port = key
@@ -319,6 +395,15 @@ class WireAPIClient(docker.APIClient):  # type: ignore[misc]  # docker-py ships 
         if args or not self.wire.plain(method, url, kwargs):
             return super().request(method, url, *args, **kwargs)
         return self.wire.send(method, str(url), kwargs)
+
+    def stream_json(self, path: str, params: dict[str, Any]) -> Any:
+        """GET `path` (e.g. "/events") as a stream of JSON documents with close(): on the
+        light path where it can go, else docker-py's own stream."""
+        url = self._url(path)
+        if self.wire.plain("GET", url, {"params": params}):
+            return self.wire.open_stream(url, params)
+        response = self._get(url, params=params, stream=True, timeout=None)
+        return self._stream_helper(response, decode=True)
 
     def close(self) -> None:
         self.wire.close()

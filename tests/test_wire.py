@@ -34,6 +34,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
             return
+        if self.path.startswith("/stream"):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            text = b'{"n": 1}\n{"n": 2}\n{"n"' + b": 3}\n"  # a document split across chunks
+            for piece in (text[:9], text[9:20], text[20:]):
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.flush()
+            self.server.release.wait(30)  # type: ignore[attr-defined]  # then hang up
+            return
         if self.path.startswith("/close"):
             self._json(200, {"closing": True}, close=True)
             return
@@ -67,10 +77,12 @@ class _Handler(BaseHTTPRequestHandler):
 def server() -> Iterator[ThreadingHTTPServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.connections = set()  # type: ignore[attr-defined]
+    httpd.release = threading.Event()  # type: ignore[attr-defined]
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
+    httpd.release.set()  # type: ignore[attr-defined]
     httpd.shutdown()
     httpd.server_close()
 
@@ -181,3 +193,14 @@ def test_docker_answers_the_same(docker_client, images):
             ours.inspect_container("no-such-container-" + container.id[:8])
     finally:
         container.remove(force=True)
+
+
+def test_a_stream_of_json_lines_ends_when_closed(server):
+    api = WireAPIClient(base_url=_url(server, ""), version="1.41")
+    stream = api.wire.open_stream(_url(server, "/stream"), {"filters": '{"a": ["b"]}'})
+    seen = []
+    for document in stream:
+        seen.append(document["n"])
+        if len(seen) == 3:
+            threading.Thread(target=stream.close).start()  # while the reader waits for more
+    assert seen == [1, 2, 3]
