@@ -26,6 +26,8 @@ from sidekick.model import (
     container_as_started,
     container_from_inspect,
     container_from_summary,
+    knowable_at_create,
+    stop_signal_of,
 )
 from sidekick.wire import WireAPIClient
 
@@ -52,6 +54,13 @@ LISTED_IDS_PER_REQUEST = 50  # ids in one `docker ps --filter id=...` (they go i
 
 class DockerUnavailable(Exception):
     """The Docker engine did not answer."""
+
+
+class Created(NamedTuple):
+    """A container read right after `create`."""
+
+    container: Container | None  # what it announces once started, if that is known already
+    stop_signal: int | None  # what `docker stop` will send it first
 
 
 class DockerEvent(NamedTuple):
@@ -179,18 +188,21 @@ class DockerSource:
         twin.label_filters = list(self.label_filters)
         return twin
 
-    def as_started(self, container_id: str) -> Container | None:
-        """Inspect a just-created container and its network: what it will be once started,
-        when that is known already (see model.container_as_started); else None."""
+    def as_started(self, container_id: str) -> Created | None:
+        """Inspect a just-created container (and its network, when that can tell): what it
+        will be once started, when that is known already (model.container_as_started), and
+        its stop signal. None when it is gone."""
         try:
             data = self._call(lambda api: api.inspect_container(container_id), missing_ok=True)
+            if not knowable_at_create(data):
+                return Created(None, stop_signal_of(data))
             mode = str((data.get("HostConfig") or {}).get("NetworkMode") or "")
             own_bridge = mode not in {"host", "none"} and not mode.startswith("container:")
             name = "bridge" if mode in {"", "default"} else mode
             network = self._network(name) if own_bridge else None
         except docker.errors.NotFound:
             return None
-        return container_as_started(data, network)
+        return Created(container_as_started(data, network), stop_signal_of(data))
 
     def _network(self, name: str) -> Any:
         """A network's inspect document, read again after NETWORK_CACHE_SECONDS."""

@@ -46,6 +46,7 @@ class LookAhead:
         self._log = log
         self._threads = threads
         self._entries: dict[str, Container | _State] = {}
+        self._signals: dict[str, int] = {}  # stop signals read at create, for the look-up
         self._changed = threading.Condition()
         self._ids: queue.Queue[str | None] = queue.Queue(CAPACITY)
         self._stopping = threading.Event()
@@ -109,14 +110,21 @@ class LookAhead:
         """A read of this container is queued or in flight."""
         return isinstance(self._entries.get(container_id), _State)
 
+    def stop_signal(self, container_id: str) -> int | None:
+        """The container's stop signal if a read at create found it (once)."""
+        with self._changed:
+            return self._signals.pop(container_id, None)
+
     def forget(self, container_id: str) -> None:
         with self._changed:
             self._entries.pop(container_id, None)
+            self._signals.pop(container_id, None)
 
     def clear(self) -> None:
         """Forget everything (a reconcile has just read every running container)."""
         with self._changed:
             self._entries.clear()
+            self._signals.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -127,14 +135,19 @@ class LookAhead:
                 if self._entries.get(container_id) is not QUEUED:
                     continue  # started or removed before its turn
                 self._entries[container_id] = READING
+            created = None
             try:
-                container = docker.as_started(container_id)
+                created = docker.as_started(container_id)
             except DockerUnavailable:
-                container = None  # its start is looked up instead
+                pass  # its start is looked up instead
             except Exception as exc:  # a helper must outlive any odd answer
                 self._log.warning("look-ahead failed", id=container_id[:12], error=repr(exc))
-                container = None
+            container = created.container if created else None
             with self._changed:
+                if created and created.stop_signal is not None and container_id in self._entries:
+                    if len(self._signals) >= CAPACITY:
+                        self._signals.clear()
+                    self._signals[container_id] = created.stop_signal
                 if container is None:
                     self._entries.pop(container_id, None)
                 elif container_id in self._entries:  # not started or removed meanwhile

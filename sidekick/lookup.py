@@ -89,6 +89,9 @@ class Lookup:
             deadline=time.monotonic() + LOOK_AHEAD_WAIT,
         )
         done |= self._apply_verdicts([e for e in lookups if e.action == "health_status"])
+        for event in starts:  # a read at create knows the stop signal even when not the ports
+            if (stop_signal := self.look_ahead.stop_signal(event.container_id)) is not None:
+                self.stop_signals.setdefault(event.container_id, stop_signal)
         for container_id in last.keys() - done:  # a read made at create serves a first start only
             self.look_ahead.forget(container_id)
         self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})

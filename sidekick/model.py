@@ -139,7 +139,7 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         host_network=str(host_config.get("NetworkMode") or "") == "host",
         bindings=tuple(bindings),
         exposed_ports=tuple(exposed),
-        stop_signal=signal_number(str(config.get("StopSignal") or "SIGTERM")),
+        stop_signal=stop_signal_of(data),
     )
 
 
@@ -173,27 +173,18 @@ def container_as_started(
     a range), a healthcheck's verdict, networking of another kind or borrowed from another
     container, or more than one network.
     """
-    config = _mapping(created.get("Config"))
-    host_config = _mapping(created.get("HostConfig"))
-    test = _mapping(config.get("Healthcheck")).get("Test")
-    if isinstance(test, list) and test and test[0] != "NONE":
+    if not knowable_at_create(created):
         return None
+    host_config = _mapping(created.get("HostConfig"))
     if str(host_config.get("NetworkMode") or "") == "host":
         return container_from_inspect({**created, "State": {"Running": True}})
-    attached = _mapping(_mapping(created.get("NetworkSettings")).get("Networks"))
-    if network is None or len(attached) > 1 or host_config.get("PublishAllPorts"):
-        return None
-    if network.get("Driver") != "bridge" or network.get("Internal") is not False:
+    if network is None or network.get("Driver") != "bridge" or network.get("Internal") is not False:
         return None
     default_ip = str(_mapping(network.get("Options")).get(HOST_BINDING_IPV4) or "")
     ports: dict[str, list[dict[str, str]]] = {}
     for spec, hosts in _mapping(host_config.get("PortBindings")).items():
-        if not isinstance(hosts, list):
-            return None
         for raw_host in hosts:
             host = _mapping(raw_host)
-            if _port_number(host.get("HostPort")) is None:
-                return None
             ports.setdefault(str(spec), []).append(
                 {
                     "HostIp": str(host.get("HostIp") or default_ip),
@@ -203,6 +194,32 @@ def container_as_started(
     return container_from_inspect(
         {**created, "State": {"Running": True}, "NetworkSettings": {"Ports": ports}}
     )
+
+
+def knowable_at_create(created: Mapping[str, Any]) -> bool:
+    """Whether container_as_started can tell from this inspect (and its network's) what the
+    container will announce: no healthcheck, one network or the host's, only fixed ports."""
+    config = _mapping(created.get("Config"))
+    host_config = _mapping(created.get("HostConfig"))
+    test = _mapping(config.get("Healthcheck")).get("Test")
+    if isinstance(test, list) and test and test[0] != "NONE":
+        return False
+    if str(host_config.get("NetworkMode") or "") == "host":
+        return True
+    attached = _mapping(_mapping(created.get("NetworkSettings")).get("Networks"))
+    if len(attached) > 1 or host_config.get("PublishAllPorts"):
+        return False
+    for hosts in _mapping(host_config.get("PortBindings")).values():
+        if not isinstance(hosts, list):
+            return False
+        if any(_port_number(_mapping(host).get("HostPort")) is None for host in hosts):
+            return False
+    return True
+
+
+def stop_signal_of(inspected: Mapping[str, Any]) -> int | None:
+    """What `docker stop` sends this container first (its image's or `--stop-signal`)."""
+    return signal_number(str(_mapping(inspected.get("Config")).get("StopSignal") or "SIGTERM"))
 
 
 def container_from_summary(summary: Any) -> Container | None:

@@ -134,17 +134,22 @@ class TestLookAhead:
             ]
             source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
             config = Config(prefix="/x", host_ip="192.0.2.5", node="n")
-            ahead = {c.id: source.as_started(c.id) for c in known + unknown}
+            ahead: dict[str, Any] = {c.id: source.as_started(c.id) for c in known + unknown}
             for container in known + unknown:
                 container.start()
+            for container in known + unknown:  # the stop signal is known either way
+                created = ahead[container.id]
+                assert created is not None
+                inspected = source.inspect(container.id)
+                assert inspected is not None and created.stop_signal == inspected.stop_signal
             for container in known:
                 started = source.inspect(container.id)
-                looked_ahead = ahead[container.id]
+                looked_ahead = ahead[container.id].container
                 assert started is not None
                 assert looked_ahead is not None, container.attrs["HostConfig"]
                 assert announce(looked_ahead, config) == announce(started, config)
                 assert announce(started, config).registrations
-            assert [ahead[c.id] for c in unknown] == [None] * len(unknown)
+            assert [ahead[c.id].container for c in unknown] == [None] * len(unknown)
             assert source.as_started("0" * 64) is None
         finally:
             containers.remove_all()
