@@ -84,8 +84,32 @@ SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
         "Announce every container with a published TCP port unless it has sidekick.enable=false.",
     ),
     ("filters", "--filter", list[str], "Only containers matching label=KEY[=VALUE] (repeatable)."),
-    ("key_template", "--key-template", str, "Key layout. (default: {prefix}/{service}-{port})"),
-    ("value_template", "--value-template", str, "Value layout. (default: {ip}:{port})"),
+    (
+        "address",
+        "--address",
+        str,
+        "host: published ports at the node's address; container: the container's own IP and "
+        "port on --network (label sidekick.address overrides). (default: host)",
+    ),
+    (
+        "network",
+        "--network",
+        str,
+        "With --address container: the network whose address is announced (label "
+        "sidekick.network overrides; needed for containers on several networks).",
+    ),
+    (
+        "key_template",
+        "--key-template",
+        str,
+        "Key layout; also {proto}, {label:NAME}. (default: {prefix}/{service}-{port})",
+    ),
+    (
+        "value_template",
+        "--value-template",
+        str,
+        "Value layout; also {label:NAME}, {json:NAME,...}. (default: {ip}:{port})",
+    ),
     ("node", "--node", str, "This node's name, for {node}. (default: the hostname)"),
     (
         "ttl",
@@ -608,6 +632,7 @@ def _option_name(ctx: typer.Context, param: str, flag: str, envvar: str) -> str:
 @with_config(
     without=AGENT_ONLY
     | {"ttl", "host_ip", "all_containers", "filters", "key_template", "value_template", "node"}
+    | {"address", "network"}
 )
 def render(
     config: Config,

@@ -19,7 +19,7 @@ from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
 from sidekick.intake import Action, route
 from sidekick.lookahead import LookAhead
-from sidekick.model import Announcement, Container, announce
+from sidekick.model import Announcement, Container, address_mode, announce
 from sidekick.sync import Sync
 
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
@@ -55,12 +55,16 @@ class Lookup:
         self.to_verify: dict[str, str] = {}
         self.next_verify = float("inf")
         self.gone_at: dict[str, float] = {}  # container id -> when an event ended it
+        self.by_network: set[str] = set()  # running containers announced by a network address
 
     def on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference."""
         last: dict[str, tuple[DockerEvent, Action]] = {}
         for event in events:  # the last event that changes something decides
             action = self._route(event)
+            ended = event.container_id in last and last[event.container_id][1] is Action.WITHDRAW
+            if event.kind == "network" and ended:
+                continue  # the disconnect of a container that just died is not news
             if action is not Action.NOTHING:
                 last[event.container_id] = (event, action)
         for container_id in last:  # a later event decides, not a check of the read-ahead
@@ -86,7 +90,11 @@ class Lookup:
         self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
 
     def _route(self, event: DockerEvent) -> Action:
-        """route(), learning the container's stop signal first when the event needs it."""
+        """route(), learning the container's stop signal first when the event needs it. A
+        network connect or disconnect matters only to a container announced by its address
+        on a network (at a container's own start and stop it is not: it comes before)."""
+        if event.kind == "network":
+            return Action.LOOK_UP if event.container_id in self.by_network else Action.NOTHING
         action = route(event, self.stop_signals.get(event.container_id))
         if action is not Action.LEARN_SIGNAL:
             return action
@@ -124,6 +132,8 @@ class Lookup:
         done = set()
         for event in starts:
             ready = self.look_ahead.take(event.container_id, deadline)
+            if ready is not None and address_mode(ready, self.config) == "container":
+                ready = None  # its address on a network is known only once it runs: look up
             if ready is not None:
                 container = ready._replace(name=event.name or ready.name)
                 self.remember(container)
@@ -157,7 +167,8 @@ class Lookup:
             self.fault("docker", exc)  # the reconcile will look again
             return
         for container_id, container in listed.items():
-            self.set(container_id, names[container_id], announce(container, self.config))
+            name = names[container_id] or container.name  # a network event names no container
+            self.set(container_id, name, announce(container, self.config))
         if listed:
             self.write()
         pending, written = False, time.monotonic()
@@ -172,7 +183,7 @@ class Lookup:
             if inspected is not None:
                 self.remember(inspected)
             announcement = announce(inspected, self.config) if inspected else Announcement()
-            self.set(container_id, name, announcement)
+            self.set(container_id, name or (inspected.name if inspected else ""), announcement)
             pending = True
             if time.monotonic() - written >= BATCH_SECONDS:
                 self.write()
@@ -198,6 +209,10 @@ class Lookup:
             self.warned[container_id] = announcement.problem
         else:
             self.warned.pop(container_id, None)
+        if announcement.by_network:
+            self.by_network.add(container_id)
+        else:
+            self.by_network.discard(container_id)
         self.sync.set(container_id, announcement.registrations)
 
     def confirm(self, listed: Sequence[Container]) -> list[Container]:
@@ -226,5 +241,6 @@ class Lookup:
         for known in (self.warned, self.stop_signals):
             for container_id in set(known) - seen:
                 known.pop(container_id, None)
+        self.by_network &= seen
         self.look_ahead.clear()  # starts and removals drained: their entries are stale
         self.to_verify, self.next_verify = {}, float("inf")  # just read them all
