@@ -309,6 +309,15 @@ def _port_number(value: Any) -> int | None:
 # -- Container -> Announcement ----------------------------------------------------------------
 
 
+def matches_filters(labels: Mapping[str, str], label_filters: Iterable[str]) -> bool:
+    """True when the labels satisfy every `--filter label=K[=V]` (Docker's semantics)."""
+    for spec in label_filters:
+        key, sep, value = spec.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
 def opted_in(container: Container, all_containers: bool) -> bool | str:
     """True or False, or a problem string when the enable label is not a boolean."""
     raw = container.labels.get(LABEL_ENABLE)
@@ -438,7 +447,7 @@ def _network_endpoints(
     container: Container, wanted: set[tuple[int, str]] | None, network: str | None
 ) -> list[Endpoint] | str:
     """The container's own address on its network and its own ports (nothing published)."""
-    have = ", ".join(n.network for n in container.networks) or "none"
+    have = _escaped(", ".join(n.network for n in container.networks) or "none", 200)
     name = container.labels.get(LABEL_NETWORK, network)
     if name is not None and not NETWORK_RE.fullmatch(name):
         return f"label {LABEL_NETWORK}={_show(name)} is not a Docker network name"
@@ -449,6 +458,8 @@ def _network_endpoints(
                 f"--network or label {LABEL_NETWORK}"
             )
         name = container.networks[0].network
+        if not NETWORK_RE.fullmatch(name):
+            return f"is on network {_show(name)}, which is not a Docker network name"
     attached = next((n for n in container.networks if n.network == name), None)
     addresses = [a for a in (attached.ipv4, attached.ipv6) if a] if attached else []
     if not addresses:
@@ -518,8 +529,12 @@ def key_is_confined(key: str, prefix: str) -> bool:
 
 def _show(text: str, limit: int = 60) -> str:
     """A label value safe to put in a one-line log message."""
+    return repr(_escaped(text, limit))
+
+
+def _escaped(text: str, limit: int) -> str:
     shown = text.encode("unicode_escape").decode("ascii")
-    return repr(shown if len(shown) <= limit else shown[:limit] + "...")
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 # -- Desired state and the plan ---------------------------------------------------------------
