@@ -7,6 +7,8 @@ Pure functions only: no Docker, no etcd.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from sidekick.model import (
     merge,
 )
 from sidekick.oneshot import duplicate_text
+from sidekick.render import RenderError, load_template, render_text
 from sidekick.templating import JSON_FIELDS
 
 CID = "0123456789ab" + "c" * 52
@@ -393,3 +396,30 @@ class TestNetworkEvents:
     )
     def test_other_network_events_are_dropped(self, raw: dict[str, Any]) -> None:
         assert event_from_raw(raw) is None
+
+
+WEIGHTED = Path(__file__).resolve().parent.parent / "docs" / "examples" / "nginx-weighted.conf.j2"
+
+
+class TestWeightedNginxExample:
+    """docs/examples/nginx-weighted.conf.j2 reads the {json:weight} values the agent writes."""
+
+    def test_weights_from_labels(self) -> None:
+        config = Config(prefix="/test", address="container", value_template="{json:weight}")
+        kv: dict[str, str] = {}
+        for name, ip, labels in [
+            ("a", "10.2.0.9", {"weight": "5"}),
+            ("b", "10.2.0.10", {}),
+            ("c", "10.2.0.11", {"weight": "many"}),
+        ]:
+            kv.update(keys(config, {**labels, LABEL_SERVICE: name}, networks={"overlay": (ip, "")}))
+        text = render_text(load_template(WEIGHTED), "/test", kv, {})
+        assert re.findall(r"^\s+server (\S+) weight=(\d+);$", text, re.M) == [
+            ("10.2.0.10:80", "1"),
+            ("10.2.0.11:80", "1"),
+            ("10.2.0.9:80", "5"),
+        ]
+
+    def test_a_value_that_is_not_json_fails_the_render(self) -> None:
+        with pytest.raises(RenderError, match=re.escape("fromjson: not JSON: '10.0.0.1:80'")):
+            render_text(load_template(WEIGHTED), "/test", {"/test/a-80": "10.0.0.1:80"}, {})

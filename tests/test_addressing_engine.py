@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -18,6 +21,7 @@ import docker.errors
 import pytest
 
 from tests.conftest import TEST_LABEL, Containers, EtcdServer, free_port, wait_for
+from tests.lb import Nginx, clean_env
 from tests.test_commands import HOST_IP, _sidekick  # noqa: F401 - the sidekick fixture
 
 pytestmark = pytest.mark.integration
@@ -175,6 +179,68 @@ class TestAgentContainerAddress:
             f"key '/{scope}/../../etc/bad-{bad.name}-80' would fall outside /{scope}/"
         )
         assert list(etcd.keys(f"/{scope}/")) == [key]
+
+
+WEIGHTED = Path(__file__).resolve().parent.parent / "docs" / "examples" / "nginx-weighted.conf.j2"
+
+
+class TestWeightedRender:
+    """The README's JSON layout end to end: agents write {json:weight}, `sidekick render`
+    with docs/examples/nginx-weighted.conf.j2 gives weighted servers, and nginx -t accepts it."""
+
+    def test_render_weights(
+        self, agent_factory, containers, etcd: EtcdServer, scope, own_network, tmp_path
+    ):
+        agent_factory(
+            "--address",
+            "container",
+            "--key-template",
+            "{prefix}/{service}-{container}-{port}",
+            "--value-template",
+            "{json:weight}",
+        )
+        heavy = containers.run(
+            network=own_network, labels={"sidekick.service": "web", "weight": "5"}
+        )
+        light = containers.run(network=own_network, labels={"sidekick.service": "web"})
+        wait_for(lambda: len(etcd.keys(f"/{scope}/")) == 2, message="two keys")
+        nginx = Nginx(tmp_path / "nginx", free_port())
+        dest = tmp_path / "nginx" / "nginx.conf"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sidekick",
+                "render",
+                "--once",
+                "--etcd-endpoints",
+                etcd.url,
+                "--prefix",
+                f"/{scope}",
+                "--dest",
+                str(dest),
+                "--template",
+                str(WEIGHTED),
+                "--check-cmd",
+                nginx.check_cmd(),
+                *nginx.template_vars,
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        servers = sorted(
+            line.strip() for line in dest.read_text().splitlines() if "weight=" in line
+        )
+        assert servers == sorted(
+            [
+                f"server {address_on(heavy, own_network)}:80 weight=5;",
+                f"server {address_on(light, own_network)}:80 weight=1;",
+            ]
+        )
 
 
 class TestCommandsContainerAddress:
