@@ -292,11 +292,14 @@ def run(
 ) -> None:
     """Run the agent: follow Docker events and keep etcd right until SIGTERM."""
     try:
-        ip = require_host_ip(config)
+        # with container addresses the node's own is needed only for containers that say
+        # otherwise (label sidekick.address=host, --net host): they are skipped saying so
+        ip = None if config.address == "container" else require_host_ip(config)
         address = parse_address(metrics_address, "--metrics-address") if metrics_address else None
     except ConfigError as exc:
         fail(str(exc))
-    verdict = hostaddr.judge(ip, hostaddr.local_addresses())
+    ip = ip or config.host_ip
+    verdict = None if ip is None else hostaddr.judge(ip, hostaddr.local_addresses())
     if verdict is not None and verdict.refuse and not force_host_ip:
         fail(f"{verdict.text} (from {config.host_ip_source}; --force-host-ip to use it anyway)")
     store = (

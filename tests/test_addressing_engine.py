@@ -56,8 +56,8 @@ class TestAgentContainerAddress:
         self, agent_factory, containers: Containers, etcd: EtcdServer, scope, own_network
     ):
         """The key holds the container's IP on the network (from inspect) and its own port;
-        a `docker stop` withdraws it."""
-        agent_factory("--address", "container", "--network", own_network)
+        a `docker stop` withdraws it. No node address is needed for that."""
+        agent_factory("--address", "container", "--network", own_network, host_ip=None)
         web = containers.run(network=own_network, labels={"sidekick.service": "web"})
         ip = address_on(web, own_network)
         wait_for(
