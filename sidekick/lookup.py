@@ -90,10 +90,8 @@ class Lookup:
         self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
 
     def _route(self, event: DockerEvent) -> Action:
-        """route(), learning the container's stop signal first when the event needs it. A
-        network connect or disconnect matters only to a container announced by its address
-        on a network (at a container's own start and stop it is not: it comes before)."""
-        if event.kind == "network":
+        """route(), learning the container's stop signal first when the event needs it."""
+        if event.kind == "network":  # only a running container announced by its network address
             return Action.LOOK_UP if event.container_id in self.by_network else Action.NOTHING
         action = route(event, self.stop_signals.get(event.container_id))
         if action is not Action.LEARN_SIGNAL:
@@ -209,10 +207,9 @@ class Lookup:
             self.warned[container_id] = announcement.problem
         else:
             self.warned.pop(container_id, None)
-        if announcement.by_network:
+        self.by_network.discard(container_id)
+        if announcement.by_network:  # a network connect or disconnect may change it
             self.by_network.add(container_id)
-        else:
-            self.by_network.discard(container_id)
         self.sync.set(container_id, announcement.registrations)
 
     def confirm(self, listed: Sequence[Container]) -> list[Container]:
