@@ -26,6 +26,7 @@ BATCH_SECONDS = 0.005  # look-ups written together while they take less than thi
 LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is answering
 VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
 GONE_MEMORY = 10.0  # dockerd lists a container as running for up to ~2 s after its `die`
+NETWORK_SETTLE = 0.25  # a network connect/disconnect shows in listings up to ~60 ms after its event
 
 
 class Lookup:
@@ -88,6 +89,9 @@ class Lookup:
         for container_id in last.keys() - done:  # a read made at create serves a first start only
             self.look_ahead.forget(container_id)
         self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
+        if settle := {e.container_id: e.name for e in lookups if e.kind == "network"}:
+            self.to_verify.update(settle)  # the look just made may have come too soon: again
+            self.next_verify = min(self.next_verify, time.monotonic() + NETWORK_SETTLE)
 
     def _route(self, event: DockerEvent) -> Action:
         """route(), learning the container's stop signal first when the event needs it."""
