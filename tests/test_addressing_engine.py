@@ -9,6 +9,7 @@ inspect` reports. Published ports are on 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 import sys
@@ -99,11 +100,15 @@ class TestAgentContainerAddress:
         (warning,) = agent.wait_log("container skipped")
         assert (warning["container"], warning["reason"]) == (web.name, reason)
         wait_for(lambda: f"/{scope}/other-{port}" in etcd.keys(f"/{scope}/"))
+
+        def holds(value: str) -> bool:
+            return etcd.keys(f"/{scope}/").get(f"/{scope}/web-80") == value
+
         for cycle in range(1, 4):  # dockerd lists the change a little after its event
             second_network.connect(web)
             ip = address_on(web, second_network.name)
             wait_for(
-                lambda ip=ip: etcd.keys(f"/{scope}/").get(f"/{scope}/web-80") == f"{ip}:80",
+                functools.partial(holds, f"{ip}:80"),
                 message=f"/{scope}/web-80 = {ip}:80 after connect {cycle}",
             )
             second_network.disconnect(web)
