@@ -96,6 +96,31 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size (kB): each shared page counted once across the processes sharing
+    it (`Pss:` of /proc/PID/smaps_rollup), so PSS of several processes adds up honestly."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def group_pss_kb(pgids: Iterable[int]) -> int:
+    """PSS (kB) summed over every live process in these process groups (a loop shell and the
+    etcdctl it runs at that moment)."""
+    wanted = set(pgids)
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            pgrp = int(text[text.rindex(")") + 2 :].split()[2])
+            if pgrp in wanted:
+                total += pss_kb(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -2,10 +2,11 @@
 
     python -m bench.events /var/run/docker.sock LABEL=VALUE MAX_SECONDS
 
-Reads GET /events (start and die of containers with that label) on the unix socket and prints
-one JSON line per event: {"t": <time.time_ns() on arrival>, "id", "action", "time_nano"}, after
-{"ready": true} once the engine has answered. Comparing "t" with Docker's own "time_nano" gives
-how late the engine delivers an event to a subscriber: the floor under any agent's latency.
+Reads GET /events (start, kill, die, stop and health_status of containers with that label) on
+the unix socket and prints one JSON line per event: {"t": <time.time_ns() on arrival>, "id",
+"action", "time_nano"}, after {"ready": true} once the engine has answered. Comparing "t" with
+Docker's own "time_nano" gives how late the engine delivers an event to a subscriber: the floor
+under any agent's latency.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _handle(line: bytes, now: int) -> None:
 def main() -> int:
     path, label = sys.argv[1], sys.argv[2]
     max_seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 3 * 3600
-    filters = json.dumps({"type": ["container"], "event": ["start", "die"], "label": [label]})
+    actions = ["start", "kill", "die", "stop", "health_status"]
+    filters = json.dumps({"type": ["container"], "event": actions, "label": [label]})
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     request = f"GET /events?filters={quote(filters)} HTTP/1.1\r\nHost: docker\r\n\r\n".encode()

@@ -2,18 +2,25 @@
 measured in the same run. Started by ./bench/run (which installs what is missing).
 
     python -m bench.harness [--quick] [--profile DIR] [--keep]
+    python -m bench.harness --latency-only | --realistic [--quick]   (one phase; prints, no docs)
     python -m bench.harness --resync-cost [--resyncs K]   (bench/resync.py only)
     python -m bench.harness --fleet [--nodes M] [--quick]   (bench/fleet.py only)
     python -m bench.harness --render-scale [--quick]      (bench/render_scale.py only)
 
 Phases (all loopback, all bounded, everything labelled and removed at the end):
-  1. registration / deregistration latency, containers one after another and in bursts of 20;
+  1. the fast path's registration / deregistration latency (fixed ports, no healthcheck,
+     containers that exit by themselves), one after another and in bursts of 20;
      baseline: one `etcdctl put`/`del` per start/die event (bench/seed-follow.sh)
+  1b. the realistic workloads (bench/realistic.py): `-p 80` ports Docker picks, a HEALTHCHECK,
+     `docker stop` with SIGTERM and with an image STOPSIGNAL, containers already running at the
+     agent's start, bursts; the agent's idle PSS and the import-only floor (no baseline)
   2. cold start with N = 50, 100, 200 running containers, and etcd requests made;
      baseline: one `etcdctl put` per running container (bench/seed-coldstart.sh)
-  3. steady state with 100 registrations: etcd writes per minute, agent CPU and RSS;
-     baseline: one CoreOS TTL loop per registration (bench/ttl-loop.sh)
-  4. recovery after an etcd outage of 2 x ttl and after the Docker socket is cut
+  3. steady state with 100 registrations: etcd writes per minute, agent CPU and PSS;
+     baselines: one CoreOS TTL loop per registration (bench/ttl-loop.sh, a grant and a put a
+     round) and one v3 loop that keeps its lease (bench/ttl-loop-keepalive.sh)
+  4. recovery after an etcd outage of 2 x ttl (baseline: the TTL loops through the same
+     outage) and after the Docker socket is cut (no baseline)
 The last line on stdout is one JSON object with the headline figures; docs/benchmarks.md and
 docs/benchmarks-latency.png are written from the same numbers.
 """
@@ -45,7 +52,7 @@ from typing import Any
 import docker
 import requests
 
-from bench import fleet, report, resync
+from bench import fleet, realistic, report, resync
 from bench import render_scale as render_scale_mode
 from bench.common import (
     CLK_TCK,
@@ -60,7 +67,9 @@ from bench.common import (
     diff_counts,
     etcd_disk_histograms,
     etcd_requests,
+    group_pss_kb,
     histogram_quantile,
+    pss_kb,
     rss_kb,
     stop_process,
     summary,
@@ -76,6 +85,8 @@ from tests.conftest import (
 
 BENCH = Path(__file__).resolve().parent
 BURST = 20
+PROBE_INTERVAL_MS = 10.0
+CHURN = 5  # containers that die and as many that start while a peer is away (recovery)
 # Not passed to the agent: its own settings, and PYTHONDONTWRITEBYTECODE (set in some dev
 # shells; a pip-installed agent has its bytecode compiled, so start-up is timed that way).
 AGENT_ENV_DROP = frozenset({"COREOS_PRIVATE_IPV4", "DOCKER_HOST", "PYTHONDONTWRITEBYTECODE"})
@@ -88,6 +99,8 @@ class Plan:
     quick: bool
     sequential: int  # containers started one after another
     bursts: int  # bursts of BURST containers started at once
+    burst: int
+    probe_interval_ms: float  # bench/probe.py's put interval
     cold_sizes: tuple[int, ...]
     cold_repeats: int
     steady_registrations: int
@@ -99,6 +112,7 @@ class Plan:
     recovery_ttl: int
     recovery_containers: int
     recovery_repeats: int
+    recovery_baseline_repeats: int  # repeats in which the TTL loops' repair is timed too
     docker_cut_seconds: float
 
     @classmethod
@@ -107,6 +121,8 @@ class Plan:
             quick=quick,
             sequential=40 if quick else 200,
             bursts=2 if quick else 10,
+            burst=BURST,
+            probe_interval_ms=PROBE_INTERVAL_MS,
             cold_sizes=(50, 100, 200),
             cold_repeats=1 if quick else 3,
             steady_registrations=100,
@@ -118,6 +134,7 @@ class Plan:
             recovery_ttl=6 if quick else 30,
             recovery_containers=20,
             recovery_repeats=3,
+            recovery_baseline_repeats=1 if quick else 3,
             docker_cut_seconds=10,
         )
 
@@ -144,7 +161,11 @@ class Bench:
         self.agents: list[AgentProcess] = []
         self.processes: list[subprocess.Popen[Any]] = []
         self.proxy: DockerSocketProxy | None = None
-        self.results: dict[str, Any] = {"plan": plan.__dict__, "run_id": self.run_id}
+        self.results: dict[str, Any] = {
+            "plan": plan.__dict__,
+            "run_id": self.run_id,
+            "targets": report.TARGETS,
+        }
         help_text = subprocess.run(
             [sys.executable, "-m", "sidekick", "run", "--help"],
             capture_output=True,
@@ -290,7 +311,12 @@ class Bench:
         fleet.remove([warm])
 
         # what one etcd write costs meanwhile: etcd's part of any agent's latency
-        probe = EtcdProbe(self.etcd.url, f"/sidekick-bench-probe/{tag}", self.workdir / "probe.log")
+        probe = EtcdProbe(
+            self.etcd.url,
+            f"/sidekick-bench-probe/{tag}",
+            self.workdir / "probe.log",
+            interval_ms=plan.probe_interval_ms,
+        )
         windows: dict[str, list[tuple[int, int]]] = {"sequential": [], "burst": []}
         disk = {"start": etcd_disk_histograms(self.etcd.url)}
         log(f"{tag}: {plan.sequential} containers one after another")
@@ -513,6 +539,28 @@ class Bench:
 
     # -- 3. steady state -------------------------------------------------------------------
 
+    def sample_writes(
+        self, seconds: float, sample: Callable[[], None] | None = None
+    ) -> tuple[dict[str, int], float, float]:
+        """etcd's requests over `seconds`, polled every 0.5 s (calling `sample` each time):
+        (requests by method, elapsed, writes/min). One formula for every side of the steady
+        state: `_interval_rate` over the times the write count went up."""
+        before = etcd_requests(self.etcd.url)
+        t0 = time.monotonic()
+        marks: list[tuple[float, int]] = []
+        last = 0
+        while time.monotonic() - t0 < seconds:
+            if sample is not None:
+                sample()
+            time.sleep(0.5)
+            now_writes = writes(diff_counts(etcd_requests(self.etcd.url), before))
+            if now_writes != last:
+                marks.append((time.monotonic(), now_writes))
+                last = now_writes
+        elapsed = time.monotonic() - t0
+        counts = diff_counts(etcd_requests(self.etcd.url), before)
+        return counts, elapsed, _interval_rate(marks, writes(counts), elapsed)
+
     def phase_steady(self, members: list[Member]) -> None:
         plan = self.plan
         n = plan.steady_registrations
@@ -529,97 +577,118 @@ class Bench:
         keys = [f"{prefix}/{m.key}" for m in members[:n]]
         self.watch.wait_seen(keys, "PUT", 30)
         time.sleep(3)  # let start-up settle; the window starts idle
-        rss_start = rss_kb(pid)
-        before = etcd_requests(self.etcd.url)
+        rss_start, pss_start = rss_kb(pid), pss_kb(pid)
         ticks = cpu_ticks(pid)
-        t0 = time.monotonic()
-        samples = []
-        write_marks: list[tuple[float, int]] = []  # (time, writes so far) at each change
-        last = 0
-        while time.monotonic() - t0 < plan.steady_seconds:
-            samples.append(rss_kb(pid))
-            time.sleep(0.5)
-            now_writes = writes(diff_counts(etcd_requests(self.etcd.url), before))
-            if now_writes != last:
-                write_marks.append((time.monotonic(), now_writes))
-                last = now_writes
-        elapsed = time.monotonic() - t0
+        rss: list[int] = []
+        pss: list[int] = []
+
+        def sample() -> None:
+            rss.append(rss_kb(pid))
+            pss.append(pss_kb(pid))
+
+        counts, elapsed, rate = self.sample_writes(plan.steady_seconds, sample)
         cpu = (cpu_ticks(pid) - ticks) / CLK_TCK
-        counts = diff_counts(etcd_requests(self.etcd.url), before)
         present = sum(1 for k in keys if self.watch.present.get(k))
         self.stop_agent(agent)
         steady = {
             "registrations": n,
+            "ttl": plan.steady_ttl,
             "present_at_end": present,
             "seconds": elapsed,
-            "writes_per_min": _interval_rate(write_marks, writes(counts), elapsed),
+            "writes_per_min": rate,
             "writes_in_window_per_min": writes(counts) / elapsed * 60,
             "requests_per_min": sum(counts.values()) / elapsed * 60,
             "by_method": counts,
             "cpu_percent": cpu / elapsed * 100,
             "rss_mb_start": rss_start / 1024,
-            "rss_mb_mean": sum(samples) / len(samples) / 1024,
-            "rss_mb_max": max(samples) / 1024,
+            "rss_mb_mean": sum(rss) / len(rss) / 1024,
+            "rss_mb_max": max(rss) / 1024,
+            "pss_mb_start": pss_start / 1024,
+            "pss_mb_mean": sum(pss) / len(pss) / 1024,
+            "pss_mb_max": max(pss) / 1024,
         }
         log(
             f"steady: {steady['writes_per_min']:.1f} writes/min, "
-            f"cpu {steady['cpu_percent']:.2f} %, rss {steady['rss_mb_max']:.1f} MB"
+            f"cpu {steady['cpu_percent']:.2f} %, pss {steady['pss_mb_max']:.1f} MB "
+            f"(rss {steady['rss_mb_max']:.1f} MB)"
+        )
+        self.results["steady"] = steady
+        self.results["steady_ttl_loop"] = self.ttl_loops("ttl-loop.sh", "ttlloop", members[:n])
+        self.results["steady_ttl_keepalive"] = self.ttl_loops(
+            "ttl-loop-keepalive.sh", "ttlkeep", members[:n]
         )
 
+    def ttl_loops(self, script: str, tag: str, members: list[Member]) -> dict[str, Any]:
+        """One `script` loop per registration, at random phases, for ttl_loop_seconds after
+        one period of warm-up (the first rounds): its etcd writes (the same formula as the
+        agent's), CPU and PSS (every process of the loops' process groups: the shells and the
+        etcdctl each runs at that moment)."""
+        plan, n = self.plan, len(members)
         log(
-            f"phase 3: baseline, {n} TTL loops (period {plan.ttl_loop_period} s), "
-            f"{plan.ttl_loop_seconds:.0f} s"
+            f"phase 3: baseline, {n} x {script} (period {plan.ttl_loop_period} s, ttl "
+            f"{plan.ttl_loop_ttl}), {plan.ttl_loop_seconds:.0f} s"
         )
-        prefix = f"{self.base}/ttlloop"
+        prefix = f"{self.base}/{tag}"
         rng = random.Random(7)
-        before = etcd_requests(self.etcd.url)
-        t0 = time.monotonic()
-        loops = []
-        for m in members[:n]:
-            loops.append(
-                self.spawn(
-                    [
-                        str(BENCH / "ttl-loop.sh"),
-                        self.etcdctl,
-                        self.etcd.url,
-                        f"{prefix}/{m.key}",
-                        m.value,
-                        str(plan.ttl_loop_period),
-                        str(plan.ttl_loop_ttl),
-                        f"{rng.uniform(0, plan.ttl_loop_period - 1):.2f}",
-                        str(int(plan.ttl_loop_seconds + plan.ttl_loop_period + 30)),
-                    ],
-                    "ttl-loop.log",
-                )
+        spawned = time.monotonic()
+        loops = [
+            self.spawn(
+                [
+                    str(BENCH / script),
+                    self.etcdctl,
+                    self.etcd.url,
+                    f"{prefix}/{m.key}",
+                    m.value,
+                    str(plan.ttl_loop_period),
+                    str(plan.ttl_loop_ttl),
+                    f"{rng.uniform(0, plan.ttl_loop_period - 1):.2f}",
+                    str(int(plan.ttl_loop_seconds + 2 * plan.ttl_loop_period + 30)),
+                ],
+                f"{tag}.log",
             )
-        loop_rss: list[int] = []
-        while time.monotonic() - t0 < plan.ttl_loop_seconds:
-            time.sleep(1.0)
+            for m in members
+        ]
+        # every loop's first round (a grant and a put on both kinds) falls within one period
+        # of the spawn: the window starts after it, so it holds their steady rounds only
+        time.sleep(max(0.0, spawned + plan.ttl_loop_period + 1 - time.monotonic()))
+
+        def ticks() -> int:
+            total = 0
+            for p in loops:
+                with contextlib.suppress(OSError):
+                    total += cpu_ticks(p.pid, children=True)
+            return total
+
+        ticks_before = ticks()
+        pss: list[int] = []
+        rss: list[int] = []
+
+        def sample() -> None:
+            pss.append(group_pss_kb(p.pid for p in loops))
             with contextlib.suppress(OSError):
-                loop_rss.append(sum(rss_kb(p.pid) for p in loops))
-        elapsed = time.monotonic() - t0
-        counts = diff_counts(etcd_requests(self.etcd.url), before)
-        loop_ticks = 0
-        for p in loops:
-            with contextlib.suppress(OSError):
-                loop_ticks += cpu_ticks(p.pid, children=True)
+                rss.append(sum(rss_kb(p.pid) for p in loops))
+
+        counts, elapsed, rate = self.sample_writes(plan.ttl_loop_seconds, sample)
+        loop_ticks = ticks() - ticks_before
         for p in loops:
             self.reap(p)
-        rounds = counts.get("Put", 0)
-        self.results["steady"] = steady
-        self.results["steady_ttl_loop"] = {
+        out = {
+            "script": script,
             "registrations": n,
             "period": plan.ttl_loop_period,
+            "ttl": plan.ttl_loop_ttl,
             "seconds": elapsed,
-            "writes_per_min": writes(counts) / elapsed * 60,
-            "puts_per_min": rounds / elapsed * 60,
-            "computed_writes_per_min": n * 2 * 60 / plan.ttl_loop_period,
-            "computed_puts_per_min": n * 60 / plan.ttl_loop_period,
+            "writes_per_min": rate,
+            "writes_in_window_per_min": writes(counts) / elapsed * 60,
+            "puts_per_min": counts.get("Put", 0) / elapsed * 60,
             "by_method": counts,
             "cpu_percent": loop_ticks / CLK_TCK / elapsed * 100,
-            "rss_mb_mean": (sum(loop_rss) / len(loop_rss) / 1024) if loop_rss else math.nan,
+            "pss_mb_mean": (sum(pss) / len(pss) / 1024) if pss else math.nan,
+            "pss_mb_max": (max(pss) / 1024) if pss else math.nan,
+            "rss_sum_mb_mean": (sum(rss) / len(rss) / 1024) if rss else math.nan,
         }
-        log(f"ttl loops: {self.results['steady_ttl_loop']['writes_per_min']:.1f} writes/min")
+        log(f"{script}: {rate:.1f} writes/min, pss {out['pss_mb_mean']:.1f} MB")
+        return out
 
     # -- 4. recovery -----------------------------------------------------------------------
 
@@ -632,7 +701,7 @@ class Bench:
             return False
         return have == want
 
-    def churn(self, alive: list[Member], group: str, count: int = 5) -> list[Member]:
+    def churn(self, alive: list[Member], group: str, count: int = CHURN) -> list[Member]:
         """While a peer is away: `count` containers die and `count` new ones start."""
         gone, kept = alive[:count], alive[count:]
         for m in gone:
@@ -662,25 +731,55 @@ class Bench:
         if self.watch is not None:  # its stream ends with etcd; the later phases need none
             self.watch.close()
             self.watch = None
+        # the baseline through the same outages: the seed's TTL loop (bench/ttl-loop.sh), one
+        # per running container, stopped when its container dies (as its unit would be)
+        loop_prefix = f"{self.base}/recttl"
+        loops = {m.id: self._recovery_loop(loop_prefix, m) for m in alive}
         etcd_runs = []
-        for _ in range(plan.recovery_repeats):
+        for repeat in range(plan.recovery_repeats):
+            baseline = repeat < plan.recovery_baseline_repeats
             wait_until(functools.partial(self.right, prefix, alive, session), 30, 0.05)
+            if baseline:
+                wait_until(functools.partial(self.right, loop_prefix, alive, session), 60, 0.05)
             time.sleep(1.0)
             self.etcd.stop()
             down = time.monotonic()
+            before = {m.id for m in alive}
             alive = self.churn(alive, "rec")
+            for gone in before - {m.id for m in alive}:
+                self.reap(loops.pop(gone))
+            for m in alive:
+                if m.id not in loops:
+                    loops[m.id] = self._recovery_loop(loop_prefix, m)
             time.sleep(max(0.0, down + 2 * ttl - time.monotonic()))
             back, fixed = self._restart_etcd_and_time(prefix, alive, session)
-            etcd_runs.append(
-                {
-                    "seconds": fixed - back["healthy"] if fixed else math.nan,
-                    "etcd_boot_seconds": back["boot"],
-                }
-            )
-            log(f"recovery from etcd: {etcd_runs[-1]['seconds']:.3f} s after it answered")
+            run: dict[str, Any] = {
+                "seconds": fixed - back["healthy"] if fixed else math.nan,
+                "etcd_boot_seconds": back["boot"],
+            }
+            log(f"recovery from etcd: {run['seconds']:.3f} s after it answered")
+            if baseline:
+                limit = plan.ttl_loop_ttl + plan.ttl_loop_period + 30
+                loop_fixed = None
+                while time.monotonic() < back["healthy"] + limit:
+                    if self.right(loop_prefix, alive, session):
+                        loop_fixed = time.monotonic()
+                        break
+                    time.sleep(0.05)
+                run["ttl_loop_seconds"] = loop_fixed - back["healthy"] if loop_fixed else math.nan
+                run["ttl_loop_limit_seconds"] = limit
+                log(f"recovery, TTL loops: {run['ttl_loop_seconds']:.3f} s after etcd answered")
+            etcd_runs.append(run)
+        for process in loops.values():
+            self.reap(process)
         retries = len(agent.events("retry scheduled"))
         self.stop_agent(agent)
+        loop_runs = [r["ttl_loop_seconds"] for r in etcd_runs if "ttl_loop_seconds" in r]
         etcd_result = {
+            "ttl_loop_seconds": max(loop_runs) if loop_runs else math.nan,
+            "ttl_loop_runs": len(loop_runs),
+            "churn": CHURN,
+            "containers": plan.recovery_containers,
             "ttl": ttl,
             "outage_seconds": 2 * ttl,
             "runs": etcd_runs,
@@ -728,6 +827,24 @@ class Bench:
             "retries_logged": retries,
         }
         self.results["recovery"] = {"etcd": etcd_result, "docker": docker_result}
+
+    def _recovery_loop(self, prefix: str, member: Member) -> subprocess.Popen[bytes]:
+        """The seed's TTL loop for one container, its first round within a second."""
+        plan = self.plan
+        return self.spawn(
+            [
+                str(BENCH / "ttl-loop.sh"),
+                self.etcdctl,
+                self.etcd.url,
+                f"{prefix}/{member.key}",
+                member.value,
+                str(plan.ttl_loop_period),
+                str(plan.ttl_loop_ttl),
+                f"{random.uniform(0, 1):.2f}",
+                "3600",
+            ],
+            "recovery-ttl-loop.log",
+        )
 
     def _restart_etcd_and_time(
         self, prefix: str, alive: list[Member], session: requests.Session
@@ -802,10 +919,17 @@ class Bench:
 
     # -- the whole run ---------------------------------------------------------------------
 
+    def phase_realistic(self) -> None:
+        log("phase 1b: the realistic workloads (sidekick)")
+        plan = realistic.RealisticPlan.make(self.plan.quick)
+        self.results["realistic"] = realistic.run(self, plan)
+
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         self.results["machine"] = report.machine(self.client, self.etcd.url)
+        self.results["agent_settings"] = agent_settings()
         self.phase_latency()
+        self.phase_realistic()
         members = self.phase_coldstart()
         self.phase_steady(members)
         self.fleet.remove(members)
@@ -854,32 +978,77 @@ def _range(session: requests.Session, url: str, prefix: str) -> dict[str, str]:
     }
 
 
+def agent_settings() -> dict[str, Any]:
+    """The agent's retry backoff at the run's commit, read from its code (for the report's
+    prose: nothing about the agent is typed into report.py)."""
+    from sidekick import lease  # noqa: PLC0415 (the harness's own copy of the package)
+
+    return {
+        "retry_longest_s": getattr(lease, "RETRY_LONGEST", None),
+        "retry_jitter_s": getattr(lease, "RETRY_JITTER", None),
+    }
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, digits)
+
+
+def realistic_headline(real: dict[str, Any]) -> dict[str, Any]:
+    """The realistic mix's figures: the headline's register/deregister figures."""
+    a, seq, burst = real["all"], real["sequential"]["all"], real["burst"]["all"]
+    put_p99 = real["burst"]["etcd_put"]["p99"]
+    return {
+        "register_p50_ms": _r(a["register"]["p50"]),
+        "register_p95_ms": _r(a["register"]["p95"]),
+        "register_p99_ms": _r(a["register"]["p99"]),
+        "register_max_ms": _r(a["register"]["max"]),
+        "register_sequential_p50_ms": _r(seq["register"]["p50"]),
+        "register_sequential_p99_ms": _r(seq["register"]["p99"]),
+        "register_burst_p99_ms": _r(burst["register"]["p99"]),
+        "burst_etcd_put_p99_ms": _r(put_p99),
+        "burst_register_p99_limit_ms": _r(max(15.0, 1.5 * put_p99)),
+        "deregister_from_kill_p50_ms": _r(a["deregister_from_kill"]["p50"]),
+        "deregister_from_kill_p99_ms": _r(a["deregister_from_kill"]["p99"]),
+        "deregister_from_die_p50_ms": _r(a["deregister_from_die"]["p50"]),
+        "deregister_from_die_p99_ms": _r(a["deregister_from_die"]["p99"]),
+        "register_health_p99_ms": _r(real["sequential"]["health"]["register"]["p99"]),
+        "register_stopsignal_p99_ms": _r(real["sequential"]["stopsignal"]["register"]["p99"]),
+        "agent_cpu_ms_per_event": _r(real["agent_cpu_ms_per_event"], 3),
+        "running_at_start_n": real["running"]["containers"],
+        "running_at_start_s": _r(real["running"]["seconds"], 3),
+        "running_at_start_wrong": real["running"]["wrong_values"],
+        "idle_pss_mb": _r(real["running"]["idle_pss_mb"], 1),
+        "idle_pss_registrations": real["running"]["registrations"],
+        "import_floor_pss_mb": _r(real["import_floor"]["pss_mb"], 1),
+        "realistic_samples": a["register"]["n"],
+        "realistic_missing": a["register"]["missing"]
+        + a["deregister_from_kill"]["missing"]
+        + a["deregister_from_die"]["missing"],
+    }
+
+
 def headline(results: dict[str, Any]) -> dict[str, Any]:
-    """The figures of the last stdout line."""
+    """The figures of the last stdout line: register/deregister from the realistic mix (when
+    the run has it), the fast path apart and labelled so."""
     lat, seed = results["latency"], results["latency_seed"]
     cold, steady = results["coldstart"], results["steady"]
     loop, rec = results["steady_ttl_loop"], results["recovery"]
+    r = _r
 
-    def r(value: float, digits: int = 2) -> float | None:
-        return None if value is None or math.isnan(value) else round(value, digits)
-
-    line = {
-        "register_p50_ms": r(lat["all"]["register"]["p50"]),
-        "register_p95_ms": r(lat["all"]["register"]["p95"]),
-        "register_p99_ms": r(lat["all"]["register"]["p99"]),
-        "register_max_ms": r(lat["all"]["register"]["max"]),
-        "deregister_p50_ms": r(lat["all"]["deregister"]["p50"]),
-        "deregister_p99_ms": r(lat["all"]["deregister"]["p99"]),
-        "deregister_max_ms": r(lat["all"]["deregister"]["max"]),
-        "register_sequential_p99_ms": r(lat["sequential"]["register"]["p99"]),
-        "deregister_sequential_p99_ms": r(lat["sequential"]["deregister"]["p99"]),
-        "register_burst_p99_ms": r(lat["burst"]["register"]["p99"]),
-        "burst_etcd_put_p99_ms": r(lat["burst"].get("etcd_put", {}).get("p99", math.nan)),
-        "burst_docker_start_delivery_p99_ms": r(
-            lat["burst"].get("docker_delivery", {}).get("start", {}).get("p99", math.nan)
-        ),
-        "latency_samples": lat["all"]["register"]["n"],
-        "latency_missing": lat["all"]["register"]["missing"] + lat["all"]["deregister"]["missing"],
+    line: dict[str, Any] = {}
+    if "realistic" in results:
+        line.update(realistic_headline(results["realistic"]))
+    line |= {
+        "fast_path_register_p50_ms": r(lat["all"]["register"]["p50"]),
+        "fast_path_register_p99_ms": r(lat["all"]["register"]["p99"]),
+        "fast_path_deregister_p50_ms": r(lat["all"]["deregister"]["p50"]),
+        "fast_path_deregister_p99_ms": r(lat["all"]["deregister"]["p99"]),
+        "fast_path_register_sequential_p99_ms": r(lat["sequential"]["register"]["p99"]),
+        "fast_path_register_burst_p99_ms": r(lat["burst"]["register"]["p99"]),
+        "fast_path_burst_etcd_put_p99_ms": r(lat["burst"].get("etcd_put", {}).get("p99", math.nan)),
+        "fast_path_samples": lat["all"]["register"]["n"],
+        "fast_path_missing": lat["all"]["register"]["missing"]
+        + lat["all"]["deregister"]["missing"],
     }
     for n in (50, 100, 200):
         if str(n) in cold:
@@ -888,7 +1057,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     line.update(
         {
             "steady_writes_per_min": r(steady["writes_per_min"]),
-            "idle_rss_mb": r(steady["rss_mb_max"], 1),
+            "steady_pss_mb": r(steady.get("pss_mb_max", math.nan), 1),
+            "steady_rss_mb": r(steady["rss_mb_max"], 1),
             "idle_cpu_percent": r(steady["cpu_percent"], 3),
             "recovery_etcd_s": r(rec["etcd"]["seconds"], 3),
             "recovery_docker_s": r(rec["docker"]["seconds"], 3),
@@ -898,6 +1068,11 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             "baseline_coldstart_200_s": r(cold.get("200", {}).get("seed_seconds", math.nan), 3),
             "baseline_coldstart_200_etcd_requests": cold.get("200", {}).get("seed_requests"),
             "baseline_steady_writes_per_min": r(loop["writes_per_min"]),
+            "baseline_steady_keepalive_loop_writes_per_min": r(
+                results.get("steady_ttl_keepalive", {}).get("writes_per_min", math.nan)
+            ),
+            "baseline_steady_pss_mb": r(loop.get("pss_mb_mean", math.nan), 1),
+            "baseline_recovery_etcd_s": r(rec["etcd"].get("ttl_loop_seconds", math.nan), 3),
             "quick": results["plan"]["quick"],
         }
     )
@@ -945,6 +1120,13 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-only",
         action="store_true",
         help="only phase 1 for sidekick, no baseline; prints its figures, writes no docs",
+    )
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="only the realistic workloads for sidekick (`-p 80`, HEALTHCHECK, docker stop with "
+        "SIGTERM and STOPSIGNAL, already running, bursts), idle PSS and the import floor; prints "
+        "its figures, writes no docs (with --quick: fewer containers)",
     )
     parser.add_argument(
         "--from-results",
@@ -1021,6 +1203,16 @@ def main(argv: list[str] | None = None) -> int:
             bench.phase_latency(baseline=False)
             ok = True
             return _print_latency(bench.results["latency"])
+        if args.realistic:
+            bench.phase_realistic()
+            ok = True
+            realistic.print_summary(bench.results["realistic"])
+            (ROOT / ".tmp").mkdir(exist_ok=True)
+            (ROOT / ".tmp" / "bench-realistic.json").write_text(
+                json.dumps(bench.results["realistic"], indent=1, default=str)
+            )
+            print(json.dumps(realistic_headline(bench.results["realistic"])))
+            return 0
         results = bench.run()
         ok = True
     finally:

@@ -52,8 +52,20 @@ def machine(client: docker.DockerClient | None, etcd_url: str) -> dict[str, Any]
         "etcd": etcd_version,
         "python": platform.python_version(),
         "sidekick": f"{__version__} ({commit})" if commit else __version__,
+        "commit": commit,
+        **_retry_settings(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_start": os.getloadavg()[0],
+    }
+
+
+def _retry_settings() -> dict[str, float | None]:
+    """The agent's retry ceiling and jitter at this commit (sidekick.lease), for the prose."""
+    from sidekick import lease  # noqa: PLC0415
+
+    return {
+        "retry_longest_s": getattr(lease, "RETRY_LONGEST", None),
+        "retry_jitter_s": getattr(lease, "RETRY_JITTER", None),
     }
 
 
@@ -219,11 +231,110 @@ def resync_markdown(results: dict[str, Any], line: dict[str, Any], command: str)
     return "\n".join(out)
 
 
+# The goals each row is held to (issue 12's for the realistic rows); the harness copies them
+# into the results, and the report reads them from there.
+TARGETS: dict[str, float] = {
+    "register_sequential_p50_ms": 4,
+    "register_sequential_p99_ms": 8,
+    "burst_register_p99_floor_ms": 15,  # p99 in bursts <= max(this, factor x etcd put p99)
+    "burst_register_p99_etcd_factor": 1.5,
+    "agent_cpu_ms_per_event": 1,
+    "idle_pss_mb": 30,
+    "coldstart_200_s": 1.5,
+    "idle_cpu_percent": 0.5,
+    "recovery_s": 2,
+}
+
+
+def _agent_rows(results: dict[str, Any], add: Any, targets: dict[str, float]) -> None:
+    """The realistic mix's rows (the headline figures) when the run has them."""
+    real = results.get("realistic")
+    if real is None:
+        return
+    seq, burst, every = real["sequential"]["all"], real["burst"]["all"], real["all"]
+    put_p99 = real["burst"]["etcd_put"]["p99"]
+    limit = max(
+        targets["burst_register_p99_floor_ms"],
+        targets["burst_register_p99_etcd_factor"] * put_p99,
+    )
+    add(
+        "Registration p50, realistic, one after another (ms)",
+        seq["register"]["p50"],
+        targets["register_sequential_p50_ms"],
+        None,
+    )
+    add(
+        "Registration p99, realistic, one after another (ms)",
+        seq["register"]["p99"],
+        targets["register_sequential_p99_ms"],
+        None,
+    )
+    add(
+        f"Registration p99, realistic, bursts of {real['plan']['burst']} (ms)",
+        burst["register"]["p99"],
+        limit,
+        None,
+        note=f"target max({targets['burst_register_p99_floor_ms']:g}, "
+        f"{targets['burst_register_p99_etcd_factor']:g} x etcd put p99 {_fmt(put_p99)} "
+        "in the same bursts)",
+        target_text=f"≤ {limit:.1f}",
+    )
+    add("Registration p50, realistic, all (ms)", every["register"]["p50"], None, None)
+    add("Registration p99, realistic, all (ms)", every["register"]["p99"], None, None)
+    add(
+        "Withdrawal p50 from the stop's `kill`, realistic, all (ms)",
+        every["deregister_from_kill"]["p50"],
+        None,
+        None,
+    )
+    add(
+        "Withdrawal p99 from the stop's `kill`, realistic, all (ms)",
+        every["deregister_from_kill"]["p99"],
+        None,
+        None,
+    )
+    add(
+        "Withdrawal p50 from the `die`, realistic, all (ms; negative: before the die)",
+        every["deregister_from_die"]["p50"],
+        None,
+        None,
+        note=f"the containers drain {real['plan']['drain_seconds']:g} s between the stop "
+        "signal and their exit",
+    )
+    add(
+        "Agent CPU per container start or stop, realistic (ms)",
+        real["agent_cpu_ms_per_event"],
+        targets["agent_cpu_ms_per_event"],
+        None,
+        digits=2,
+    )
+    run = real["running"]
+    add(
+        f"Already running at the agent's start, {run['containers']} of "
+        f"{len(run['by_kind_count'])} kinds: all keys present (s)",
+        run["seconds"],
+        None,
+        None,
+        digits=3,
+        note=f"{run['wrong_values']} keys with a wrong value",
+    )
+    add(
+        f"Idle PSS with {run['registrations']} registrations (MB)",
+        run["idle_pss_mb"],
+        targets["idle_pss_mb"],
+        None,
+        note=f"`python -c 'import sidekick.cli'` alone: PSS {_fmt(real['import_floor']['pss_mb'])}"
+        " MB",
+    )
+
+
 def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotted: bool) -> str:
     lat, seed = results["latency"], results["latency_seed"]
     cold, steady = results["coldstart"], results["steady"]
     loop, rec = results["steady_ttl_loop"], results["recovery"]
+    keep = results.get("steady_ttl_keepalive")
     plan, host = results["plan"], results["machine"]
+    targets = {**TARGETS, **results.get("targets", {})}
     rows: list[tuple[str, Any, str, Any, str, int]] = []  # figure, ours, target, base, note, digits
 
     def add(
@@ -241,41 +352,26 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
             text += f" ({_mark(ours, target)})"
         rows.append((name, ours, text, base, note, digits))
 
+    _agent_rows(results, add, targets)
     a, b = lat["all"], seed["all"]
-    seq, burst = lat["sequential"], lat["burst"]
-    floor_note = ""
-    if "etcd_put" in burst and burst.get("docker_delivery"):
-        floor_note = (
-            f"in bursts one etcd put alone took p99 {_fmt(burst['etcd_put']['p99'])} ms and "
-            f"Docker delivered start events p99 {_fmt(burst['docker_delivery']['start']['p99'])}"
-            " ms late (below)"
-        )
-    add("Registration p50 (ms)", a["register"]["p50"], 5, b["register"]["p50"])
-    add("Registration p95 (ms)", a["register"]["p95"], None, b["register"]["p95"])
-    add("Registration p99 (ms)", a["register"]["p99"], 15, b["register"]["p99"], note=floor_note)
+    seq = lat["sequential"]
+    fast = " (fast path)"
+    add("Registration p50" + fast + " (ms)", a["register"]["p50"], None, b["register"]["p50"])
+    add("Registration p99" + fast + " (ms)", a["register"]["p99"], None, b["register"]["p99"])
     add(
-        "Registration p99, one after another (ms)",
+        "Registration p99, one after another" + fast + " (ms)",
         seq["register"]["p99"],
-        15,
+        None,
         seed["sequential"]["register"]["p99"],
     )
-    add("Registration max (ms)", a["register"]["max"], None, b["register"]["max"])
-    add("Deregistration p50 (ms)", a["deregister"]["p50"], None, b["deregister"]["p50"])
-    add("Deregistration p95 (ms)", a["deregister"]["p95"], None, b["deregister"]["p95"])
-    add("Deregistration p99 (ms)", a["deregister"]["p99"], 15, b["deregister"]["p99"])
-    add(
-        "Deregistration p99, one after another (ms)",
-        seq["deregister"]["p99"],
-        15,
-        seed["sequential"]["deregister"]["p99"],
-    )
-    add("Deregistration max (ms)", a["deregister"]["max"], None, b["deregister"]["max"])
+    add("Deregistration p50" + fast + " (ms)", a["deregister"]["p50"], None, b["deregister"]["p50"])
+    add("Deregistration p99" + fast + " (ms)", a["deregister"]["p99"], None, b["deregister"]["p99"])
     for n in sorted(cold, key=int):
         c = cold[n]
         add(
             f"Cold start, {n} containers (s)",
             c["seconds"],
-            1.5 if n == "200" else None,
+            targets["coldstart_200_s"] if n == "200" else None,
             c["seed_seconds"],
             digits=3,
         )
@@ -284,70 +380,98 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
             c["requests"],
             None,
             c["seed_requests"],
-            target_text="a handful" if n == "200" else None,
             digits=0,
         )
+    keepalives = steady["by_method"].get("LeaseKeepAlive", 0)
+    every = steady["seconds"] / keepalives if keepalives else math.nan
     add(
-        f"Steady, {steady['registrations']} registrations: etcd writes/min",
+        f"Steady, {steady['registrations']} registrations: etcd writes/min, baseline the seed's "
+        "TTL loop",
         steady["writes_per_min"],
         None,
         loop["writes_per_min"],
         note="sidekick: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(steady["by_method"].items()) if k != "Range")
-        + f" in {steady['seconds']:.0f} s (a keepalive every 10 s, and one more in each 60 s "
-        f"resync); TTL loop computed: {loop['computed_writes_per_min']:.0f} "
-        f"({loop['computed_puts_per_min']:.0f} puts + as many lease grants)",
-        target_text="≈ 6 (keepalives)",
+        + ", ".join(f"{k} {v}" for k, v in sorted(steady["by_method"].items()))
+        + f" in {steady['seconds']:.0f} s (a keepalive every {every:.1f} s on average); loop: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(loop["by_method"].items()))
+        + f" in {loop['seconds']:.0f} s",
     )
+    if keep is not None:
+        add(
+            "Steady: etcd writes/min, baseline a v3 TTL loop that keeps its lease",
+            steady["writes_per_min"],
+            None,
+            keep["writes_per_min"],
+            note="loop: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(keep["by_method"].items()))
+            + f" in {keep['seconds']:.0f} s",
+        )
     add(
-        "Steady: all etcd requests/min",
+        "Steady: all etcd requests/min (sidekick; baseline: the seed's loop)",
         steady["requests_per_min"],
         None,
-        loop["writes_per_min"],
-        note="writes plus the resync's range read",
+        sum(loop["by_method"].values()) / loop["seconds"] * 60,
+        note="writes plus reads",
     )
     add(
         "Idle CPU (% of one core)",
         steady["cpu_percent"],
-        0.5,
+        targets["idle_cpu_percent"],
         loop["cpu_percent"],
         digits=3,
-        note="baseline: the 100 loops and the etcdctl they run",
+        note="baseline: the seed's loops and the etcdctl they run",
     )
+    if "pss_mb_max" in steady:
+        add(
+            f"Idle PSS, {steady['registrations']} registrations (MB), baseline the seed's loops",
+            steady["pss_mb_max"],
+            targets["idle_pss_mb"],
+            loop.get("pss_mb_mean"),
+            note="PSS (`/proc/PID/smaps_rollup`) on both sides; baseline: mean over the loops' "
+            "process groups (shells and the etcdctl running at that moment)",
+        )
+        if keep is not None:
+            add(
+                "Idle PSS (MB), baseline the loops that keep their lease",
+                steady["pss_mb_max"],
+                None,
+                keep.get("pss_mb_mean"),
+            )
+    etcd_rec = rec["etcd"]
+    loop_rec = etcd_rec.get("ttl_loop_seconds")
     add(
-        "Idle RSS (MB)",
-        steady["rss_mb_max"],
-        45,
-        loop["rss_mb_mean"],
-        note="baseline: the 100 loop shells",
-    )
-    add(
-        f"Recovery after etcd's return, outage {rec['etcd']['outage_seconds']} s "
-        f"(s, worst of {len(rec['etcd']['runs'])})",
-        rec["etcd"]["seconds"],
-        2,
-        float(plan["ttl_loop_period"]),
-        note="baseline computed: a TTL loop rewrites within its 45 s period; the seed's "
-        "one-shot put never repairs",
+        f"Recovery after etcd's return, outage {etcd_rec['outage_seconds']} s "
+        f"(s, worst of {len(etcd_rec['runs'])})",
+        etcd_rec["seconds"],
+        targets["recovery_s"],
+        loop_rec,
+        note=(
+            "baseline measured: the seed's TTL loop through the same outage and churn, worst of "
+            f"{etcd_rec['ttl_loop_runs']} run(s)"
+            if loop_rec is not None
+            else "no baseline measured in this run"
+        ),
         digits=3,
     )
     add(
         f"Recovery after Docker's return, cut {rec['docker']['cut_seconds']:g} s "
         f"(s, worst of {len(rec['docker']['runs'])})",
         rec["docker"]["seconds"],
-        2,
-        float(plan["ttl_loop_ttl"]),
-        note="baseline computed: a dead container's key stays until its 60 s TTL",
+        targets["recovery_s"],
+        None,
+        note="no baseline: the seed's loop does not read Docker",
         digits=3,
     )
 
     out = [
         "# Benchmarks",
         "",
-        "Generated by `" + command + "` (`bench/harness.py`); do not edit by hand. A benchmark is "
-        "not a test: CI does not run it and no number here fails a build.",
+        "Generated by `" + command + "` (`bench/harness.py`) at commit "
+        f"`{host.get('commit') or host['sidekick']}` on {host['date']}; do not edit by hand: "
+        f"`{command}` regenerates it. A benchmark is not a test: CI does not run it and no "
+        "number here fails a build.",
         "",
-        f"Taken {host['date']} on: {host['nproc']} CPUs ({host['cpu']}), "
+        f"Taken on: {host['nproc']} CPUs ({host['cpu']}), "
         f"{host['memory_gib']} GiB memory, {host['os']}, kernel {host['kernel']}, "
         f"Docker {host['docker']}, etcd {host['etcd']} (one member, loopback), "
         f"Python {host['python']}, sidekick {host['sidekick']}. "
@@ -360,38 +484,66 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
             else "Full run."
         ),
         "",
+        "The headline figures are the realistic workload's (section below): ports Docker picks, "
+        "healthchecks, `docker stop`. The fast-path rows (a fixed port, no healthcheck, the "
+        "container exits by itself) are labelled so. An empty baseline: none was measured.",
+        "",
         "| figure | sidekick | target | baseline | baseline / sidekick | note |",
         "|---|---:|---|---:|---:|---|",
     ]
     for name, ours, target, base, note, digits in rows:
-        out.append(
-            f"| {name} | {_fmt(ours, digits)} | {target} | {_fmt(base, digits)} | "
-            f"{_ratio(base, ours)} | {note} |"
-        )
+        shown = "" if base is None else _fmt(base, digits)
+        ratio = "" if base is None else _ratio(base, ours)
+        out.append(f"| {name} | {_fmt(ours, digits)} | {target} | {shown} | {ratio} | {note} |")
+    ttl_loop = (
+        f"`etcdctl lease grant {plan['ttl_loop_ttl']}` + `etcdctl put --lease` every "
+        f"{plan['ttl_loop_period']} s"
+    )
     out += [
         "",
         "Baselines, measured in the same run against the same etcd and Docker engine:",
         "",
-        "- **Latency**: the seed's way, one `etcdctl put` per container start (its "
-        "`ExecStartPre=`) and one `etcdctl del` per die (its `ExecStop=`), each in its own "
+        "- **Latency** (fast path only): the seed's way, one `etcdctl put` per container start "
+        "(its `ExecStartPre=`) and one `etcdctl del` per die (its `ExecStop=`), each in its own "
         "process, driven by `docker events` (`bench/seed-follow.sh`) so that both are timed "
-        "from the same Docker events.",
+        "from the same Docker events. It has no realistic counterpart: a unit's `etcdctl put` "
+        "knows neither the port Docker picks nor the container's health.",
         "- **Cold start**: one `etcdctl put` per running container, 8 at a time "
         "(`bench/seed-coldstart.sh`).",
-        "- **Steady state**: the CoreOS TTL-loop unit, one per registration, "
-        f"`etcdctl lease grant {plan['ttl_loop_ttl']}` + `etcdctl put --lease` every "
-        f"{plan['ttl_loop_period']} s (`bench/ttl-loop.sh`; etcd v3 has no per-key TTL, so a "
-        "round is two writes), started at random phases and measured over "
-        f"{loop['seconds']:.0f} s.",
+        f"- **Steady state**: the CoreOS TTL-loop unit, one per registration: {ttl_loop} "
+        "(`bench/ttl-loop.sh`; etcd v3 has no per-key TTL, so the seed's loop becomes a grant "
+        "and a put each round)"
+        + (
+            ", and the fair v3 form that grants once and sends `etcdctl lease keep-alive "
+            f"--once` every {plan['ttl_loop_period']} s (`bench/ttl-loop-keepalive.sh`)"
+            if keep is not None
+            else ""
+        )
+        + f"; started at random phases and measured over {loop['seconds']:.0f} s each. Writes "
+        "per minute on every side are etcd's write requests (`grpc_server_started_total`) "
+        "counted every 0.5 s, over the time from the first rise of the count to the last.",
+        "- **Recovery**: "
+        + (
+            "the seed's TTL loop, one per running container (stopped when its container "
+            "dies, started when one starts), through the same etcd outage and churn, timed "
+            "the same way. Docker's cut has no baseline."
+            if loop_rec is not None
+            else "none measured in this run."
+        ),
         "",
-        "## Latency",
+    ]
+    out += realistic_markdown(results)
+    out += [
+        "## Latency, fast path",
         "",
-        "From the container's `start` event (its `timeNano`, Docker's clock) to the moment the "
+        "The fast path: every container publishes a fixed `127.0.0.1:PORT`, has no healthcheck, "
+        "is started while the agent runs and dies by itself. From the container's `start` event "
+        "(its `timeNano`, Docker's clock) to the moment the "
         "key reaches an etcd watcher on the prefix (a streaming `POST /v3/watch` read by its own "
         "process, stamped on arrival), and from `die` to the delete event. Containers die by "
         "themselves (PID 1 exits on SIGUSR1), so `die` is the first event that ends them. "
         f"{plan['sequential']} containers one after another (each waits for the previous key), "
-        f"then {plan['bursts']} bursts of 20 started at once.",
+        f"then {plan['bursts']} bursts of {plan.get('burst', 20)} started at once.",
         "",
         "| run | mode | n | register p50 | p95 | p99 | max | deregister p50 | p95 | p99 | max |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -425,12 +577,14 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
         out += [
             "",
             "Where the time goes. The floor under any agent has two parts. etcd's: a separate "
-            "process put one key every 10 ms during the same rounds (`bench/probe.py`); the "
+            f"process put one key every {plan.get('probe_interval_ms', 10):g} ms during the same "
+            "rounds (`bench/probe.py`); the "
             "table gives how long those puts took. Docker's: how long after its `timeNano` the "
             "event reached a subscriber of the events API (a separate reader process, stamped "
             "on arrival). 'After it' is the latency minus Docker's share, per container: the "
-            "agent's work, etcd's commit and the watch. The bursts start 20 containers at once "
-            "on the machine below, and dockerd, containerd and runc then keep every CPU busy: "
+            "agent's work, etcd's commit and the watch. The bursts start "
+            f"{plan.get('burst', 20)} containers at once "
+            "on the machine above, and dockerd, containerd and runc then keep every CPU busy: "
             "etcd and the agent wait for a CPU like everything else.",
             "",
             "| run | mode | etcd put p50 | p99 | start: Docker p50 | p99 "
@@ -450,8 +604,7 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
             "container's layers and files at the same time (etcd's own histogram of WAL "
             f"fsyncs, `etcd_disk_wal_fsync_duration_seconds`, puts their p99 at ≤ "
             f"{fsync['sequential']:g} ms one after another and ≤ {fsync['burst']:g} ms in the "
-            "bursts), and the CPUs, busy with the starts. A write that arrives while another "
-            "is committing waits for it, so the agent's worst cases are about two of etcd's.",
+            "bursts), and the CPUs, busy with the starts.",
         ]
     out += [
         "",
@@ -486,41 +639,47 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
         "",
         "## Steady state",
         "",
-        f"{steady['registrations']} registrations held for {steady['seconds']:.0f} s at ttl 30 "
-        f"(default keepalive every 10 s, resync every 60 s). etcd requests by method: "
+        f"{steady['registrations']} registrations held for {steady['seconds']:.0f} s at ttl "
+        f"{steady.get('ttl', plan['steady_ttl'])} (the agent's default keepalive interval and "
+        "resync). etcd requests by method: "
         + ", ".join(f"{k} {v}" for k, v in sorted(steady["by_method"].items()))
         + f" ({steady['writes_in_window_per_min']:.1f} writes/min counted over the window; the "
-        "table's rate is taken between the first and the last write seen, which does not depend "
-        "on where the window falls between two keepalives)"
-        + f". CPU is utime + stime from `/proc/<pid>/stat` over the window; RSS is `VmRSS`, "
-        f"sampled every second (mean {steady['rss_mb_mean']:.1f} MB, max "
-        f"{steady['rss_mb_max']:.1f} MB). TTL loops by method: "
+        "table's rate is taken between the first and the last rise of the write count, on "
+        "every side alike, which does not depend on where the window falls between two "
+        "keepalives)"
+        + ". CPU is utime + stime from `/proc/<pid>/stat` over the window; memory is PSS "
+        "(`Pss:` of `/proc/PID/smaps_rollup`: a page shared by k processes counts 1/k in each, "
+        "so the loops' figures add up honestly), sampled every 0.5 s"
+        + (
+            f" (agent: mean {steady['pss_mb_mean']:.1f} MB, max {steady['pss_mb_max']:.1f} MB; "
+            f"its VmRSS max {steady['rss_mb_max']:.1f} MB)"
+            if "pss_mb_max" in steady
+            else f" (VmRSS in this run: max {steady['rss_mb_max']:.1f} MB)"
+        )
+        + ". The seed's loops by method: "
         + ", ".join(f"{k} {v}" for k, v in sorted(loop["by_method"].items()))
+        + (
+            "; the loops that keep their lease: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(keep["by_method"].items()))
+            if keep is not None
+            else ""
+        )
         + ".",
         "",
         "## Recovery",
         "",
-        f"etcd: {rec['etcd']['outage_seconds']} s outage (2 x ttl {rec['etcd']['ttl']}) while 5 "
-        "of 20 containers die and 5 new ones start; timed from the moment etcd answers "
-        f"`/health` again (it took {rec['etcd']['etcd_boot_seconds']:.2f} s to boot) until the "
-        "prefix holds exactly the running containers' keys (polled every 5 ms). Docker: the "
-        "agent talks to Docker through a unix-socket proxy that is cut for "
-        f"{rec['docker']['cut_seconds']:g} s (the shared dockerd is not restarted) with the same "
-        "churn; timed from the moment the socket accepts again. Runs (s): etcd "
-        + ", ".join(_fmt(r["seconds"], 3) for r in rec["etcd"]["runs"])
-        + "; Docker "
-        + ", ".join(_fmt(r["seconds"], 3) for r in rec["docker"]["runs"])
-        + ". The table gives the worst. Both wait on the agent's retry backoff "
-        "(exponential from 50 ms with jitter, capped at min(2 s, ttl/3)), so a figure is "
-        "anywhere from the reconcile time to that cap.",
+        *_recovery_prose(results),
         "",
         "## Running it",
         "",
         "```console",
-        "$ ./bench/run            # full: 200 + 10x20 containers, 3 cold starts each, 5 min steady",
-        "$ ./bench/run --quick    # 40 + 2x20 containers, 1 cold start each, 1 min steady",
+        "$ ./bench/run                  # every phase above; writes this file",
+        "$ ./bench/run --quick          # fewer containers, fewer repeats, a shorter steady state",
         "$ ./bench/run --quick --profile .tmp/profile   # also py-spy profiles of the agent",
-        "$ ./bench/run --resync-cost   # only the resync cost with other nodes' keys (below)",
+        "$ ./bench/run --latency-only   # only the fast-path latency rounds; prints, no docs",
+        "$ ./bench/run --realistic      # only the realistic workloads and idle PSS; prints, "
+        "no docs",
+        "$ ./bench/run --resync-cost    # only the resync cost with other nodes' keys (below)",
         "```",
         "",
         "It needs what `scripts/test` needs (it installs the same packages and starts dockerd "
@@ -540,6 +699,139 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
     return "\n".join(out)
 
 
+def _recovery_prose(results: dict[str, Any]) -> list[str]:
+    rec = results["recovery"]
+    settings = results.get("agent_settings") or results.get("machine", {})
+    etcd_rec = rec["etcd"]
+    loop_runs = [r["ttl_loop_seconds"] for r in etcd_rec["runs"] if "ttl_loop_seconds" in r]
+    churn, containers = etcd_rec.get("churn"), etcd_rec.get("containers")
+    churn_text = (
+        f"while {churn} of {containers} containers die and {churn} new ones start"
+        if churn is not None
+        else "with containers dying and starting meanwhile"
+    )
+    text = (
+        f"etcd: {etcd_rec['outage_seconds']} s outage (2 x ttl {etcd_rec['ttl']}) {churn_text}; "
+        "timed from the moment etcd answers "
+        f"`/health` again (it took {etcd_rec['etcd_boot_seconds']:.2f} s to boot) until the "
+        "prefix holds exactly the running containers' keys (polled every 5 ms). "
+    )
+    if loop_runs:
+        text += (
+            "The seed's TTL loops went through the same outages on a prefix of their own, one "
+            "per running container (a loop stopped when its container died, as its unit would "
+            "be, and started when one started, its first round failing while etcd was down); "
+            "their prefix was right again after "
+            + ", ".join(_fmt(v, 1) for v in loop_runs)
+            + f" s (in {len(loop_runs)} of the {len(etcd_rec['runs'])} outages): a dead "
+            "container's key stays until its lease runs out (etcd renews every lease to its "
+            "full TTL when it restarts) and a new container's key waits for its loop's next "
+            "round. "
+        )
+    text += (
+        "Docker: the agent talks to Docker through a unix-socket proxy that is cut for "
+        f"{rec['docker']['cut_seconds']:g} s (the shared dockerd is not restarted) with the same "
+        "churn; timed from the moment the socket accepts again. Runs (s): etcd "
+        + ", ".join(_fmt(r["seconds"], 3) for r in etcd_rec["runs"])
+        + "; Docker "
+        + ", ".join(_fmt(r["seconds"], 3) for r in rec["docker"]["runs"])
+        + ". The table gives the worst."
+    )
+    longest, jitter = settings.get("retry_longest_s"), settings.get("retry_jitter_s")
+    if longest is not None:
+        text += (
+            " Both wait on the agent's retry backoff, exponential up to "
+            f"{longest:g} s between attempts plus up to {jitter:g} s of jitter "
+            "(`sidekick.lease.RETRY_LONGEST`, `RETRY_JITTER` at the run's commit), so a figure "
+            "is anywhere from the reconcile time to that ceiling."
+        )
+    return [text]
+
+
+def realistic_markdown(results: dict[str, Any]) -> list[str]:
+    """The realistic workloads' section: one row per kind and mode."""
+    real = results.get("realistic")
+    if real is None:
+        return []
+    plan = real["plan"]
+    out = [
+        "## Realistic workloads",
+        "",
+        "Containers as production runs them (`bench/realistic.py`), three kinds built offline on "
+        "the busybox image, each published `-p 80` style on 127.0.0.1 (Docker picks the host "
+        "port; the key the watcher waits for is read back from `docker port`) and stopped with "
+        f"`docker stop -t {plan['stop_timeout']}`, PID 1 draining {plan['drain_seconds']:g} s "
+        "between the stop signal and its exit: **port** (no healthcheck, stop signal SIGTERM), "
+        "**health** (the image's `HEALTHCHECK`, every "
+        f"{plan['health_interval_ms']} ms, passes {plan['ready_seconds']:g} s after the start; "
+        "registration timed from the `health_status: healthy` event, as the agent announces a "
+        "container with a healthcheck only once it is healthy), **stopsignal** (the image says "
+        "`STOPSIGNAL SIGQUIT`). Registration from `start` (health: from `healthy`) to the key at "
+        "the etcd watcher; withdrawal from the stop's first event, the `kill` carrying the stop "
+        "signal, and from the `die` (negative: the key was gone before the container died). "
+        f"{plan['sequential']} containers one after another (kinds in turn, each waits for its "
+        f"key; then stopped one after another), then {plan['bursts']} bursts of "
+        f"{plan['burst']} started at once and stopped at once. All in milliseconds.",
+        "",
+        "| mode | kind | n | register p50 | p95 | p99 | max | from kill p50 | p99 | max "
+        "| from die p50 | p99 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode in ("sequential", "burst"):
+        for kind in (*plan["kinds"], "all"):
+            row = real[mode][kind]
+            reg, kill, die = (
+                row["register"],
+                row["deregister_from_kill"],
+                row["deregister_from_die"],
+            )
+            missing = reg["missing"] + kill["missing"] + die["missing"]
+            out.append(
+                f"| {mode} | {kind}{f' ({missing} missing)' if missing else ''} | {reg['n']} | "
+                + " | ".join(_fmt(reg[k]) for k in ("p50", "p95", "p99", "max"))
+                + " | "
+                + " | ".join(_fmt(kill[k]) for k in ("p50", "p99", "max"))
+                + " | "
+                + " | ".join(_fmt(die[k]) for k in ("p50", "p99"))
+                + " |"
+            )
+    health = real["sequential"]["health"].get("start_to_healthy")
+    run = real["running"]
+    out += [
+        "",
+        "In the bursts, one etcd put alone (`bench/probe.py`, as in the fast path) took p50 "
+        f"{_fmt(real['burst']['etcd_put']['p50'])} ms, p99 "
+        f"{_fmt(real['burst']['etcd_put']['p99'])} ms. "
+        + (
+            f"The health kind's `start` to `healthy` took p50 {_fmt(health['p50'])} ms one "
+            "after another (not in the registration figure). "
+            if health
+            else ""
+        )
+        + f"The agent's CPU time (utime + stime) over these rounds: "
+        f"{real['agent_cpu_ms_per_event']:.2f} ms per container start or stop.",
+        "",
+        f"**Already running**: {run['containers']} containers "
+        f"({', '.join(f'{n} {k}' for k, n in run['by_kind_count'].items())}; the health ones "
+        f"{'healthy' if run['health_healthy_before_start'] else '**not all healthy**'}) running "
+        "before the agent starts; from its spawn (interpreter start-up included) to every key at "
+        f"the watcher: {_fmt(run['seconds'], 3)} s (first key {_fmt(run['first_key_seconds'], 3)}"
+        " s; by kind, last key: "
+        + ", ".join(f"{k} {_fmt(v, 3)} s" for k, v in run["seconds_by_kind"].items())
+        + f"); {run['wrong_values']} keys with a value other than `127.0.0.1:<the port Docker "
+        "picked>`.",
+        "",
+        f"**Idle memory**: that agent, idle with its {run['registrations']} registrations "
+        f"(3 s after the `reconciled` line), PSS {_fmt(run['idle_pss_mb'])} MB (`Pss:` of "
+        f"`/proc/PID/smaps_rollup`, the highest of 5 readings; VmRSS {_fmt(run['idle_rss_mb'])} "
+        f"MB). The floor, `python -c 'import sidekick.cli'` kept alive: PSS "
+        f"{_fmt(real['import_floor']['pss_mb'])} MB (VmRSS {_fmt(real['import_floor']['rss_mb'])}"
+        " MB).",
+        "",
+    ]
+    return out
+
+
 def _json(line: dict[str, Any]) -> str:
     return json.dumps(line, indent=1)
 
@@ -554,18 +846,37 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    burst = results["plan"].get("burst", 20)
+    targets = {**TARGETS, **results.get("targets", {})}
     styles = {
-        ("latency", "sequential"): ("sidekick, one after another", "tab:blue", "-"),
-        ("latency", "burst"): ("sidekick, bursts of 20", "tab:blue", "--"),
+        ("latency", "sequential"): ("sidekick fast path, one after another", "tab:blue", "-"),
+        ("latency", "burst"): (f"sidekick fast path, bursts of {burst}", "tab:blue", "--"),
         ("latency_seed", "sequential"): ("etcdctl per event, one after another", "tab:red", "-"),
-        ("latency_seed", "burst"): ("etcdctl per event, bursts of 20", "tab:red", "--"),
+        ("latency_seed", "burst"): (f"etcdctl per event, bursts of {burst}", "tab:red", "--"),
     }
+    series: dict[tuple[str, str], dict[str, list[float]]] = {
+        key: {
+            "register": results[key[0]][key[1]]["register_ms"],
+            "deregister": results[key[0]][key[1]]["deregister_ms"],
+        }
+        for key in styles
+    }
+    if (real := results.get("realistic")) is not None:
+        for mode, label, style in (
+            ("sequential", "one after another", "-"),
+            ("burst", f"bursts of {real['plan']['burst']}", "--"),
+        ):
+            styles[("realistic", mode)] = (f"sidekick realistic, {label}", "tab:green", style)
+            series[("realistic", mode)] = {
+                "register": real[mode]["all"]["register_ms"],
+                "deregister": real[mode]["all"]["deregister_from_kill_ms"],
+            }
     for ax, what, title in (
-        (axes[0], "register_ms", "start event → key seen by a watcher"),
-        (axes[1], "deregister_ms", "die event → delete seen by a watcher"),
+        (axes[0], "register", "start (realistic health: healthy) → key seen by a watcher"),
+        (axes[1], "deregister", "die (realistic: the stop's kill) → delete seen by a watcher"),
     ):
-        for (run, mode), (label, color, style) in styles.items():
-            values = sorted(v for v in results[run][mode][what] if v > 0)
+        for key, (label, color, style) in styles.items():
+            values = sorted(v for v in series[key][what] if v > 0)
             if not values:
                 continue
             ys = [(i + 1) / len(values) for i in range(len(values))]
@@ -577,7 +888,10 @@ def plot(results: dict[str, Any], path: Path) -> bool:
                 color=color,
                 linestyle=style,
             )
-        for limit, text in ((5, "p50 target"), (15, "p99 target")):
+        for limit, text in (
+            (targets["register_sequential_p50_ms"], "p50 target, one after another"),
+            (targets["register_sequential_p99_ms"], "p99 target, one after another"),
+        ):
             ax.axvline(limit, color="grey", linewidth=0.8, linestyle=":")
             ax.text(limit, 0.02, f" {text}", color="grey", fontsize=8, rotation=90)
         ax.set_xscale("log")
@@ -587,7 +901,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     axes[0].set_ylabel("fraction of containers")
     axes[0].legend(loc="lower right", fontsize=8)
     quick = " (quick run)" if results["plan"]["quick"] else ""
-    fig.suptitle(f"sidekick latency vs the seed's etcdctl per event{quick}")
+    fig.suptitle(f"sidekick latency, realistic and fast path, vs etcdctl per event{quick}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1073,14 +1387,23 @@ def scale_extrapolated(results: dict[str, Any]) -> str:
             "of these cores |"
         )
     n = SCALE_SIZES[-1]
+    host = results.get("machine", {})
+    longest, jitter = host.get("retry_longest_s"), host.get("retry_jitter_s")
+    known = longest is not None and jitter is not None
+    ceiling = (
+        f"({longest:g} s, plus up to {jitter:g} s of jitter)"
+        if known
+        else "(`sidekick.lease.RETRY_LONGEST`, plus up to `RETRY_JITTER` of jitter)"
+    )
+    within = f"{longest + jitter:g} s" if known else "that ceiling"
     out += [
         "",
         "After a full etcd restart every node retries within its backoff's ceiling "
-        "(1 s, plus up to 0.25 s of jitter): the first second back brings about one keepalive "
+        f"{ceiling}: the first second back brings about one keepalive "
         f"from each node, and the loops whose resync fell due during the outage "
         f"({per_resync:g} requests each, every node once the outage is longer than the "
         f"resync): at {n:,} nodes about {n:,} + {n:,} x {per_resync:g} = "
-        f"**{n + n * per_resync:,.0f} requests within ~1.25 s**: at the measured "
+        f"**{n + n * per_resync:,.0f} requests within ~{within}**: at the measured "
         f"{cpu_per_request:.3f} % of a core per request a second, "
         f"{n + n * per_resync:,.0f} x {cpu_per_request / 100:.5f} = "
         f"**{(n + n * per_resync) * cpu_per_request / 100:.0f} core-seconds** of etcd work "

@@ -100,6 +100,11 @@ class Agent:
             self.outages,
         )
         self.reader.on_connect = self.loop.wakeup.set
+        # Gauges read when scraped, so /metrics is current without a /healthz call.
+        self.metrics.docker_stalled.set_function(self.docker.stalled)
+        self.metrics.lease_ttl.set(config.ttl)
+        self.metrics.peer_up.labels("etcd").set_function(lambda: float(self.etcd_up()))
+        self.metrics.peer_up.labels("docker").set_function(lambda: float(self.reader.connected))
 
     @property
     def reconciled(self) -> threading.Event:
@@ -194,10 +199,18 @@ class Agent:
         limit = self.config.docker_timeout + self.config.etcd_timeout * 2 + 5.0
         return time.monotonic() - self.loop.beat < limit
 
+    def etcd_up(self) -> bool:
+        """The last etcd request of the loop and of the lease thread succeeded, and etcd has
+        not refused the agent's credentials."""
+        return (
+            self.keeper.config_error is None
+            and self.keeper.etcd_error is None
+            and self.loop.etcd_ok
+        )
+
     def problems(self) -> list[str]:
         """What is wrong now, in words; empty when all is well."""
         waiting = self.docker.stalled()
-        self.metrics.docker_stalled.set(waiting)
         refused = self.keeper.config_error
         return problems(
             Facts(

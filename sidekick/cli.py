@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn, overload
 
 import structlog
 import typer
+from prometheus_client import CollectorRegistry
 
 from sidekick import __version__, hostaddr, logs
 from sidekick.agent import Agent, ConfigurationRefused
@@ -346,16 +347,16 @@ def run(
 
 
 def _health_server(
-    metrics_address: str | None, health: Callable[[], tuple[bool, str]]
+    metrics_address: str | None,
+    health: Callable[[], tuple[bool, str]],
+    registry: CollectorRegistry,
 ) -> MetricsServer | None:
-    """/healthz (and an empty /metrics) on --metrics-address, started; None without one."""
+    """/healthz and /metrics on --metrics-address, started; None without one."""
     if metrics_address is None:
         return None
-    from prometheus_client import CollectorRegistry  # noqa: PLC0415
-
     try:
         address = parse_address(metrics_address, "--metrics-address")
-        server = MetricsServer(address, CollectorRegistry(), health)
+        server = MetricsServer(address, registry, health)
     except ConfigError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -703,7 +704,8 @@ def render(
         typer.Option(
             "--metrics-address",
             envvar="SIDEKICK_RENDER_METRICS_ADDRESS",
-            help="Serve /healthz (503 while the check or the reload fails) on HOST:PORT.",
+            help="Serve Prometheus /metrics and /healthz (503 while the check or the reload "
+            "fails) on HOST:PORT.",
             show_default=False,
         ),
     ] = None,
@@ -747,7 +749,7 @@ def render(
     except ConfigError as exc:
         fail(str(exc))
     if not once:
-        server = _health_server(metrics_address, renderer.health)
+        server = _health_server(metrics_address, renderer.health, renderer.metrics.registry)
         try:
             renderer.run()
         finally:

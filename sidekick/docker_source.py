@@ -1,4 +1,7 @@
-"""A thin adapter around docker-py: container snapshots and the events stream as plain records."""
+"""A thin adapter around docker-py: container snapshots and the events stream as plain records.
+
+docker-py's client runs on sidekick.wire's lighter transport for its plain calls (inspect,
+listing); the events stream takes docker-py's own path."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from sidekick.model import (
     container_from_summary,
     matches_filters,
 )
+from sidekick.wire import WireAPIClient
 
 # The container events that can change what a container announces, and `create`, after which
 # the agent looks ahead at what the container's start will announce.
@@ -122,14 +126,13 @@ class DockerSource:
         with self._lock:
             if self._api is None:
                 try:
-                    api = docker.APIClient(
+                    # trust_env off: REQUESTS_CA_BUNDLE must not replace our CA
+                    api = WireAPIClient(
                         base_url=self.url,
                         version=MIN_API_VERSION,
                         timeout=self.timeout,
                         tls=self._tls(),
                     )
-                    # REQUESTS_CA_BUNDLE in the environment must not replace our CA
-                    api.trust_env = False
                     api._version = str(api.version(api_version=False)["ApiVersion"])
                     self._api = api
                 except (docker.errors.DockerException, requests.RequestException) as exc:

@@ -3,9 +3,10 @@ sorted into outages and settings.
 
 Runs on: whichever thread owns the instance; an instance is not shared between threads (the
 lease thread takes its own clone()). etcd3gw gives one endpoint per client and no timeout by
-default; a Gateway owns one client per endpoint, each with a timeout and its own
-requests.Session (trust_env off, so a REQUESTS_CA_BUNDLE in the environment cannot override
-our settings), and moves to the next endpoint when the one in use fails.
+default; a Gateway owns one client per endpoint, each with a timeout and its own session
+(sidekick.wire: requests' interface on a lighter transport; trust_env off, so a
+REQUESTS_CA_BUNDLE in the environment cannot override our settings), and moves to the next
+endpoint when the one in use fails.
 
 Errors: EtcdUnavailable is an outage (retry); EtcdConfigError is a setting that retrying cannot
 fix (credentials, a role, TLS files); any other EtcdError is a request etcd refused.
@@ -26,6 +27,7 @@ from etcd3gw import exceptions as etcd_exceptions
 from etcd3gw.client import Etcd3Client
 
 from sidekick.config import Endpoint, EtcdSecurity
+from sidekick.wire import WireSession
 
 
 class EtcdError(Exception):
@@ -72,8 +74,7 @@ class Gateway:
         self._current = 0
 
     def _client(self, endpoint: Endpoint) -> Etcd3Client:
-        session = requests.Session()
-        session.trust_env = False  # REQUESTS_CA_BUNDLE must not replace our CA
+        session = WireSession()  # trust_env off: REQUESTS_CA_BUNDLE must not replace our CA
         if self.security.ca is not None:
             session.verify = str(self.security.ca)
         if self.security.cert is not None and self.security.key is not None:

@@ -61,13 +61,17 @@ class Lookup:
     def on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference."""
         last: dict[str, tuple[DockerEvent, Action]] = {}
+        unknown_kill: dict[str, DockerEvent] = {}  # a kill that may be the stop signal
         for event in events:  # the last event that changes something decides
-            action = self._route(event)
+            action = self._action(event)
             ended = event.container_id in last and last[event.container_id][1] is Action.WITHDRAW
             if event.kind == "network" and ended:
                 continue  # the disconnect of a container that just died is not news
-            if action is not Action.NOTHING:
+            if action is Action.LEARN_SIGNAL:
+                unknown_kill[event.container_id] = event
+            elif action is not Action.NOTHING:
                 last[event.container_id] = (event, action)
+                unknown_kill.pop(event.container_id, None)
         for container_id in last:  # a later event decides, not a check of the read-ahead
             self.to_verify.pop(container_id, None)
         for event in events:
@@ -92,23 +96,34 @@ class Lookup:
         if settle := {e.container_id: e.name for e in lookups if e.kind == "network"}:
             self.to_verify.update(settle)  # the look just made may have come too soon: again
             self.next_verify = min(self.next_verify, time.monotonic() + NETWORK_SETTLE)
+        self._learn_signals(unknown_kill.values())
 
-    def _route(self, event: DockerEvent) -> Action:
-        """route(), learning the container's stop signal first when the event needs it."""
-        if event.kind == "network":  # only a running container announced by its network address
+    def _action(self, event: DockerEvent) -> Action:
+        """route(); a network connect or disconnect matters only to a running container
+        announced (or skipped) by its network address."""
+        if event.kind == "network":
             return Action.LOOK_UP if event.container_id in self.by_network else Action.NOTHING
-        action = route(event, self.stop_signals.get(event.container_id))
-        if action is not Action.LEARN_SIGNAL:
-            return action
-        try:
-            container = self.docker.inspect(event.container_id)
-        except DockerUnavailable as exc:
-            self.fault("docker", exc)
-            return Action.LOOK_UP  # the reconcile after the fault settles it
-        if container is None:
-            return Action.WITHDRAW
-        self.remember(container)
-        return route(event, container.stop_signal)
+        return route(event, self.stop_signals.get(event.container_id))
+
+    def _learn_signals(self, kills: Iterable[DockerEvent]) -> None:
+        """Kills with a signal that may be the container's stop signal, taken after the rest
+        of the batch (an inspect can wait on a dying container; the other withdrawals must
+        not): one inspect each, for containers that announce something, and a withdrawal
+        where the signal is the stop signal."""
+        stopping = []
+        for event in kills:
+            if not self.sync.announced.get(event.container_id):
+                continue  # nothing to withdraw: the signal does not matter
+            try:
+                container = self.docker.inspect(event.container_id)
+            except DockerUnavailable as exc:
+                self.fault("docker", exc)  # the reconcile after the fault settles it
+                return
+            if container is not None:
+                self.remember(container)
+            if container is None or route(event, container.stop_signal) is Action.WITHDRAW:
+                stopping.append(event)
+        self.withdraw(stopping)
 
     def withdraw_only(self, events: Sequence[DockerEvent]) -> None:
         """Of these events, apply only the withdrawals (a reconcile's snapshot follows)."""

@@ -87,9 +87,6 @@ class Loop:
         self.etcd_ok = False  # the loop's last etcd request succeeded
         self.needs_reconcile = False  # the first reconcile follows the events stream's connection
         self.next_resync = time.monotonic() + resync_period(self.config.resync)
-        if self.settle_after_reconnect:
-            self.settle_after_reconnect = False
-            self.next_resync = min(self.next_resync, time.monotonic() + SETTLE_AFTER)
         self.next_foreign_check = float("inf")
         self.reconciled = threading.Event()  # set after the first reconcile
         self.beat = time.monotonic()  # the loop's last sign of life
@@ -232,7 +229,10 @@ class Loop:
         self.etcd_ok = True
         self.needs_reconcile = False
         self._schedule_foreign_check()
-        self.next_resync = time.monotonic() + self.config.resync
+        self.next_resync = time.monotonic() + resync_period(self.config.resync)
+        if self.settle_after_reconnect:  # once more shortly: the listing may lag a `die`
+            self.settle_after_reconnect = False
+            self.next_resync = min(self.next_resync, time.monotonic() + SETTLE_AFTER)
         elapsed = time.monotonic() - started
         self.parts.metrics.reconcile_seconds.observe(elapsed)
         self.log.info(

@@ -61,8 +61,59 @@ class Metrics:
             "How long the Docker request in flight has waited for an answer (0: none).",
             registry=r,
         )
+        self.lease_ttl = Gauge(
+            "sidekick_lease_ttl_seconds",
+            "The TTL the agent asks for its lease (--ttl): keys outlive a dead agent this long.",
+            registry=r,
+        )
+        self.peer_up = Gauge(
+            "sidekick_peer_up",
+            "1 while the peer answers: etcd (the last request of the loop and of the lease "
+            "thread succeeded, credentials accepted), docker (the events stream is open).",
+            ["peer"],
+            registry=r,
+        )
         self.writes.labels("put")
         self.writes.labels("delete")
+
+
+class RenderMetrics:
+    """`sidekick render`'s counters and gauges; one registry per renderer."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.renders = Counter(
+            "sidekick_renders",
+            "New files that went live (checked, renamed into place).",
+            registry=r,
+        )
+        self.failures = Counter(
+            "sidekick_render_failures",
+            "Failures by stage: template (it raised), check (--check-cmd refused the new "
+            "file), reload (the reload command or signal failed).",
+            ["stage"],
+            registry=r,
+        )
+        self.refused = Gauge(
+            "sidekick_render_refused",
+            "1 while the latest render is refused (template error or failed check): the old "
+            "file stays live.",
+            registry=r,
+        )
+        self.reload_failing = Gauge(
+            "sidekick_render_reload_failing",
+            "1 while a reload is owed (the last reload failed; it is tried again).",
+            registry=r,
+        )
+        self.peer_up = Gauge(
+            "sidekick_peer_up",
+            "1 while the peer answers: etcd (the renderer's watch or read succeeded last).",
+            ["peer"],
+            registry=r,
+        )
+        for stage in ("template", "check", "reload"):
+            self.failures.labels(stage)
 
 
 HealthCheck = Callable[[], tuple[bool, str]]

@@ -52,6 +52,7 @@ import urllib3
 
 from sidekick import retry
 from sidekick.config import ConfigError
+from sidekick.metrics import RenderMetrics
 from sidekick.store import EtcdError, EtcdUnavailable, Store, b64, prefix_range_end, unb64
 
 BUILTIN_TEMPLATE = "nginx.conf.j2"
@@ -470,6 +471,7 @@ class Renderer:
         prefix: str,
         watcher: EtcdWatcher,
         docker_url: str | None = None,
+        metrics: RenderMetrics | None = None,
     ) -> None:
         self.options = options
         self.prefix = prefix
@@ -493,6 +495,10 @@ class Renderer:
         self._busy = False  # between taking the keys and reloading: finish before stopping
         self._outage: str | None = None
         self._failures = 0
+        self.metrics = metrics or RenderMetrics()
+        self.metrics.refused.set_function(lambda: float(self.refused is not None))
+        self.metrics.reload_failing.set_function(lambda: float(self.reload_failing is not None))
+        self.metrics.peer_up.labels("etcd").set_function(lambda: float(self._outage is None))
 
     # -- one render --------------------------------------------------------------------
 
@@ -527,6 +533,7 @@ class Renderer:
             return render_text(self.template, self.prefix, snapshot, self.options.variables)
         except RenderError as exc:
             self.log.error("render failed; the old file stays", error=str(exc))
+            self.metrics.failures.labels("template").inc()
             self.refused = _one_line(f"render failing: {exc}")
             return None
 
@@ -541,9 +548,11 @@ class Renderer:
             return False, False
         refusal = self._install(text)
         if refusal is not None:
+            self.metrics.failures.labels("check").inc()
             self.rejected, self.refused = text, _one_line(f"check failing: {refusal}")
             return False, False
         self.rejected = self.refused = None
+        self.metrics.renders.inc()
         return True, True
 
     def _live_text(self) -> str | None:
@@ -611,6 +620,7 @@ class Renderer:
     def _reload_failed(self, error: str) -> None:
         """Owe the reload: logged when it starts failing, tried again when due or on a change."""
         self._reload_failures += 1
+        self.metrics.failures.labels("reload").inc()
         delay = reload_retry_delay(self._reload_failures)
         self._reload_due = time.monotonic() + delay
         if self.reload_failing is None:

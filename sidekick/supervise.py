@@ -55,6 +55,8 @@ class Supervisor:
 
     def watch(self, part: Part) -> Part:
         self.parts.append(part)
+        # Counted from 0, so the first restart is an increase that rate() and increase() see.
+        self.metrics.thread_restarts.labels(part.name)
         return part
 
     def check(self) -> None:

@@ -34,6 +34,7 @@ from sidekick.agent import Agent, AgentFailed
 from sidekick.config import Config, load_config
 from sidekick.docker_source import DockerEvent, DockerSource
 from sidekick.leasefile import LeaseFile
+from sidekick.loop import SETTLE_AFTER
 from sidekick.metrics import Metrics
 from sidekick.store import Store
 from tests.conftest import (
@@ -622,6 +623,13 @@ class TestOwnKeys:
             wait_for(lambda: key in live_etcd.keys(f"/{scope}/web-"), message=key)
             store = agent.store
             assert isinstance(store, RecordingStore)
+            # the reconcile SETTLE_AFTER the stream connected, first: none may be in flight
+            # when the counts are taken (its Txn before them, its end after)
+            wait_for(
+                lambda: sample(agent, "sidekick_reconcile_duration_seconds_count") >= 2,
+                timeout=SETTLE_AFTER + 20,
+                message="the settle reconcile",
+            )
             reconciles = sample(agent, "sidekick_reconcile_duration_seconds_count")
             sent = len(store.posts)
             before = etcd_requests(live_etcd)
@@ -924,6 +932,18 @@ class TestListingLag:
         container.reload()
         assert container.status == "exited"
         assert not [e for e in agent.events("registered") if e["key"] == key][1:]
+
+    def test_one_more_reconcile_after_the_stream_connects(self, inprocess: InProcess) -> None:
+        """Events missed while the stream was down may include a `die` the listing still
+        hides: SETTLE_AFTER the stream (re)connects, the agent reconciles once more by
+        itself (--resync is 60 s here, so no periodic resync comes first)."""
+        agent = inprocess.start().agent
+        first = sample(agent, "sidekick_reconcile_duration_seconds_count")
+        wait_for(
+            lambda: sample(agent, "sidekick_reconcile_duration_seconds_count") > first,
+            timeout=SETTLE_AFTER + 20,
+            message="the reconcile SETTLE_AFTER the stream connected",
+        )
 
 
 class TestClashForgotten:

@@ -45,16 +45,55 @@ class TestMetrics:
         """/healthz: 200 while etcd answers, 503 with the reason when it stops, 200 again."""
         address = f"127.0.0.1:{free_port()}"
         agent_factory("--metrics-address", address, ttl=3)
-        url = f"http://{address}/healthz"
+        url, metrics = f"http://{address}/healthz", f"http://{address}/metrics"
         assert requests.get(url, timeout=5).status_code == 200
+        assert metric(metrics, "sidekick_peer_up", 'peer="etcd"') == 1
         etcd.stop()
         reason = wait_for(
             lambda: (r := requests.get(url, timeout=5)).status_code == 503 and r.text,
             message="503 while etcd is down",
         )
         assert "etcd unreachable" in reason
+        assert metric(metrics, "sidekick_peer_up", 'peer="etcd"') == 0
         etcd.start()
         wait_for(lambda: requests.get(url, timeout=5).status_code == 200, message="200 again")
+        assert metric(metrics, "sidekick_peer_up", 'peer="etcd"') == 1
+
+    def test_state_gauges_are_current_when_scraped(self, agent_factory, docker_proxy):
+        """What the alerting rules read is current at every scrape, with no /healthz call in
+        between: the lease's TTL, Docker's events stream up or down, the seconds a Docker
+        request has waited, and each supervised thread's restarts counted from 0."""
+        address = f"127.0.0.1:{free_port()}"
+        agent = agent_factory("--metrics-address", address, "--docker-url", docker_proxy.url)
+        url = f"http://{address}/metrics"
+        assert metric(url, "sidekick_lease_ttl_seconds") == 6
+        assert metric(url, "sidekick_peer_up", 'peer="etcd"') == 1
+        wait_for(lambda: metric(url, "sidekick_peer_up", 'peer="docker"') == 1, message="docker")
+        text = requests.get(url, timeout=5).text
+        for thread in ("lease", "look-ahead", "docker-events"):
+            assert f'sidekick_thread_restarts_total{{thread="{thread}"}} 0.0' in text, thread
+        assert metric(url, "sidekick_docker_stalled_seconds") == 0
+        docker_proxy.stall()
+        try:
+            agent.signal(signal.SIGHUP)  # a resync: a Docker request that gets no answer
+            wait_for(
+                lambda: metric(url, "sidekick_docker_stalled_seconds") >= 2,
+                message="the stall in /metrics",
+            )
+        finally:
+            docker_proxy.resume()
+        wait_for(lambda: metric(url, "sidekick_docker_stalled_seconds") == 0, message="answered")
+        docker_proxy.stop()
+        wait_for(
+            lambda: metric(url, "sidekick_peer_up", 'peer="docker"') == 0,
+            message="the events stream down in /metrics",
+        )
+        docker_proxy.start()
+        wait_for(
+            lambda: metric(url, "sidekick_peer_up", 'peer="docker"') == 1,
+            timeout=30,
+            message="the events stream back",
+        )
 
     def test_bad_metrics_address(self, agent_factory):
         """A malformed --metrics-address exits 2 naming the option."""

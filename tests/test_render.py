@@ -33,7 +33,7 @@ from sidekick.render import (
     render_text,
 )
 from sidekick.store import Store
-from tests.conftest import Containers, EtcdServer, free_port, wait_for
+from tests.conftest import Containers, EtcdServer, free_port, metric, wait_for
 from tests.lb import Nginx, RenderProcess, TcpProxy, clean_env, nginx_binary
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -427,12 +427,21 @@ class TestWatch:
             return answer.status_code, answer.text
 
         wait_for(lambda: healthz() == (200, "ok\n"), message="/healthz ok")
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        assert metric(metrics, "sidekick_renders_total") == 1
+        assert metric(metrics, "sidekick_render_refused") == 0
+        assert metric(metrics, "sidekick_render_failures_total", 'stage="check"') == 0
+        assert metric(metrics, "sidekick_peer_up", 'peer="etcd"') == 1
         setup.etcd.put(f"{setup.prefix}/b", "bad")
         _, text = wait_for(lambda: (r := healthz())[0] == 503 and r, message="/healthz 503")
         assert text.startswith("check failing: exit 1")
         assert setup.lines() == ["good"]
+        assert metric(metrics, "sidekick_render_refused") == 1
+        assert metric(metrics, "sidekick_render_failures_total", 'stage="check"') == 1
         setup.etcd.delete(f"{setup.prefix}/b")
         wait_for(lambda: healthz() == (200, "ok\n"), message="/healthz ok again")
+        assert metric(metrics, "sidekick_render_refused") == 0
+        assert metric(metrics, "sidekick_renders_total") == 1  # the live text again: not new
 
     def test_sigterm_exits_0(self, setup: Setup) -> None:
         process = setup.render("--template", str(setup.template())).start()
@@ -712,10 +721,14 @@ class TestReloadRetry:
                 False,
                 "reload failing: reload command failed: exit 1: nginx is down",
             )
+            sample = renderer.metrics.registry.get_sample_value
+            assert sample("sidekick_render_reload_failing") == 1
+            assert sample("sidekick_render_failures_total", {"stage": "reload"}) == 1
             flag.unlink()
             setup.etcd.put(f"{setup.prefix}/nested/x", "9")  # not one level down: same text
             wait_for(lambda: setup.reload_count() == 1, message="the owed reload, on a change")
             wait_for(lambda: renderer.health() == (True, "ok"), message="health ok")
+            assert sample("sidekick_render_reload_failing") == 0
             assert setup.lines() == []
 
 

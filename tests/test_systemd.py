@@ -47,6 +47,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+import requests
 
 from tests.conftest import APACHE_IMAGE, TEST_LABEL, EtcdServer, free_port, missing, wait_for
 from tests.test_image import _image  # noqa: F401  (the `image` fixture: sidekick's image)
@@ -59,6 +60,11 @@ README = ROOT / "README.md"
 # Ubuntu's /etc/environment: a quoted PATH= line, which must not reach the agent's container.
 UBUNTU_PATH = 'PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/snap/bin"'
 HOST_LEASE_FILE = Path("/run/sidekick/lease")  # sidekick-docker.service's, on the host
+# The load balancer's directory (template, rendered nginx.conf): the host's, mounted into the
+# node at the same path, because nginx.service's `-v /etc/sidekick/nginx:...` and the check's
+# `docker run -v` name it to the host's engine. Made by the test, removed afterwards.
+HOST_SIDEKICK_ETC = Path("/etc/sidekick")
+OURS = ".sidekick-test"  # the marker of a HOST_SIDEKICK_ETC this test made
 BUILD_SCRIPT = ROOT / "scripts" / "build-systemd-image"
 HOST_DOCKER_CLI = Path("/usr/bin/docker")  # what the build script copies in
 WATCHDOG_SEC = 6
@@ -214,10 +220,12 @@ class Node:
         out = self.sh(f"systemctl show {flags} {unit}")
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def start_apache(self, client: docker.DockerClient, *, check: bool = True) -> str:
+    def start_apache(
+        self, client: docker.DockerClient, *, check: bool = True, port: int | None = None
+    ) -> str:
         """`systemctl start apache@PORT`, dash/apache:latest being the apache2ctl image."""
         client.images.get(self.apache_id).tag(APACHE_IMAGE)
-        script = f"systemctl start apache@{self.port}.service"
+        script = f"systemctl start apache@{port or self.port}.service"
         return self.sh(script if check else f"{script} 2>&1 || echo FAILED", check=check)
 
     def main_pid(self, unit: str = "sidekick.service") -> int:
@@ -287,6 +295,13 @@ def _node(
 ) -> Iterator[Node]:
     """A booted node with sidekick and the units installed as units/README.md says."""
     scope = "t" + uuid.uuid4().hex[:10]
+    if HOST_SIDEKICK_ETC.exists() and not (HOST_SIDEKICK_ETC / OURS).exists():
+        assert not any(HOST_SIDEKICK_ETC.iterdir()), (
+            f"{HOST_SIDEKICK_ETC} on this host holds files this test did not make; "
+            "the node mounts it (see HOST_SIDEKICK_ETC)"
+        )
+    HOST_SIDEKICK_ETC.mkdir(exist_ok=True)
+    (HOST_SIDEKICK_ETC / OURS).touch()
     container = docker_client.containers.run(
         systemd_image,
         ["/lib/systemd/systemd"],
@@ -298,6 +313,7 @@ def _node(
         volumes={
             "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"},
             "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+            str(HOST_SIDEKICK_ETC): {"bind": str(HOST_SIDEKICK_ETC), "mode": "rw"},
         },
     )
     node = Node(container, etcd, scope, _apache_port(docker_client), apache_image)
@@ -358,6 +374,7 @@ def _node(
                 leftover.remove(force=True)
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
+        shutil.rmtree(HOST_SIDEKICK_ETC, ignore_errors=True)
         print(
             "systemd test figures: " + ", ".join(f"{k} {v:.2f} s" for k, v in node.figures.items())
         )
@@ -389,6 +406,68 @@ def _wait_removed(client: docker.DockerClient, name: str) -> None:
         return False
 
     wait_for(removed, timeout=30, message=f"{name} removed")
+
+
+NGINX = "nginx.service"  # the container nginx.service runs (`--name %n`)
+RENDERED = HOST_SIDEKICK_ETC / "nginx" / "nginx.conf"
+
+
+def _container_exists(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.containers.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def _port(value: str) -> int:
+    tail = value.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _servers(node: Node, ports: set[int]) -> list[str]:
+    """The `server ...;` lines of the rendered file for these ports, in order (a concurrent
+    test session's apache containers carry the same label, so the agent may list them too)."""
+    text = node.sh(f"cat {RENDERED} 2>/dev/null || true")
+    return [v for v in re.findall(r"^\s*server (\S+);", text, re.M) if _port(v) in ports]
+
+
+def _lb_answer(port: int) -> int:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code
+    except requests.RequestException:
+        return 0
+
+
+def _reload_settled(node: Node) -> bool:
+    """The renderer reloaded nginx and owes no reload: every `reload failed` was followed by
+    `reload succeeded`."""
+    journal = node.journal("sidekick-render.service")
+    failed, succeeded = journal.count('"reload failed"'), journal.count('"reload succeeded"')
+    return '"event": "reloaded"' in journal and failed <= succeeded
+
+
+def _nginx_workers(client: docker.DockerClient) -> set[str]:
+    """The PIDs of nginx's worker processes in its container (`docker top`)."""
+    top = client.api.top(NGINX)
+    column = top["Titles"].index("CMD")
+    pid = top["Titles"].index("PID")
+    return {p[pid] for p in top["Processes"] if "worker process" in p[column]}
+
+
+def _hups(client: docker.DockerClient, since: float) -> int:
+    """SIGHUPs (Docker `kill` events with signal 1) sent to the nginx container since then."""
+    events = client.events(
+        since=int(since) - 1,
+        until=int(time.time()) + 1,
+        filters={"container": NGINX, "event": "kill"},
+        decode=True,
+    )
+    return sum(
+        1
+        for e in events
+        if e["Actor"]["Attributes"].get("signal") == "1" and e["timeNano"] >= since * 1e9
+    )
 
 
 def _wait_restart(node: Node, old_pid: int, timeout: float) -> float:
@@ -501,6 +580,127 @@ class TestUnitsUnderSystemd:
         _wait_removed(docker_client, name)
         node.start_apache(docker_client)
         wait_for(lambda: node.key in node.entries(), timeout=30, message=node.key)
+
+    def test_load_balancer_renders_checks_and_reloads(
+        self, node: Node, docker_client: docker.DockerClient, systemd_image: str
+    ) -> None:
+        """The README's render block beside the agent: sidekick-render.service writes one
+        `server 127.0.0.1:PORT;` per running apache@ unit into /etc/sidekick/nginx/nginx.conf,
+        nginx.service runs it (published on 127.0.0.1 only), and when one apache@ stops the file
+        loses that line and the nginx container gets SIGHUP, which nginx acts on (new worker
+        processes) and reads the new file. A value nginx refuses fails the check (`nginx -t` in
+        the nginx image) and never goes live.
+
+        nginx runs in Docker's bridge network, where the announced 127.0.0.1 is its own
+        loopback: its answer is the template's 503 page (no backend reachable), which shows
+        it serves the rendered file; traffic to the backends through it is tests/test_e2e.py's.
+        The node image, which has nginx-light, is tagged nginx:stable for the test."""
+        assert not _container_exists(docker_client, NGINX), f"a container {NGINX} runs already"
+        node.sh("systemctl start sidekick.service")
+        second = free_port()
+        node.start_apache(docker_client)
+        node.start_apache(docker_client, port=second)
+        ours = {node.port, second}
+        both = sorted(f"127.0.0.1:{p}" for p in ours)
+        wait_for(
+            lambda: sorted(v for v, _, _ in node.entries().values() if _port(v) in ours) == both,
+            timeout=30,
+            message=f"both apache@ keys: {both}",
+        )
+        previous = None
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            previous = docker_client.images.get("nginx:stable")
+        docker_client.images.get(systemd_image).tag("nginx:stable")
+        lb_port = free_port()
+        block = substitute(
+            readme_block("render"),
+            {
+                "systemctl enable --now": (
+                    f"sed -i 's/ -p 80:80 / -p 127.0.0.1:{lb_port}:80 /'"
+                    " /etc/systemd/system/nginx.service\n"
+                    f"grep -q -- '-p 127.0.0.1:{lb_port}:80 ' /etc/systemd/system/nginx.service\n"
+                    "systemctl daemon-reload\n"
+                    "systemctl enable --now"
+                )
+            },
+        )
+        try:
+            started = time.monotonic()
+            node.sh(block, workdir="/root/install")
+            wait_for(
+                lambda: _servers(node, ours) == both, timeout=60, message=f"{RENDERED} lists {both}"
+            )
+            node.figures["render unit start to file"] = time.monotonic() - started
+            wait_for(lambda: _lb_answer(lb_port) == 503, timeout=60, message="nginx answers")
+            node.figures["render unit start to nginx answering"] = time.monotonic() - started
+            assert (
+                "No backend is available right now."
+                in requests.get(f"http://127.0.0.1:{lb_port}/", timeout=5).text
+            )
+            # nginx may have started after the first render: the renderer's reload was owed
+            # until it ran. Wait until no reload is owed, then count from there.
+            wait_for(lambda: _reload_settled(node), timeout=90, message="no reload owed")
+            reloads = node.journal("sidekick-render.service").count('"event": "reloaded"')
+            workers = _nginx_workers(docker_client)
+            assert workers, "nginx runs worker processes"
+            since = time.time()
+
+            started = time.monotonic()
+            node.sh(f"systemctl stop apache@{second}.service")
+            one = [f"127.0.0.1:{node.port}"]
+            wait_for(
+                lambda: _servers(node, ours) == one, timeout=30, message=f"{RENDERED} lists {one}"
+            )
+            node.figures["apache@ stop to file"] = time.monotonic() - started
+            inside = docker_client.containers.get(NGINX).exec_run(["cat", str(RENDERED)])
+            inside_servers = re.findall(r"^\s*server (\S+);", inside.output.decode(), re.M)
+            assert [v for v in inside_servers if _port(v) in ours] == one, inside_servers
+            wait_for(
+                lambda: _hups(docker_client, since) >= 1,
+                timeout=30,
+                message=f"SIGHUP to {NGINX}",
+            )
+            wait_for(
+                lambda: _nginx_workers(docker_client).isdisjoint(workers),
+                timeout=30,
+                message="nginx replaced its workers (it reloaded)",
+            )
+            journal = node.journal("sidekick-render.service")
+            assert journal.count('"event": "reloaded"') > reloads, journal[-2000:]
+            assert "check failed" not in journal, journal[-2000:]
+            node.figures["apache@ stop to nginx reloaded"] = time.monotonic() - started
+
+            # A value nginx refuses: the check fails, the live file stays, no reload.
+            hups = _hups(docker_client, since)
+            broken = f"{node.prefix}/zz-broken"
+            node.etcd.put(broken, "127.0.0.1:1 bogus")
+            try:
+                wait_for(
+                    lambda: "check failed" in node.journal("sidekick-render.service"),
+                    timeout=60,
+                    message="the check refuses the broken value",
+                )
+            finally:
+                node.etcd.delete(broken)
+            journal = node.journal("sidekick-render.service")
+            assert "[emerg]" in journal and "bogus" in journal, journal[-2000:]
+            assert _servers(node, ours) == one, "the refused file never went live"
+            assert "bogus" not in node.sh(f"cat {RENDERED}")
+            assert _hups(docker_client, since) == hups, "no reload for a refused file"
+            assert not list(RENDERED.parent.glob(".nginx.conf.*")), "no staged file left"
+        finally:
+            for unit in ("sidekick-render.service", "nginx.service"):
+                with contextlib.suppress(Exception):
+                    print(f"\n{unit}:\n" + node.journal(unit)[-2500:])
+            node.sh("systemctl disable --now sidekick-render.service nginx.service", check=False)
+            node.sh(f"systemctl stop apache@{second}.service", check=False)
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.containers.get(NGINX).remove(force=True)
+            if previous is not None:
+                previous.tag("nginx:stable")
+            else:
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_client.images.remove("nginx:stable")
 
     def test_kill_9_resumes_the_lease(self, node: Node) -> None:
         """kill -9 of the agent: systemd restarts it (Restart=always, 5 s), it resumes the

@@ -43,6 +43,7 @@ STUB_EXECUTABLES = (
     "/usr/bin/docker",
     "/usr/local/bin/sidekick",
     "/bin/sh",
+    "/bin/mkdir",
     "/bin/kill",
     "/usr/bin/touch",
 )
@@ -194,7 +195,8 @@ class TestSystemdUnits:
             "sidekick.service",
             "sidekick-docker.service",
             "apache@.service",
-            "confdata.service",
+            "sidekick-render.service",
+            "sidekick-render-docker.service",
             "confd.service",
             "nginx.service",
         }
@@ -312,6 +314,68 @@ class TestOneInstallOneSetOfSettings:
         assert "for a node without the agent" in readme[: block.start()][-600:]
 
 
+def exec_start(name: str) -> str:
+    """The unit's ExecStart= line, continuations joined, runs of blanks made one."""
+    line = next(line for line in unit_lines(name) if line.startswith("ExecStart="))
+    return " ".join(line.split())
+
+
+class TestRenderUnits:
+    """sidekick-render.service and its container variant feed the nginx that nginx.service
+    runs: one directory, the same path on the host and in each container."""
+
+    def test_template_is_the_packaged_one(self) -> None:
+        """units/sidekick-render/nginx.conf.j2 is sidekick's own nginx template, byte for byte
+        (tests/test_render.py compares that one with the confd template)."""
+        shipped = ROOT / "sidekick" / "templates" / "nginx.conf.j2"
+        assert (UNITS / "sidekick-render" / "nginx.conf.j2").read_text() == shipped.read_text()
+
+    def test_native_unit_checks_then_signals(self) -> None:
+        """The host's sidekick renders into nginx.service's directory, checks the staged file
+        with nginx -t in the image nginx.service runs (mounted at the same path, so {src} is
+        valid inside) and HUPs the nginx.service container through the Docker API."""
+        start = exec_start("sidekick-render.service")
+        assert start.startswith("ExecStart=/usr/local/bin/sidekick render ")
+        assert "--template /etc/sidekick/nginx.conf.j2" in start
+        assert "--dest /etc/sidekick/nginx/nginx.conf" in start
+        assert (
+            "--check-cmd 'docker run --rm -v /etc/sidekick/nginx:/etc/sidekick/nginx:ro "
+            "nginx:stable nginx -t -q -c {src}'" in start
+        )
+        assert start.endswith("--reload-signal HUP --reload-container nginx.service")
+        lines = unit_lines("sidekick-render.service")
+        assert "EnvironmentFile=-/etc/default/sidekick" in lines
+        assert "Before=nginx.service" in lines
+
+    def test_container_variant_signals_without_a_check(self) -> None:
+        """The image has no nginx and no docker CLI: the variant signals through the mounted
+        socket and runs no check (its comment says so)."""
+        text = (UNITS / "sidekick-render-docker.service").read_text()
+        assert "What it cannot do: check the new file." in text
+        start = exec_start("sidekick-render-docker.service")
+        assert "--check-cmd" not in start
+        assert " -v /var/run/docker.sock:/var/run/docker.sock " in start
+        assert " -v /etc/sidekick:/etc/sidekick " in start
+        assert " --no-healthcheck " in start
+        assert "--env-file /etc/default/sidekick -e COREOS_PRIVATE_IPV4 " in start
+        assert start.endswith(
+            "sidekick:latest render --template /etc/sidekick/nginx.conf.j2 "
+            "--dest /etc/sidekick/nginx/nginx.conf --reload-signal HUP "
+            "--reload-container nginx.service"
+        )
+
+    def test_nginx_reads_the_rendered_directory(self) -> None:
+        """nginx.service mounts /etc/sidekick/nginx (a directory: the rename of a new file
+        would not reach a file bind mount) and runs nginx on the file both renderers write;
+        confd renders there too."""
+        start = exec_start("nginx.service")
+        assert " -v /etc/sidekick/nginx:/etc/sidekick/nginx:ro " in start
+        assert start.endswith("nginx -c /etc/sidekick/nginx/nginx.conf -g 'daemon off;'")
+        assert "--volumes-from" not in start
+        confd = exec_start("confd.service")
+        assert " -v /etc/sidekick/nginx:/etc/sidekick/nginx " in confd
+
+
 def fixture_header(kv: dict[str, str]) -> str:
     """The comment that opens tests/data/nginx-N-backends.conf: what produced the file."""
     keys = ", ".join(f"{k}={v}" for k, v in sorted(kv.items())) or "none"
@@ -331,7 +395,7 @@ class TestConfdNginxTemplate:
         """nginx.toml watches /test, checks with nginx -t and reloads with a HUP."""
         text = RESOURCE.read_text()
         assert 'src = "nginx.conf.tmpl"' in text
-        assert 'dest = "/etc/nginx/nginx.conf"' in text
+        assert 'dest = "/etc/sidekick/nginx/nginx.conf"' in text
         assert 'keys = ["/test"]' in text
         assert 'check_cmd = "nginx -t -c {{.src}}"' in text
         assert 'reload_cmd = "docker kill -s HUP nginx.service"' in text

@@ -1,0 +1,416 @@
+"""The realistic workloads: containers as they are run in production, not the fast path.
+
+Three kinds, each built offline on the bench's busybox image, all published `-p 80` style on
+127.0.0.1 (Docker picks the host port; the key is then read back from `docker port`), all
+stopped with `docker stop`, PID 1 draining DRAIN seconds before it exits:
+
+  port        no healthcheck; the image's default stop signal (SIGTERM)
+  health      the image has a HEALTHCHECK that passes READY seconds after the start
+              (interval HEALTH_INTERVAL_MS): registered from the `health_status: healthy` event
+  stopsignal  the image says STOPSIGNAL SIGQUIT (what nginx's image says)
+
+Rows: one after another (each waits for its key), bursts of BURST at once (kinds round-robin),
+and containers of every kind already running when the agent starts. Withdrawal is timed from
+the stop's first event (the `kill` with the stop signal) and from the `die` (negative: the key
+was gone before the container died, i.e. during its drain).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import docker
+import docker.errors
+
+from bench.common import (
+    BENCH_LABEL,
+    CLK_TCK,
+    GROUP_LABEL,
+    PID_LABEL,
+    EtcdProbe,
+    Member,
+    cpu_ticks,
+    pss_kb,
+    rss_kb,
+    summary,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from bench.harness import Bench
+
+KINDS = ("port", "health", "stopsignal")
+BURST = 20
+DRAIN = 0.3  # seconds PID 1 takes between the stop signal and its exit
+READY = 0.3  # seconds after the start at which the healthcheck begins to pass
+HEALTH_INTERVAL_MS = 100
+STOP_TIMEOUT = 10  # docker stop -t: far above DRAIN, so no container is SIGKILLed
+# PID 1 drains on TERM and QUIT, marks itself ready READY s after it starts, then waits.
+COMMAND = [
+    "sh",
+    "-c",
+    f'trap "sleep {DRAIN}; exit 0" TERM QUIT; '
+    f"(sleep {READY}; echo ok > /tmp/ready) & sleep 3600 & wait",
+]
+HEALTHY = "health_status: healthy"
+
+
+@dataclass(frozen=True)
+class RealisticPlan:
+    sequential: int  # containers one after another, kinds round-robin
+    bursts: int  # bursts of BURST, kinds round-robin
+    running_per_kind: int  # already running when the agent starts
+
+    @classmethod
+    def make(cls, quick: bool) -> RealisticPlan:
+        return cls(
+            sequential=30 if quick else 150,
+            bursts=2 if quick else 10,
+            running_per_kind=10 if quick else 40,
+        )
+
+
+@dataclass(frozen=True)
+class Started:
+    kind: str
+    member: Member
+
+
+def build_images(client: docker.DockerClient, base: str) -> dict[str, str]:
+    """kind -> image tag; built from `base` with a Dockerfile (no registry: FROM a local tag)."""
+    extra = {
+        "port": "",
+        "health": (
+            f"HEALTHCHECK --interval={HEALTH_INTERVAL_MS}ms --timeout=2s --retries=3 "
+            "CMD cat /tmp/ready\n"
+        ),
+        "stopsignal": "STOPSIGNAL SIGQUIT\n",
+    }
+    images = {}
+    for kind, lines in extra.items():
+        dockerfile = f"FROM {base}\n{lines}"
+        tag = f"sidekick-bench/{kind}:{hashlib.sha256(dockerfile.encode()).hexdigest()[:12]}"
+        try:
+            client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+        images[kind] = tag
+    return images
+
+
+class RealisticFleet:
+    """Starts and stops the realistic containers of one run (labelled as bench.common.Fleet's)."""
+
+    def __init__(self, bench: Bench, images: dict[str, str]) -> None:
+        self.api: docker.APIClient = bench.client.api
+        self.run_id = bench.run_id
+        self.network = bench.fleet.network
+        self.images = images
+        self._serial = 0
+
+    def start(self, group: str, kind: str, labels: dict[str, str] | None = None) -> Started:
+        self._serial += 1  # only the calling thread's uniqueness matters: names carry a uuid
+        service = f"{group}{kind[0]}{self._serial:04d}{os.urandom(2).hex()}"
+        name = f"skb-{self.run_id}-{service}"
+        created = self.api.create_container(
+            self.images[kind],
+            command=COMMAND,
+            labels={
+                BENCH_LABEL: self.run_id,
+                PID_LABEL: str(os.getpid()),
+                GROUP_LABEL: f"{self.run_id}-{group}",
+                "sidekick.enable": "true",
+                "sidekick.service": service,
+                **(labels or {}),
+            },
+            ports=[80],
+            name=name,
+            host_config=self.api.create_host_config(
+                port_bindings={80: ("127.0.0.1", None)}, network_mode=self.network
+            ),
+        )
+        self.api.start(created["Id"])
+        bound = self.api.port(created["Id"], 80) or []
+        port = int(bound[0]["HostPort"])
+        return Started(kind, Member(created["Id"], name, service, port))
+
+    def stop(self, started: Started) -> None:
+        with contextlib.suppress(docker.errors.APIError):
+            self.api.stop(started.member.id, timeout=STOP_TIMEOUT)
+
+    def healthy(self, started: Started) -> bool:
+        state = self.api.inspect_container(started.member.id)["State"]
+        return bool((state.get("Health") or {}).get("Status") == "healthy")
+
+    def remove(self, items: list[Started]) -> None:
+        def one(item: Started) -> None:
+            with contextlib.suppress(docker.errors.APIError):
+                self.api.remove_container(item.member.id, force=True)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, items))
+
+
+def _registered_from(kind: str) -> str:
+    return HEALTHY if kind == "health" else "start"
+
+
+def _timings(bench: Bench, prefix: str, items: list[Started]) -> dict[str, Any]:
+    """Per kind and for all: register (from start, or from healthy), withdraw from kill and
+    from die; plus start -> healthy for the health kind."""
+    assert bench.events is not None and bench.watch is not None
+    events, watch = bench.events, bench.watch
+    rows: dict[str, dict[str, list[float]]] = {
+        k: {"register": [], "from_kill": [], "from_die": [], "start_to_healthy": []}
+        for k in (*KINDS, "all")
+    }
+    missing: dict[str, dict[str, int]] = {
+        k: {"register": 0, "from_kill": 0, "from_die": 0} for k in (*KINDS, "all")
+    }
+    for item in items:
+        key = f"{prefix}/{item.member.key}"
+        put, gone = watch.first(key, "PUT"), watch.first(key, "DELETE")
+        origin = events.time_of(item.member.id, _registered_from(item.kind), timeout=2)
+        kill = events.time_of(item.member.id, "kill", timeout=2)
+        die = events.time_of(item.member.id, "die", timeout=2)
+        for bucket in (item.kind, "all"):
+            for name, t0, t1 in (
+                ("register", origin, put),
+                ("from_kill", kill, gone),
+                ("from_die", die, gone),
+            ):
+                if t0 and t1:
+                    rows[bucket][name].append((t1 - t0) / 1e6)
+                else:
+                    missing[bucket][name] += 1
+        if item.kind == "health":
+            started = events.time_of(item.member.id, "start", timeout=0)
+            if started and origin:
+                rows["health"]["start_to_healthy"].append((origin - started) / 1e6)
+    return {
+        k: {
+            "register": summary(v["register"], missing[k]["register"]),
+            "deregister_from_kill": summary(v["from_kill"], missing[k]["from_kill"]),
+            "deregister_from_die": summary(v["from_die"], missing[k]["from_die"]),
+            "register_ms": v["register"],
+            "deregister_from_kill_ms": v["from_kill"],
+            **({"start_to_healthy": summary(v["start_to_healthy"])} if k == "health" else {}),
+        }
+        for k, v in rows.items()
+    }
+
+
+def _wait_keys(bench: Bench, prefix: str, items: list[Started], kind: str, timeout: float) -> bool:
+    assert bench.watch is not None
+    return bench.watch.wait_seen([f"{prefix}/{i.member.key}" for i in items], kind, timeout)
+
+
+def run_rounds(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[str, Any]:
+    """One agent; containers one after another, then bursts; each stopped with `docker stop`."""
+    prefix, group = f"{bench.base}/real", "real"
+    agent = bench.start_agent("realistic", prefix, group)
+    assert agent.process is not None
+    out: dict[str, Any] = {}
+    try:
+        # one warm-up container of each kind, not counted
+        warm = [rfleet.start(group, kind) for kind in KINDS]
+        _wait_keys(bench, prefix, warm, "PUT", 15)
+        for item in warm:
+            rfleet.stop(item)
+        _wait_keys(bench, prefix, warm, "DELETE", 15)
+        rfleet.remove(warm)
+
+        ticks = cpu_ticks(agent.process.pid)
+        bench_log(f"realistic: {plan.sequential} containers one after another")
+        sequential: list[Started] = []
+        for i in range(plan.sequential):
+            item = rfleet.start(group, KINDS[i % len(KINDS)])
+            _wait_keys(bench, prefix, [item], "PUT", 15)
+            sequential.append(item)
+            time.sleep(0.02)
+        for item in sequential:
+            rfleet.stop(item)
+            _wait_keys(bench, prefix, [item], "DELETE", 15)
+            time.sleep(0.02)
+        rfleet.remove(sequential)
+
+        bench_log(f"realistic: {plan.bursts} bursts of {BURST} at once")
+        probe = EtcdProbe(bench.etcd.url, "/sidekick-bench-probe/real", bench.workdir / "probe.log")
+        windows: list[tuple[int, int]] = []
+        bursts: list[Started] = []
+        with ThreadPoolExecutor(BURST) as pool:
+            for _ in range(plan.bursts):
+                began = time.time_ns()
+                members = list(
+                    pool.map(lambda i: rfleet.start(group, KINDS[i % len(KINDS)]), range(BURST))
+                )
+                _wait_keys(bench, prefix, members, "PUT", 30)
+                list(pool.map(rfleet.stop, members))
+                _wait_keys(bench, prefix, members, "DELETE", 30)
+                windows.append((began, time.time_ns()))
+                rfleet.remove(members)
+                bursts.extend(members)
+                time.sleep(0.2)
+        probe.close()
+        containers = len(sequential) + len(bursts)
+        out["agent_cpu_ms_per_event"] = (
+            (cpu_ticks(agent.process.pid) - ticks) / CLK_TCK * 1000 / (2 * containers)
+        )
+        out["sequential"] = _timings(bench, prefix, sequential)
+        out["burst"] = _timings(bench, prefix, bursts)
+        out["burst"]["etcd_put"] = summary(probe.within(windows))
+        out["all"] = _timings(bench, prefix, sequential + bursts)["all"]
+    finally:
+        bench.stop_agent(agent)
+    return out
+
+
+def run_running(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[str, Any]:
+    """Containers of every kind already running (health ones healthy) when the agent starts:
+    from the agent's spawn to every key present with the right value; then its idle PSS."""
+    assert bench.watch is not None
+    group = "realrun"
+    items: list[Started] = []
+    with ThreadPoolExecutor(8) as pool:
+        items = list(
+            pool.map(
+                lambda i: rfleet.start(group, KINDS[i % len(KINDS)]),
+                range(plan.running_per_kind * len(KINDS)),
+            )
+        )
+    health = [i for i in items if i.kind == "health"]
+    healthy = wait_until(lambda: all(rfleet.healthy(i) for i in health), 60, 0.1)
+    prefix = f"{bench.base}/realrun"
+    keys = {f"{prefix}/{i.member.key}": i for i in items}
+    time.sleep(0.5)
+    t0 = time.time_ns()
+    agent = bench.start_agent("realrun", prefix, group, wait_ready=False)
+    assert agent.process is not None
+    try:
+        complete = bench.watch.wait_seen(keys, "PUT", 60)
+        arrivals = {k: bench.watch.first(k, "PUT") or 0 for k in keys}
+        wrong = sorted(k for k, i in keys.items() if bench.watch.present.get(k) != i.member.value)
+        by_kind = {
+            kind: (max(t for k, t in arrivals.items() if keys[k].kind == kind) - t0) / 1e9
+            if complete
+            else math.nan
+            for kind in KINDS
+        }
+        agent.wait_log("reconciled", timeout=30)
+        time.sleep(3.0)  # idle: the start-up's garbage collected, no event in flight
+        pid = agent.process.pid
+        pss = [pss_kb(pid)]
+        for _ in range(4):
+            time.sleep(0.5)
+            pss.append(pss_kb(pid))
+        rss = rss_kb(pid)
+    finally:
+        bench.stop_agent(agent)
+        rfleet.remove(items)
+    return {
+        "containers": len(items),
+        "by_kind_count": {k: sum(1 for i in items if i.kind == k) for k in KINDS},
+        "health_healthy_before_start": bool(healthy),
+        "complete": complete,
+        "seconds": (max(arrivals.values()) - t0) / 1e9 if complete else math.nan,
+        "first_key_seconds": (min(arrivals.values()) - t0) / 1e9 if complete else math.nan,
+        "seconds_by_kind": by_kind,
+        "wrong_values": len(wrong),
+        "wrong_examples": wrong[:5],
+        "idle_pss_mb": max(pss) / 1024,
+        "idle_rss_mb": rss / 1024,
+        "registrations": len(items),
+    }
+
+
+def import_floor_pss_mb(bench: Bench) -> dict[str, float]:
+    """PSS of `python -c 'import sidekick.cli'` kept alive: the floor of any `sidekick run`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEKICK_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, sidekick.cli; print('ready', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        process.stdout.readline()
+        time.sleep(0.5)
+        pss, rss = pss_kb(process.pid), rss_kb(process.pid)
+        process.stdin.close()
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    return {"pss_mb": pss / 1024, "rss_mb": rss / 1024}
+
+
+def bench_log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(bench: Bench, plan: RealisticPlan) -> dict[str, Any]:
+    """Every realistic row: rounds, already running, idle PSS and the import floor."""
+    images = build_images(bench.client, bench.image)
+    rfleet = RealisticFleet(bench, images)
+    bench_log(
+        f"realistic: kinds {', '.join(KINDS)}; `-p 80` on 127.0.0.1, docker stop, drain {DRAIN} s"
+    )
+    out: dict[str, Any] = {
+        "plan": {
+            **plan.__dict__,
+            "kinds": list(KINDS),
+            "burst": BURST,
+            "drain_seconds": DRAIN,
+            "ready_seconds": READY,
+            "health_interval_ms": HEALTH_INTERVAL_MS,
+            "stop_timeout": STOP_TIMEOUT,
+            "images": images,
+        }
+    }
+    out.update(run_rounds(bench, plan, rfleet))
+    bench_log(f"realistic: {plan.running_per_kind} of each kind already running")
+    out["running"] = run_running(bench, plan, rfleet)
+    out["import_floor"] = import_floor_pss_mb(bench)
+    return out
+
+
+def print_summary(real: dict[str, Any]) -> None:
+    """--realistic: one line per row on stderr."""
+
+    def f(s: dict[str, Any]) -> str:
+        return f"n={s['n']} miss={s['missing']} p50={s['p50']:.1f} p99={s['p99']:.1f}"
+
+    for mode in ("sequential", "burst"):
+        for kind in (*KINDS, "all"):
+            row = real[mode][kind]
+            bench_log(
+                f"{mode:10} {kind:10} register {f(row['register'])} | withdraw from kill "
+                f"{f(row['deregister_from_kill'])} | from die {f(row['deregister_from_die'])}"
+            )
+    bench_log(f"burst etcd put p99={real['burst']['etcd_put']['p99']:.1f} ms")
+    bench_log(f"agent cpu per start or stop: {real['agent_cpu_ms_per_event']:.2f} ms")
+    run_ = real["running"]
+    bench_log(
+        f"already running: {run_['containers']} in {run_['seconds']:.3f} s "
+        f"(by kind {run_['seconds_by_kind']}), wrong values {run_['wrong_values']}; "
+        f"idle PSS {run_['idle_pss_mb']:.1f} MB with {run_['registrations']} registrations; "
+        f"import floor PSS {real['import_floor']['pss_mb']:.1f} MB"
+    )

@@ -1,0 +1,312 @@
+"""A lighter HTTP transport under etcd3gw and docker-py, for the agent's many small requests.
+
+etcd3gw and docker-py are used as they are; only the session under them changes. A plain call
+(no stream, files, auth, cookies, hooks or proxies: every etcd transaction and keepalive,
+every Docker inspect and listing) goes over one kept http.client connection per session and
+comes back as a requests.Response; anything else takes requests' own path. Measured with
+callgrind on this machine: a requests call costs ~2.2 M instructions, this path ~0.6 M
+(bench/README: `./bench/run --profile`); the agent makes two to four such calls per container.
+
+Failures are raised as requests raises them (ConnectionError, Timeout, SSLError, with the
+socket's or TLS library's error as the cause), so etcd3gw's and docker-py's error handling,
+and ours above them, see what they always saw.
+
+Runs on: the thread that owns the session (each thread has its own sessions and connections).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+import docker
+import requests
+from requests.structures import CaseInsensitiveDict
+
+_PLAIN_ARGUMENTS = frozenset({"params", "data", "json", "headers", "timeout", "allow_redirects"})
+UNIX_SCHEMES = ("http+docker", "http+unix")
+
+
+class Connection:
+    """One kept socket speaking HTTP/1.1: the whole request in one write (no Nagle wait
+    between head and body), the answer read by Content-Length or chunks."""
+
+    def __init__(self, sock: socket.socket, host_header: str) -> None:
+        self.sock = sock
+        self.file = sock.makefile("rb")
+        self.host_header = host_header
+
+    def exchange(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | None, timeout: Any
+    ) -> tuple[int, str, list[tuple[str, str]], bytes, bool]:
+        """(status, reason, headers, content, server will close). OSError or
+        http.client.HTTPException when the exchange fails."""
+        self.sock.settimeout(timeout)
+        head = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
+        head += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in _OURS]
+        if body is not None or method in {"POST", "PUT"}:
+            head.append(f"Content-Length: {len(body or b'')}")
+        self.sock.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + (body or b""))
+        while True:
+            line = self.file.readline(_MAX_LINE)
+            if not line:
+                raise http.client.RemoteDisconnected("the connection closed with no answer")
+            version, status, reason = _status_line(line)
+            answer_headers = self._headers()
+            if not 100 <= status < 200:
+                break
+        fields = {name.lower(): value for name, value in answer_headers}
+        close = version == "HTTP/1.0" or fields.get("connection", "").lower() == "close"
+        if method == "HEAD" or status in {204, 304}:
+            content = b""
+        elif "chunked" in fields.get("transfer-encoding", "").lower():
+            content = self._chunked()
+        elif "content-length" in fields:
+            content = self._exactly(int(fields["content-length"]))
+        else:
+            content, close = self.file.read(), True
+        return status, reason, answer_headers, content, close
+
+    def _headers(self) -> list[tuple[str, str]]:
+        found = []
+        while (line := self.file.readline(_MAX_LINE)) not in {b"\r\n", b"\n", b""}:
+            name, _, value = line.decode("latin-1").partition(":")
+            found.append((name.strip(), value.strip()))
+        return found
+
+    def _exactly(self, size: int) -> bytes:
+        data = self.file.read(size)
+        if len(data) < size:
+            raise http.client.IncompleteRead(data, size - len(data))
+        return data
+
+    def _chunked(self) -> bytes:
+        chunks = []
+        while (size := int(self.file.readline(_MAX_LINE).split(b";")[0].strip() or b"0", 16)) > 0:
+            chunks.append(self._exactly(size))
+            self.file.readline(_MAX_LINE)  # the chunk's CRLF
+        self._headers()  # trailers, up to the blank line
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+_OURS = frozenset({"host", "content-length"})
+_MAX_LINE = 65536
+
+
+def _status_line(line: bytes) -> tuple[str, int, str]:
+    version, _, rest = line.decode("latin-1").strip().partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or not code.isdigit():
+        raise http.client.BadStatusLine(line.decode("latin-1"))
+    return version, int(code), reason
+
+
+class Wire:
+    """The kept connections of one session, by (scheme, host, port)."""
+
+    def __init__(self, session: requests.Session, unix_socket: str | None = None) -> None:
+        self.session = session
+        self.unix_socket = unix_socket
+        self._connections: dict[tuple[str, str, int], Connection] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def plain(self, method: str, url: str | bytes, kwargs: dict[str, Any]) -> bool:
+        """Whether this call can take the light path."""
+        s = self.session
+        return (
+            isinstance(url, str)
+            and method in {"GET", "POST", "PUT", "DELETE", "HEAD"}
+            and _PLAIN_ARGUMENTS.issuperset(kwargs)
+            and not (s.trust_env or s.cookies or s.auth or s.proxies or s.params or s.stream)
+            and not any(s.hooks.values())
+            and urlsplit(url).scheme in {"http", "https", *UNIX_SCHEMES}
+        )
+
+    def send(self, method: str, url: str, kwargs: dict[str, Any]) -> requests.Response:
+        """The call over a kept connection (a stale one is replaced once)."""
+        headers = CaseInsensitiveDict(self.session.headers)
+        for name, value in (kwargs.get("headers") or {}).items():
+            if value is None:
+                headers.pop(name, None)  # as requests does: None drops a session header
+            else:
+                headers[name] = value
+        headers["Accept-Encoding"] = "identity"  # we decode no gzip
+        prepared = requests.PreparedRequest()
+        prepared.prepare(
+            method=method,
+            url=url,
+            headers=headers,
+            data=kwargs.get("data") or {},
+            json=kwargs.get("json"),
+            params=kwargs.get("params") or {},
+        )
+        parts = urlsplit(str(prepared.url))
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        body = prepared.body.encode() if isinstance(prepared.body, str) else prepared.body
+        key = (parts.scheme, parts.hostname or "", parts.port or 0)
+        if parts.scheme == "https":
+            self._tls_context()  # a TLS file it cannot read: OSError, outside the retries
+        timeout = kwargs.get("timeout")
+        connect_timeout, read_timeout = timeout if isinstance(timeout, tuple) else (timeout,) * 2
+        for attempt in range(2):
+            connection = self._connections.get(key)
+            reused = connection is not None
+            try:
+                if connection is None:
+                    connection = self._connections[key] = self._connect(key, connect_timeout)
+                status, reason, fields, content, close = connection.exchange(
+                    method, target, dict(prepared.headers), body, read_timeout
+                )
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(key)
+                stale = isinstance(
+                    exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+                )
+                if reused and stale and attempt == 0:
+                    continue  # the server closed a kept connection: one new one
+                raise _as_requests_error(exc, prepared) from exc
+            if close:
+                self._drop(key)
+            return _response(prepared, status, reason, fields, content)
+        raise AssertionError("unreachable")
+
+    def _connect(self, key: tuple[str, str, int], timeout: float | None) -> Connection:
+        scheme, host, port = key
+        if scheme in UNIX_SCHEMES:
+            if self.unix_socket is None:
+                raise requests.exceptions.InvalidURL(f"no socket path for {scheme}://{host}")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(self.unix_socket)
+            except OSError:
+                sock.close()
+                raise
+            return Connection(sock, "localhost")
+        context = self._tls_context() if scheme == "https" else None  # OSError: a TLS file
+        port = port or (443 if context else 80)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=host)
+        except OSError:
+            sock.close()
+            raise
+        name = f"[{host}]" if ":" in host else host
+        return Connection(sock, name if port == (443 if context else 80) else f"{name}:{port}")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The session's verify and cert settings as an SSL context (read once). A file it
+        cannot read raises OSError, as requests does."""
+        if self._tls is None:
+            verify, cert = self.session.verify, self.session.cert
+            _must_exist("CA certificate bundle", verify if isinstance(verify, str) else None)
+            pair = cert if isinstance(cert, tuple) else (cert, None)
+            _must_exist("certificate file", pair[0])
+            _must_exist("key file", pair[1])
+            context = ssl.create_default_context(
+                cafile=verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+            )
+            if verify is False:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if isinstance(cert, tuple):
+                context.load_cert_chain(cert[0], cert[1])
+            elif isinstance(cert, str):
+                context.load_cert_chain(cert)
+            self._tls = context
+        return self._tls
+
+    def _drop(self, key: tuple[str, str, int]) -> None:
+        connection = self._connections.pop(key, None)
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        for key in list(self._connections):
+            self._drop(key)
+
+
+def _must_exist(what: str, path: str | None) -> None:
+    """requests' own words for a TLS file that is not there."""
+    if path is not None and not os.path.exists(path):
+        raise OSError(f"Could not find the TLS {what}, invalid path: {path}")
+
+
+def _as_requests_error(exc: BaseException, prepared: requests.PreparedRequest) -> Exception:
+    where = f"{prepared.method} {prepared.url}"
+    if isinstance(exc, ssl.SSLError):
+        return requests.exceptions.SSLError(f"{where}: {exc}", request=prepared)
+    if isinstance(exc, TimeoutError):
+        return requests.exceptions.Timeout(f"{where}: timed out", request=prepared)
+    return requests.exceptions.ConnectionError(f"{where}: {exc}", request=prepared)
+
+
+def _response(
+    prepared: requests.PreparedRequest,
+    status: int,
+    reason: str,
+    fields: list[tuple[str, str]],
+    content: bytes,
+) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response.reason = reason
+    response.headers = CaseInsensitiveDict(fields)
+    response._content = content
+    response._content_consumed = True  # type: ignore[attr-defined]  # nothing left to read
+    response.url = prepared.url or ""
+    response.request = prepared
+    response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+    return response
+
+
+class WireSession(requests.Session):
+    """A requests.Session (for etcd3gw) whose plain calls take the light path. trust_env
+    is off: a REQUESTS_CA_BUNDLE in the environment must not replace our CA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trust_env = False
+        self.wire = Wire(self)
+
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        method = method.upper()
+        if args or not self.wire.plain(method, url, kwargs):
+            return super().request(method, url, *args, **kwargs)
+        return self.wire.send(method, str(url), kwargs)
+
+    def close(self) -> None:
+        self.wire.close()
+        super().close()
+
+
+class WireAPIClient(docker.APIClient):  # type: ignore[misc]  # docker-py ships no types
+    """docker-py's low-level client whose plain calls take the light path (trust_env off)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trust_env = False
+        adapter = getattr(self, "_custom_adapter", None)
+        self.wire = Wire(self, unix_socket=getattr(adapter, "socket_path", None))
+
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        method = method.upper()
+        if args or not self.wire.plain(method, url, kwargs):
+            return super().request(method, url, *args, **kwargs)
+        return self.wire.send(method, str(url), kwargs)
+
+    def close(self) -> None:
+        self.wire.close()
+        super().close()
