@@ -85,8 +85,32 @@ SHARED_OPTIONS: list[tuple[str, str, Any, str]] = [
         "Announce every container with a published TCP port unless it has sidekick.enable=false.",
     ),
     ("filters", "--filter", list[str], "Only containers matching label=KEY[=VALUE] (repeatable)."),
-    ("key_template", "--key-template", str, "Key layout. (default: {prefix}/{service}-{port})"),
-    ("value_template", "--value-template", str, "Value layout. (default: {ip}:{port})"),
+    (
+        "address",
+        "--address",
+        str,
+        "host: published ports at the node's address; container: the container's own IP and "
+        "port on --network (label sidekick.address overrides). (default: host)",
+    ),
+    (
+        "network",
+        "--network",
+        str,
+        "With --address container: the network whose address is announced (label "
+        "sidekick.network overrides; needed for containers on several networks).",
+    ),
+    (
+        "key_template",
+        "--key-template",
+        str,
+        "Key layout; also {proto}, {label:NAME}. (default: {prefix}/{service}-{port})",
+    ),
+    (
+        "value_template",
+        "--value-template",
+        str,
+        "Value layout; also {label:NAME}, {json:NAME,...}. (default: {ip}:{port})",
+    ),
     ("node", "--node", str, "This node's name, for {node}. (default: the hostname)"),
     (
         "ttl",
@@ -269,11 +293,14 @@ def run(
 ) -> None:
     """Run the agent: follow Docker events and keep etcd right until SIGTERM."""
     try:
-        ip = require_host_ip(config)
+        # with container addresses the node's own is needed only for containers that say
+        # otherwise (label sidekick.address=host, --net host): they are skipped saying so
+        ip = None if config.address == "container" else require_host_ip(config)
         address = parse_address(metrics_address, "--metrics-address") if metrics_address else None
     except ConfigError as exc:
         fail(str(exc))
-    verdict = hostaddr.judge(ip, hostaddr.local_addresses())
+    ip = ip or config.host_ip
+    verdict = None if ip is None else hostaddr.judge(ip, hostaddr.local_addresses())
     if verdict is not None and verdict.refuse and not force_host_ip:
         fail(f"{verdict.text} (from {config.host_ip_source}; --force-host-ip to use it anyway)")
     store = (
@@ -609,6 +636,7 @@ def _option_name(ctx: typer.Context, param: str, flag: str, envvar: str) -> str:
 @with_config(
     without=AGENT_ONLY
     | {"ttl", "host_ip", "all_containers", "filters", "key_template", "value_template", "node"}
+    | {"address", "network"}
 )
 def render(
     config: Config,

@@ -11,20 +11,22 @@ import math
 import os
 import re
 import socket
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sidekick import templating
+
 DEFAULT_ENVIRONMENT_FILE = Path("/etc/environment")
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 DEFAULT_KEY_TEMPLATE = "{prefix}/{service}-{port}"
 DEFAULT_VALUE_TEMPLATE = "{ip}:{port}"
-TEMPLATE_FIELDS = frozenset(
-    {"prefix", "service", "port", "ip", "node", "container", "container_port", "container_id"}
-)
+TEMPLATE_FIELDS = templating.FIELDS
+ADDRESS_MODES = ("host", "container")
+# Docker's network names (daemon/names.go: RestrictedNamePattern)
+NETWORK_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 DEFAULT_TTL = 30
 MIN_TTL = 2  # etcd silently raises anything smaller to 2 s
 LOG_FORMATS = ("auto", "console", "json")
@@ -93,6 +95,8 @@ class Config:
     key_template: str = DEFAULT_KEY_TEMPLATE
     value_template: str = DEFAULT_VALUE_TEMPLATE
     keep_on_exit: bool = False
+    address: str = "host"  # host: published ports at the node's address; container: see model
+    network: str | None = None  # with address container: the network whose address counts
     node: str = field(default_factory=socket.gethostname)
     log_format: str = "auto"
     log_level: str = "info"
@@ -121,6 +125,8 @@ OPTIONS: dict[str, str] = {
     "key_template": "--key-template",
     "value_template": "--value-template",
     "keep_on_exit": "--keep-on-exit",
+    "address": "--address",
+    "network": "--network",
     "node": "--node",
     "log_format": "--log-format",
     "log_level": "--log-level",
@@ -259,6 +265,17 @@ def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = No
     for name, required in (("key_template", "{prefix}/"), ("value_template", "")):
         if (found := text(name)) is not None:
             values[name] = _parse_template(*found, required_start=required)
+    if (found := text("address")) is not None:
+        if found[0].strip().lower() not in ADDRESS_MODES:
+            raise ConfigError(f"{found[1]}: must be host or container, got {found[0]!r}")
+        values["address"] = found[0].strip().lower()
+    if (found := text("network")) is not None:
+        if not NETWORK_RE.fullmatch(found[0]):
+            raise ConfigError(
+                f"{found[1]}: not a Docker network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*), "
+                f"got {found[0]!r}"
+            )
+        values["network"] = found[0]
     if (found := text("node")) is not None:
         if not _NODE_RE.fullmatch(found[0]):
             raise ConfigError(
@@ -467,18 +484,9 @@ def _parse_filters(value: Any, source: str) -> tuple[tuple[str, str], ...]:
 
 def _parse_template(value: str, source: str, *, required_start: str) -> str:
     try:
-        fields = [(n, s, c) for _, n, s, c in string.Formatter().parse(value) if n is not None]
-    except ValueError as exc:
-        raise ConfigError(f"{source}: bad template {value!r}: {exc}") from None
-    names = [name for name, _, _ in fields]
-    if any(spec or conversion for _, spec, conversion in fields):  # would fail or bloat later
-        raise ConfigError(f"{source}: placeholders take no :format or !conversion, got {value!r}")
-    unknown = sorted({name for name in names if name not in TEMPLATE_FIELDS})
-    if unknown or "" in names:
-        raise ConfigError(
-            f"{source}: unknown placeholder {{{(unknown or [''])[0]}}}; "
-            f"use {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))}"
-        )
+        templating.parse(value, allow_json=not required_start)
+    except templating.TemplateError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if not value.startswith(required_start):
         raise ConfigError(
             f"{source}: must start with {required_start!r} so keys stay under the prefix"

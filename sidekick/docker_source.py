@@ -27,6 +27,7 @@ from sidekick.model import (
     container_from_inspect,
     container_from_summary,
     knowable_at_create,
+    matches_filters,
     stop_signal_of,
 )
 from sidekick.wire import WireAPIClient
@@ -45,6 +46,9 @@ EVENT_ACTIONS = (
     "destroy",
     "pause",
 )
+# Network events that can change a container's address (--address container): the container
+# is Actor.Attributes.container, the network Actor.Attributes.name.
+NETWORK_ACTIONS = ("connect", "disconnect")
 
 
 MIN_API_VERSION = "1.24"  # for the first request; the engine's own version is used after
@@ -69,8 +73,9 @@ class DockerEvent(NamedTuple):
     action: str  # "start", "die", "health_status", ...
     detail: str  # "healthy" for "health_status: healthy", else ""
     container_id: str
-    name: str
+    name: str  # the container's name ("" on a network event)
     attributes: dict[str, str]
+    kind: str = "container"  # or "network": a connect or disconnect of container_id
 
 
 def event_from_raw(raw: Any) -> DockerEvent | None:
@@ -79,15 +84,23 @@ def event_from_raw(raw: Any) -> DockerEvent | None:
         return None
     action, _, detail = str(raw.get("Action") or raw.get("status") or "").partition(":")
     actor: dict[str, Any] = raw["Actor"] if isinstance(raw.get("Actor"), dict) else {}
-    container_id = str(actor.get("ID") or raw.get("id") or "")
-    if raw.get("Type", "container") != "container" or not container_id or not action:
-        return None
     raw_attributes = actor.get("Attributes")
     attributes = (
         {str(k): str(v) for k, v in raw_attributes.items()}
         if isinstance(raw_attributes, dict)
         else {}
     )
+    kind = raw.get("Type", "container")
+    if kind == "network" and action.strip() in NETWORK_ACTIONS:
+        container_id = attributes.get("container", "")
+        return (
+            DockerEvent(action.strip(), attributes.get("name", ""), container_id, "", {}, "network")
+            if container_id
+            else None
+        )
+    container_id = str(actor.get("ID") or raw.get("id") or "")
+    if kind != "container" or not container_id or not action:
+        return None
     return DockerEvent(
         action=action.strip(),
         detail=detail.strip(),
@@ -259,10 +272,15 @@ class DockerSource:
         return containers
 
     def open_events(self) -> Iterator[DockerEvent]:
-        """Connect to the events stream; the iterator simply ends when the engine goes away."""
-        filters: dict[str, Any] = {"type": "container", "event": list(EVENT_ACTIONS)}
-        if self.label_filters:
-            filters["label"] = self.label_filters
+        """Connect to the events stream; the iterator simply ends when the engine goes away.
+
+        The label filters apply here, not at dockerd: a network event carries no labels, and
+        dockerd would drop every one of them (its label filter reads the event's attributes).
+        """
+        filters: dict[str, Any] = {
+            "type": ["container", "network"],
+            "event": [*EVENT_ACTIONS, *NETWORK_ACTIONS],
+        }
         params = {"filters": docker.utils.convert_filters(filters)}
         stream = self._call(lambda api: api.stream_json("/events", params))
         self._stream = stream
@@ -272,8 +290,12 @@ class DockerSource:
         try:
             for raw in stream:
                 event = event_from_raw(raw)
-                if event is not None:
-                    yield event
+                if event is None or (
+                    event.kind == "container"
+                    and not matches_filters(event.attributes, self.label_filters)
+                ):
+                    continue
+                yield event
         except (
             docker.errors.DockerException,
             requests.RequestException,

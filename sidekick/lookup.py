@@ -19,7 +19,7 @@ from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
 from sidekick.intake import Action, route
 from sidekick.lookahead import LookAhead
-from sidekick.model import Announcement, Container, announce
+from sidekick.model import Announcement, Container, address_mode, announce
 from sidekick.sync import Sync
 
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
@@ -27,6 +27,7 @@ LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is
 VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
 HEALTH_VERDICTS = frozenset({"healthy", "unhealthy", "starting"})  # `health_status: X`
 GONE_MEMORY = 10.0  # dockerd lists a container as running for up to ~2 s after its `die`
+NETWORK_SETTLE = 0.25  # a network connect/disconnect shows in listings up to ~60 ms after its event
 
 
 class Lookup:
@@ -57,13 +58,17 @@ class Lookup:
         self.to_verify: dict[str, str] = {}
         self.next_verify = float("inf")
         self.gone_at: dict[str, float] = {}  # container id -> when an event ended it
+        self.by_network: set[str] = set()  # running containers announced by a network address
 
     def on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference."""
         last: dict[str, tuple[DockerEvent, Action]] = {}
         unknown_kill: dict[str, DockerEvent] = {}  # a kill that may be the stop signal
         for event in events:  # the last event that changes something decides
-            action = route(event, self.stop_signals.get(event.container_id))
+            action = self._action(event)
+            ended = event.container_id in last and last[event.container_id][1] is Action.WITHDRAW
+            if event.kind == "network" and ended:
+                continue  # the disconnect of a container that just died is not news
             if action is Action.LEARN_SIGNAL:
                 unknown_kill[event.container_id] = event
             elif action is not Action.NOTHING:
@@ -95,7 +100,17 @@ class Lookup:
         for container_id in last.keys() - done:  # a read made at create serves a first start only
             self.look_ahead.forget(container_id)
         self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
+        if settle := {e.container_id: e.name for e in lookups if e.kind == "network"}:
+            self.to_verify.update(settle)  # the look just made may have come too soon: again
+            self.next_verify = min(self.next_verify, time.monotonic() + NETWORK_SETTLE)
         self._learn_signals(unknown_kill.values())
+
+    def _action(self, event: DockerEvent) -> Action:
+        """route(); a network connect or disconnect matters only to a running container
+        announced (or skipped) by its network address."""
+        if event.kind == "network":
+            return Action.LOOK_UP if event.container_id in self.by_network else Action.NOTHING
+        return route(event, self.stop_signals.get(event.container_id))
 
     def _learn_signals(self, kills: Iterable[DockerEvent]) -> None:
         """Kills with a signal that may be the container's stop signal, taken after the rest
@@ -141,6 +156,8 @@ class Lookup:
         done = set()
         for event in starts:
             ready = self.look_ahead.take(event.container_id, deadline)
+            if ready is not None and address_mode(ready, self.config) == "container":
+                ready = None  # its address on a network is known only once it runs: look up
             if ready is not None:
                 container = ready._replace(name=event.name or ready.name)
                 self.remember(container)
@@ -193,7 +210,8 @@ class Lookup:
             self.fault("docker", exc)  # the reconcile will look again
             return
         for container_id, container in listed.items():
-            self.set(container_id, names[container_id], announce(container, self.config))
+            name = names[container_id] or container.name  # a network event names no container
+            self.set(container_id, name, announce(container, self.config))
         if listed:
             self.write()
         pending, written = False, time.monotonic()
@@ -208,7 +226,7 @@ class Lookup:
             if inspected is not None:
                 self.remember(inspected)
             announcement = announce(inspected, self.config) if inspected else Announcement()
-            self.set(container_id, name, announcement)
+            self.set(container_id, name or (inspected.name if inspected else ""), announcement)
             pending = True
             if time.monotonic() - written >= BATCH_SECONDS:
                 self.write()
@@ -235,6 +253,9 @@ class Lookup:
             self.warned[container_id] = announcement.problem
         else:
             self.warned.pop(container_id, None)
+        self.by_network.discard(container_id)
+        if announcement.by_network:  # a network connect or disconnect may change it
+            self.by_network.add(container_id)
         self.sync.set(container_id, announcement.registrations)
 
     def confirm(self, listed: Sequence[Container]) -> list[Container]:
@@ -263,5 +284,6 @@ class Lookup:
         for known in (self.warned, self.stop_signals, self.known):
             for container_id in set(known) - seen:
                 known.pop(container_id, None)
+        self.by_network &= seen
         self.look_ahead.clear()  # starts and removals drained: their entries are stale
         self.to_verify, self.next_verify = {}, float("inf")  # just read them all

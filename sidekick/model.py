@@ -12,11 +12,15 @@ import signal
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from sidekick.config import Config, unreachable
+from sidekick import templating
+from sidekick.config import NETWORK_RE, Config, unreachable
 
 LABEL_ENABLE = "sidekick.enable"
 LABEL_SERVICE = "sidekick.service"
 LABEL_PORT = "sidekick.port"
+LABEL_ADDRESS = "sidekick.address"
+LABEL_NETWORK = "sidekick.network"
+PROTOCOLS = ("tcp", "udp")
 
 SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_SERVICE_LENGTH = 128
@@ -24,11 +28,20 @@ _SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9._/\-\[\]:@]+$")
 
 
 class PortBinding(NamedTuple):
-    """One published TCP port: container port -> host address and port."""
+    """One published port: container port -> host address and port."""
 
     container_port: int
     host_ip: str
     host_port: int
+    proto: str = "tcp"
+
+
+class NetworkAddress(NamedTuple):
+    """A container's addresses on one Docker network ("" when it has none of that family)."""
+
+    network: str
+    ipv4: str = ""
+    ipv6: str = ""
 
 
 class Container(NamedTuple):
@@ -43,8 +56,9 @@ class Container(NamedTuple):
     health: str | None  # None when the container has no HEALTHCHECK
     host_network: bool
     bindings: tuple[PortBinding, ...]
-    exposed_ports: tuple[int, ...]
+    exposed_ports: tuple[int, ...]  # TCP only: UDP ports are announced only when labelled
     stop_signal: int | None = None  # what `docker stop` sends first; None: not known (listing)
+    networks: tuple[NetworkAddress, ...] = ()  # sorted by name
 
     @property
     def short_id(self) -> str:
@@ -58,6 +72,7 @@ class Registration(NamedTuple):
     value: str
     container_id: str
     container_name: str
+    proto: str = "tcp"
 
 
 class Announcement(NamedTuple):
@@ -65,6 +80,7 @@ class Announcement(NamedTuple):
 
     registrations: tuple[Registration, ...] = ()
     problem: str | None = None  # a warning to log once; nothing is registered
+    by_network: bool = False  # its address is (or would be) a network's: connect/disconnect count
 
 
 class KeyState(NamedTuple):
@@ -117,14 +133,15 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
     health = _mapping(state.get("Health")).get("Status")
     bindings: list[PortBinding] = []
     for spec, hosts in _mapping(network.get("Ports")).items():
-        port = _tcp_port(spec)
+        port, proto = _port_spec(spec)
         if port is None or not isinstance(hosts, list):
             continue
         for raw_host in hosts:
             host = _mapping(raw_host)
             host_port = _port_number(host.get("HostPort"))
             if host_port is not None:
-                bindings.append(PortBinding(port, str(host.get("HostIp") or ""), host_port))
+                host_ip = str(host.get("HostIp") or "")
+                bindings.append(PortBinding(port, host_ip, host_port, proto))
     exposed = sorted(
         {p for p in (_tcp_port(spec) for spec in _mapping(config.get("ExposedPorts"))) if p}
     )
@@ -140,7 +157,23 @@ def container_from_inspect(data: Mapping[str, Any]) -> Container:
         bindings=tuple(bindings),
         exposed_ports=tuple(exposed),
         stop_signal=stop_signal_of(data),
+        networks=networks_of(network),
     )
+
+
+def networks_of(network_settings: Mapping[str, Any]) -> tuple[NetworkAddress, ...]:
+    """NetworkSettings.Networks (inspect and listing alike) as addresses by network name."""
+    found = []
+    for name, raw in _mapping(network_settings.get("Networks")).items():
+        attached = _mapping(raw)
+        found.append(
+            NetworkAddress(
+                str(name),
+                str(attached.get("IPAddress") or ""),
+                str(attached.get("GlobalIPv6Address") or ""),
+            )
+        )
+    return tuple(sorted(found))
 
 
 def signal_number(text: str | None) -> int | None:
@@ -235,15 +268,18 @@ def container_from_summary(summary: Any) -> Container | None:
     status = str(summary.get("Status") or "")
     if summary.get("State") != "running" or network_mode == "host" or "health" in status:
         return None
-    bindings = []
+    bindings, exposed = [], set()
     for raw_port in summary.get("Ports") or []:
         port = _mapping(raw_port)
         private, public = (
             _port_number(port.get("PrivatePort")),
             _port_number(port.get("PublicPort")),
         )
-        if port.get("Type") == "tcp" and private is not None and public is not None:
-            bindings.append(PortBinding(private, str(port.get("IP") or ""), public))
+        proto = str(port.get("Type") or "")
+        if private is not None and proto == "tcp":
+            exposed.add(private)
+        if proto in PROTOCOLS and private is not None and public is not None:
+            bindings.append(PortBinding(private, str(port.get("IP") or ""), public, proto))
     names = summary.get("Names")
     own = [str(n) for n in names if str(n).count("/") == 1] if isinstance(names, list) else []
     return Container(
@@ -256,7 +292,8 @@ def container_from_summary(summary: Any) -> Container | None:
         health=None,
         host_network=False,
         bindings=tuple(bindings),
-        exposed_ports=(),
+        exposed_ports=tuple(sorted(exposed)),
+        networks=networks_of(_mapping(summary.get("NetworkSettings"))),
     )
 
 
@@ -265,10 +302,17 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _tcp_port(spec: Any) -> int | None:
-    number, _, proto = str(spec).partition("/")
-    if proto not in {"", "tcp"}:
-        return None
-    return _port_number(number)
+    port, proto = _port_spec(spec)
+    return port if proto == "tcp" else None
+
+
+def _port_spec(spec: Any) -> tuple[int | None, str]:
+    """ "80/tcp", "53/udp" or "80" -> (port, protocol); (None, "") for anything else."""
+    number, _, proto = str(spec).strip().partition("/")
+    proto = proto.lower() or "tcp"
+    if proto not in PROTOCOLS or not number.isdigit():
+        return None, ""
+    return _port_number(number), proto
 
 
 def _port_number(value: Any) -> int | None:
@@ -280,6 +324,15 @@ def _port_number(value: Any) -> int | None:
 
 
 # -- Container -> Announcement ----------------------------------------------------------------
+
+
+def matches_filters(labels: Mapping[str, str], label_filters: Iterable[str]) -> bool:
+    """True when the labels satisfy every `--filter label=K[=V]` (Docker's semantics)."""
+    for spec in label_filters:
+        key, sep, value = spec.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
 
 
 def opted_in(container: Container, all_containers: bool) -> bool | str:
@@ -306,6 +359,19 @@ def service_name(container: Container) -> str:
     return image.rsplit("/", 1)[-1]
 
 
+Endpoint = tuple[int, str, int, str]  # (container port, address, announced port, protocol)
+
+
+def address_mode(container: Container, config: Config) -> str | None:
+    """ "host" or "container" (label sidekick.address, else --address); None when the label
+    is neither. A host-network container has no address of its own: always "host"."""
+    raw = container.labels.get(LABEL_ADDRESS)
+    mode = config.address if raw is None else raw.strip().lower()
+    if mode not in {"host", "container"}:
+        return None
+    return "host" if container.host_network else mode
+
+
 def announce(container: Container, config: Config) -> Announcement:
     """The registrations a container should have now (none while stopped, paused or unhealthy)."""
     enabled = opted_in(container, config.all_containers)
@@ -322,18 +388,39 @@ def announce(container: Container, config: Config) -> Announcement:
             problem=f"service name {_show(service)} from {origin} must match "
             f"[A-Za-z0-9][A-Za-z0-9._-]* (at most {MAX_SERVICE_LENGTH} characters)"
         )
+    mode = address_mode(container, config)
+    if mode is None:
+        raw = container.labels[LABEL_ADDRESS]
+        return Announcement(problem=f"label {LABEL_ADDRESS}={_show(raw)} is not host or container")
+    by_network = mode == "container"
     wanted = _wanted_ports(container)
     if isinstance(wanted, str):
-        return Announcement(problem=wanted)
-    endpoints = _endpoints(container, wanted, config.host_ip)
+        return Announcement(problem=wanted, by_network=by_network)
+    if by_network:
+        endpoints = _network_endpoints(container, wanted, config.network)
+    else:
+        endpoints = _endpoints(container, wanted, config.host_ip)
     if isinstance(endpoints, str):
-        return Announcement(problem=endpoints)
+        return Announcement(problem=endpoints, by_network=by_network)
     if not endpoints:
         if LABEL_ENABLE in container.labels:  # opted in by label, so say why nothing happens
-            return Announcement(problem="opted in but publishes no TCP port")
-        return Announcement()
-    registrations: dict[str, Registration] = {}
-    for container_port, ip, port in endpoints:
+            verb = "exposes" if by_network else "publishes"
+            return Announcement(problem=f"opted in but {verb} no TCP port", by_network=by_network)
+        return Announcement(by_network=by_network)
+    registrations = _registrations(container, service, endpoints, config)
+    if isinstance(registrations, str):
+        return Announcement(problem=registrations, by_network=by_network)
+    return Announcement(registrations, by_network=by_network)
+
+
+def _registrations(
+    container: Container, service: str, endpoints: list[Endpoint], config: Config
+) -> tuple[Registration, ...] | str:
+    """One registration per key and protocol. The IPv4 and IPv6 addresses of one port give
+    one key (IPv4's); a TCP and a UDP port that give the same key both stay, so that merge()
+    reports the duplicate instead of one being dropped unseen."""
+    registrations: dict[tuple[str, str], Registration] = {}
+    for container_port, ip, port, proto in endpoints:
         fields = {
             "prefix": config.prefix,
             "service": service,
@@ -343,43 +430,96 @@ def announce(container: Container, config: Config) -> Announcement:
             "container": container.name,
             "container_id": container.short_id,
             "container_port": container_port,
+            "proto": proto,
         }
-        key = config.key_template.format(**fields)
-        value = config.value_template.format(**fields)
+        try:
+            key = templating.fill(config.key_template, fields, container.labels)
+            value = templating.fill(config.value_template, fields, container.labels)
+        except templating.TemplateError as exc:
+            return str(exc)
         if not key_is_confined(key, config.prefix):
-            return Announcement(problem=f"key {_show(key)} would fall outside {config.prefix}/")
-        if key not in registrations:
-            registrations[key] = Registration(key, value, container.id, container.name)
-    return Announcement(tuple(registrations.values()))
+            return f"key {_show(key)} would fall outside {config.prefix}/"
+        if (key, proto) not in registrations:
+            registrations[key, proto] = Registration(
+                key, value, container.id, container.name, proto
+            )
+    return tuple(registrations.values())
 
 
-def _wanted_ports(container: Container) -> set[int] | str | None:
+def _wanted_ports(container: Container) -> set[tuple[int, str]] | str | None:
+    """The ports sidekick.port names ("8080", "53/udp", "80/tcp"), or None without the label."""
     raw = container.labels.get(LABEL_PORT)
     if raw is None:
         return None
-    ports: set[int] = set()
+    ports: set[tuple[int, str]] = set()
     for part in raw.split(","):
-        port = _port_number(part.strip()) if part.strip().isdigit() else None
+        port, proto = _port_spec(part)
         if port is None:
             return f"label {LABEL_PORT}={_show(raw)} is not a list of ports 1-65535"
-        ports.add(port)
+        ports.add((port, proto))
     return ports
 
 
+def _network_endpoints(
+    container: Container, wanted: set[tuple[int, str]] | None, network: str | None
+) -> list[Endpoint] | str:
+    """The container's own address on its network and its own ports (nothing published)."""
+    have = _escaped(", ".join(n.network for n in container.networks) or "none", 200)
+    name = container.labels.get(LABEL_NETWORK, network)
+    if name is not None and not NETWORK_RE.fullmatch(name):
+        return f"label {LABEL_NETWORK}={_show(name)} is not a Docker network name"
+    if name is None:
+        if len(container.networks) != 1:
+            return (
+                f"is on {len(container.networks)} networks ({have}): name one with "
+                f"--network or label {LABEL_NETWORK}"
+            )
+        name = container.networks[0].network
+        if not NETWORK_RE.fullmatch(name):
+            return f"is on network {_show(name)}, which is not a Docker network name"
+    attached = next((n for n in container.networks if n.network == name), None)
+    addresses = [a for a in (attached.ipv4, attached.ipv6) if a] if attached else []
+    if not addresses:
+        return f"has no address on network {name} (its networks: {have})"
+    ports = sorted(wanted) if wanted is not None else [(p, "tcp") for p in container.exposed_ports]
+    endpoints = []
+    for raw in addresses:
+        try:
+            address = ipaddress.ip_address(raw)
+        except ValueError:
+            return f"has {_show(raw)} on network {name}, which is not an IP address"
+        if unreachable(address):
+            return f"has {_show(raw)} on network {name}, which other nodes cannot reach"
+        endpoints += [(port, str(address), port, proto) for port, proto in ports]
+    return sorted(set(endpoints), key=_endpoint_order)
+
+
+def _endpoint_order(endpoint: Endpoint) -> tuple[bool, int, str, int, str]:
+    container_port, address, port, proto = endpoint
+    return (":" in address, port, proto, container_port, address)
+
+
 def _endpoints(
-    container: Container, wanted: set[int] | None, host_ip: str | None
-) -> list[tuple[int, str, int]] | str:
-    """(container port, address, host port) triples, IPv4 first, in a stable order."""
+    container: Container, wanted: set[tuple[int, str]] | None, host_ip: str | None
+) -> list[Endpoint] | str:
+    """Published ports at the node's address, IPv4 first, TCP before UDP, in a stable order."""
     if container.host_network:
-        ports = sorted(wanted) if wanted is not None else list(container.exposed_ports)
+        ports = (
+            sorted(wanted) if wanted is not None else [(p, "tcp") for p in container.exposed_ports]
+        )
         if ports and host_ip is None:
             return "host-network container needs the node's address (--host-ip)"
-        return [(port, str(host_ip), port) for port in ports]
-    bindings = [b for b in container.bindings if wanted is None or b.container_port in wanted]
+        return [(port, str(host_ip), port, proto) for port, proto in ports]
+    if wanted is None:  # every published TCP port; UDP only when labelled
+        bindings = [b for b in container.bindings if b.proto == "tcp"]
+    else:
+        bindings = [b for b in container.bindings if (b.container_port, b.proto) in wanted]
     if wanted is not None:
-        missing = sorted(wanted - {b.container_port for b in bindings})
+        missing = sorted(wanted - {(b.container_port, b.proto) for b in bindings})
         if missing:
-            return f"label {LABEL_PORT} names port {missing[0]}, which is not published"
+            port, proto = missing[0]
+            shown = f"{port}/udp" if proto == "udp" else str(port)
+            return f"label {LABEL_PORT} names port {shown}, which is not published"
     endpoints = []
     for binding in bindings:
         try:
@@ -392,8 +532,8 @@ def _endpoints(
             if address.is_unspecified:
                 return "port published on all addresses, and no --host-ip is known"
             return f"published on {_show(binding.host_ip)}, a scoped address"
-        endpoints.append((binding.container_port, str(address), binding.host_port))
-    return sorted(set(endpoints), key=lambda e: (":" in e[1], e[2], e[0], e[1]))
+        endpoints.append((binding.container_port, str(address), binding.host_port, binding.proto))
+    return sorted(set(endpoints), key=_endpoint_order)
 
 
 def key_is_confined(key: str, prefix: str) -> bool:
@@ -406,8 +546,12 @@ def key_is_confined(key: str, prefix: str) -> bool:
 
 def _show(text: str, limit: int = 60) -> str:
     """A label value safe to put in a one-line log message."""
+    return repr(_escaped(text, limit))
+
+
+def _escaped(text: str, limit: int) -> str:
     shown = text.encode("unicode_escape").decode("ascii")
-    return repr(shown if len(shown) <= limit else shown[:limit] + "...")
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 # -- Desired state and the plan ---------------------------------------------------------------

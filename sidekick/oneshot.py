@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import ipaddress
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TextIO, TypeVar
 
 import tenacity
@@ -42,6 +42,7 @@ from sidekick.model import (
     Put,
     Registration,
     announce,
+    matches_filters,
     merge,
     opted_in,
 )
@@ -147,15 +148,6 @@ class Assessment(NamedTuple):
     reason: str = ""
     transient: bool = False  # not running, paused or not healthy yet: may change by itself
     problem: bool = False  # its labels cannot be honoured (the agent logs a warning)
-
-
-def matches_filters(labels: Mapping[str, str], label_filters: Iterable[str]) -> bool:
-    """True when the labels satisfy every `--filter label=K[=V]` (Docker's semantics)."""
-    for spec in label_filters:
-        key, sep, value = spec.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True
 
 
 def assess(container: Container, config: Config) -> Assessment:
@@ -411,11 +403,23 @@ def _collect(
         report.error(brief(exc))
     desired = merge(found)
     for kept, dropped in desired.duplicates:
-        report.warning(
-            f"{dropped.key}: containers {kept.container_name} and {dropped.container_name} "
-            f"give the same key; {kept.container_name} keeps it"
-        )
+        report.warning(duplicate_text(kept, dropped))
     return desired.registrations
+
+
+def duplicate_text(kept: Registration, dropped: Registration) -> str:
+    """One line on a key two registrations give: two containers, or one container's TCP and
+    UDP ports of one number (the key template has no {proto})."""
+    if kept.container_id == dropped.container_id and kept.proto != dropped.proto:
+        return (
+            f"{dropped.key}: container {kept.container_name} gives it to a {kept.proto.upper()} "
+            f"and a {dropped.proto.upper()} port; the {kept.proto.upper()} port keeps it "
+            "(put {proto} in --key-template to announce both)"
+        )
+    return (
+        f"{dropped.key}: containers {kept.container_name} and {dropped.container_name} "
+        f"give the same key; {kept.container_name} keeps it"
+    )
 
 
 def _verb(assessment: Assessment) -> str:

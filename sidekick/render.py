@@ -228,11 +228,21 @@ def load_template(path: Path | None) -> jinja2.Template:
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 - renders a config file, not HTML
     )
+    env.filters["fromjson"] = _from_json  # values laid out by --value-template '{json:...}'
     try:
         return env.get_template(name)
     except jinja2.TemplateError as exc:
         where = f" line {exc.lineno}" if isinstance(exc, jinja2.TemplateSyntaxError) else ""
         raise ConfigError(f"--template: {path or BUILTIN_TEMPLATE}{where}: {exc}") from exc
+
+
+def _from_json(text: str) -> Any:
+    """The `fromjson` filter: a value written by --value-template '{json:...}' as a dict; a
+    value that is not JSON fails the render (the live file stays), naming it."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise jinja2.TemplateRuntimeError(f"fromjson: not JSON: {str(text)[:80]!r}") from exc
 
 
 def _pattern(glob: str) -> re.Pattern[str]:

@@ -69,6 +69,8 @@ def key_fields(key_template: str, prefix: str) -> Callable[[str], dict[str, str]
             continue
         if field == "prefix":
             pattern += re.escape(prefix)
+        elif field in {"label", "json"}:  # {label:NAME}: any label's value, not read back
+            pattern += "(?:.+?)"
         elif field in seen:
             pattern += f"(?P={field})"
         else:

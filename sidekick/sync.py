@@ -174,6 +174,7 @@ class Sync:
                     key=dropped.key,
                     container=dropped.container_name,
                     holder=kept.container_name,
+                    proto=dropped.proto,  # one container's TCP and UDP port of one number
                 )
 
     def _report_clashes(self, clashes: Sequence[Clash], lease: int) -> None:

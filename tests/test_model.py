@@ -173,8 +173,8 @@ class TestContainerFromInspect:
         assert container.running is False
         assert container.bindings == ()
 
-    def test_udp_unpublished_and_bad_ports_are_skipped(self) -> None:
-        """Only TCP ports with a host port 1-65535 become bindings."""
+    def test_unpublished_and_bad_ports_are_skipped(self) -> None:
+        """Only TCP and UDP ports with a host port 1-65535 become bindings."""
         doc = inspect_doc(
             ports={
                 "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "53"}],
@@ -186,7 +186,10 @@ class TestContainerFromInspect:
                 "84/tcp": ["junk", {"HostIp": "", "HostPort": "8084"}],
             }
         )
-        assert container_from_inspect(doc).bindings == (PortBinding(84, "", 8084),)
+        assert container_from_inspect(doc).bindings == (
+            PortBinding(53, "0.0.0.0", 53, "udp"),
+            PortBinding(84, "", 8084),
+        )
 
     def test_restarting_is_not_running(self) -> None:
         """A container in a restart loop counts as not running."""
@@ -730,14 +733,17 @@ class TestContainerFromSummary:
     }
 
     def test_published_tcp_ports(self, config: Config) -> None:
-        """Published TCP ports become bindings; unpublished and UDP ports do not."""
+        """Published ports become bindings (UDP too: announced only when labelled); every
+        listed TCP port is an exposed one."""
         container = container_from_summary(self.SUMMARY)
         assert container is not None
         assert (container.name, container.running) == ("web", True)
         assert container.bindings == (
             PortBinding(80, "127.0.0.1", 8001),
             PortBinding(81, "0.0.0.0", 8002),
+            PortBinding(53, "0.0.0.0", 5353, "udp"),
         )
+        assert container.exposed_ports == (80, 81, 82)
         assert [r.key for r in announce(container, config).registrations] == [
             "/test/apache-8001",
             "/test/apache-8002",

@@ -20,6 +20,7 @@ from sidekick.model import (
     KeyState,
     PortBinding,
     Put,
+    matches_filters,
 )
 from sidekick.oneshot import (
     Present,
@@ -30,7 +31,6 @@ from sidekick.oneshot import (
     brief,
     check_target,
     holder,
-    matches_filters,
     plan_deregister,
     plan_register,
     registrations_while_up,

@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 from sidekick.config import Config, ConfigError, load_config
 from sidekick.model import (
+    LABEL_ADDRESS,
     LABEL_ENABLE,
+    LABEL_NETWORK,
     LABEL_PORT,
     LABEL_SERVICE,
     Announcement,
@@ -138,6 +140,19 @@ ports = st.one_of(
     junk,
 )
 label_value = st.one_of(hostile_text, junk)
+any_ip_text = st.ip_addresses().map(str)
+network_name = st.one_of(st.sampled_from(["bridge", "overlay", "flannel", "a" * 300]), hostile_text)
+attached = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "IPAddress": st.one_of(any_ip_text, host_ip),
+            "GlobalIPv6Address": st.one_of(any_ip_text, host_ip),
+        },
+    ),
+    junk,
+)
+networks = st.one_of(st.dictionaries(network_name, attached, max_size=3), junk)
 labels = st.one_of(
     st.builds(
         lambda chosen, extra: {**extra, **chosen},
@@ -153,11 +168,15 @@ labels = st.one_of(
                     label_value,
                 ),
                 LABEL_PORT: st.one_of(
-                    st.lists(port_number_like, min_size=1, max_size=4).map(
+                    st.lists(port_spec, min_size=1, max_size=4).map(
                         lambda ps: ",".join(map(str, ps))
                     ),
                     label_value,
                 ),
+                LABEL_ADDRESS: st.one_of(st.sampled_from(["host", "container", "x"]), label_value),
+                LABEL_NETWORK: st.one_of(network_name, label_value),
+                "zone": label_value,
+                "weight": label_value,
             },
         ),
         st.dictionaries(st.one_of(hostile_text, hashable_junk), label_value, max_size=5),
@@ -242,21 +261,23 @@ inspect_data = st.fixed_dictionaries(
             junk,
         ),
         "NetworkSettings": st.one_of(
-            st.fixed_dictionaries({}, optional={"Ports": ports}),
+            st.fixed_dictionaries({}, optional={"Ports": ports, "Networks": networks}),
             junk,
         ),
     },
 )
 
 
-def _doc(labels: Any, health: Any, mode: str, ports: Any, exposed: Any) -> dict[str, Any]:
+def _doc(
+    labels: Any, health: Any, mode: str, ports: Any, exposed: Any, attached_to: Any
+) -> dict[str, Any]:
     return {
         "Id": "0123456789ab" * 5 + "cdef",
         "Name": "/web",
         "Config": {"Image": "dash/apache:latest", "Labels": labels, "ExposedPorts": exposed},
         "State": {"Running": True, "Paused": False, "Health": health},
         "HostConfig": {"NetworkMode": mode},
-        "NetworkSettings": {"Ports": ports},
+        "NetworkSettings": {"Ports": ports, "Networks": attached_to},
     }
 
 
@@ -296,8 +317,14 @@ good_labels = st.builds(
         optional={
             LABEL_SERVICE: st.sampled_from(["web", "apache", "a.b_c-1", "a" * 128]),
             LABEL_PORT: st.lists(
-                st.sampled_from(["80", "443", "8080"]), min_size=1, max_size=3
+                st.sampled_from(["80", "443", "8080", "53/udp", "80/udp", "443/tcp"]),
+                min_size=1,
+                max_size=3,
             ).map(",".join),
+            LABEL_ADDRESS: st.sampled_from(["host", "container", "Container "]),
+            LABEL_NETWORK: st.sampled_from(["overlay", "bridge"]),
+            "zone": st.sampled_from(["a", "eu-west-1", "rack/7"]),
+            "weight": st.sampled_from(["1", "5", "10"]),
         },
     ),
     st.one_of(
@@ -328,6 +355,15 @@ FAULTS: dict[tuple[str, ...], st.SearchStrategy[Any]] = {
     ("State", "Restarting"): junk,
     ("State", "Health"): state,
     ("HostConfig", "NetworkMode"): st.one_of(hostile_text, junk),
+    ("Config", "Labels", LABEL_ADDRESS): label_value,
+    ("Config", "Labels", LABEL_NETWORK): st.one_of(network_name, label_value),
+    ("Config", "Labels", "zone"): st.one_of(
+        st.sampled_from(["..", ".", "../../x", "a/../..", "", "a b", "a\nb", "/x", "x/"]),
+        label_value,
+    ),
+    ("Config", "Labels", "weight"): label_value,
+    ("NetworkSettings", "Networks"): networks,
+    ("NetworkSettings", "Networks", "overlay"): attached,
     ("NetworkSettings", "Ports"): ports,
     ("NetworkSettings", "Ports", "80/tcp"): st.one_of(st.lists(binding, max_size=4), junk),
     ("NetworkSettings", "Ports", "8080/tcp"): st.lists(
@@ -365,6 +401,14 @@ plausible_data = st.builds(
         mode=st.sampled_from(["bridge", "default", "host"]),
         ports=good_ports,
         exposed=st.dictionaries(good_specs, st.just({}), max_size=3),
+        attached_to=st.dictionaries(
+            st.sampled_from(["overlay", "bridge"]),
+            st.fixed_dictionaries(
+                {"IPAddress": st.sampled_from(["10.2.3.4", ""])},
+                optional={"GlobalIPv6Address": st.sampled_from(["fd00::4", ""])},
+            ),
+            max_size=2,
+        ),
     ),
     st.lists(fault, max_size=3),
 )
@@ -377,6 +421,9 @@ key_templates = st.sampled_from(
         "{prefix}/{ip}/{port}",
         "{prefix}/{service}/{container_id}",
         "{prefix}/{service}",
+        "{prefix}/{service}-{port}-{proto}",
+        "{prefix}/{label:zone}/{service}-{port}",
+        "{prefix}/{service}-{label:weight}{label:zone}",
     ]
 )
 configs = st.builds(
@@ -386,6 +433,8 @@ configs = st.builds(
     all_containers=st.booleans(),
     key_template=key_templates,
     node=st.sampled_from(["node1", "n.2-x_y"]),
+    address=st.sampled_from(["host", "container"]),
+    network=st.sampled_from([None, "overlay", "bridge"]),
 )
 
 # -- checks -------------------------------------------------------------------------------
@@ -417,7 +466,8 @@ def assert_sound(result: Announcement, config: Config, check_values: bool = True
         assert "\x00" not in result.problem
         assert len(result.problem) < 400
         return
-    keys = [r.key for r in result.registrations]
+    # one key per port and protocol: only a TCP and a UDP port may share one (merge reports it)
+    keys = [(r.key, r.proto) for r in result.registrations]
     assert len(keys) == len(set(keys))
     for registration in result.registrations:
         assert key_is_confined(registration.key, config.prefix), registration.key
@@ -506,6 +556,59 @@ class TestHostileInspectData:
         assert_sound(announce(container_from_inspect(data), config), config)
 
 
+class TestLabelsInKeys:
+    @settings(max_examples=INSPECT_EXAMPLES, deadline=None, suppress_health_check=SLOW_DATA)
+    @given(
+        zone=st.one_of(
+            st.sampled_from(["a", "eu-1", "rack/7", "..", "../..", "a/../../b", "/", "x/", ""]),
+            hostile_text,
+        ),
+        weight=hostile_text,
+        key_template=st.sampled_from(
+            [
+                "{prefix}/{label:zone}/{service}-{port}",
+                "{prefix}/{service}-{port}.{label:zone}",
+                "{prefix}/{label:zone}{label:weight}/{proto}/{port}",
+            ]
+        ),
+        address=st.sampled_from(["host", "container"]),
+        prefix=st.sampled_from(["/test", "/a/b"]),
+    )
+    def test_no_key_leaves_the_prefix(
+        self, zone: str, weight: str, key_template: str, address: str, prefix: str
+    ) -> None:
+        """Whatever the labels hold, every key stays under the prefix; a plain zone is used."""
+        data = {
+            "Id": "0" * 64,
+            "Name": "/web",
+            "Config": {
+                "Image": "dash/apache",
+                "Labels": {
+                    LABEL_ENABLE: "true",
+                    LABEL_PORT: "80,53/udp",
+                    "zone": zone,
+                    "weight": weight,
+                },
+            },
+            "State": {"Running": True},
+            "NetworkSettings": {
+                "Ports": {
+                    "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
+                    "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}],
+                },
+                "Networks": {"overlay": {"IPAddress": "10.2.0.9"}},
+            },
+        }
+        config = Config(prefix=prefix, key_template=key_template, address=address, node="n1")
+        result = announce(container_from_inspect(data), config)
+        assert_sound(result, config)
+        for registration in result.registrations:
+            assert zone in registration.key
+        plain = re.fullmatch(r"[a-z0-9]{1,128}", zone) and re.fullmatch(r"[a-z0-9]{0,128}", weight)
+        if plain:
+            assert len(result.registrations) == 2, result
+
+
 class TestHostileTemplates:
     template_pieces = st.one_of(
         st.sampled_from(
@@ -523,6 +626,17 @@ class TestHostileTemplates:
                 "{port!r}",
                 "{port:>3}",
                 "{port:{service}}",
+                "{proto}",
+                "{label:zone}",
+                "{label:weight}",
+                "{label:Zone}",
+                "{label:a..b}",
+                "{label:}",
+                "{label:zone:x}",
+                "{label}",
+                "{json}",
+                "{json:weight,zone}",
+                "{json:x y}",
                 "{service[0]}",
                 "{x}",
                 "{}",
