@@ -132,6 +132,7 @@ class JsonLines:
     def __init__(self, connection: Connection, chunked: bool) -> None:
         self.connection = connection
         self.chunked = chunked
+        self.closed = False
 
     def __iter__(self) -> Iterator[Any]:
         buffer = b""
@@ -143,7 +144,15 @@ class JsonLines:
                     yield json.loads(line)
 
     def _piece(self) -> bytes:
-        """The next chunk (b"" at the end of the answer)."""
+        """The next chunk (b"" at the end of the answer, or once closed)."""
+        try:
+            return b"" if self.closed else self._read_piece()
+        except (OSError, ValueError):  # ValueError: the file was closed under the read
+            if self.closed:
+                return b""
+            raise
+
+    def _read_piece(self) -> bytes:
         file = self.connection.file
         if not self.chunked:
             return file.read1(65536)
@@ -155,6 +164,7 @@ class JsonLines:
         return data
 
     def close(self) -> None:
+        self.closed = True
         with contextlib.suppress(OSError):
             self.connection.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked reader
         with contextlib.suppress(OSError):
