@@ -26,6 +26,7 @@ from sidekick.model import (
     container_as_started,
     container_from_inspect,
     container_from_summary,
+    has_healthcheck,
     knowable_at_create,
     matches_filters,
     stop_signal_of,
@@ -242,19 +243,30 @@ class DockerSource:
 
         dockerd answers a listing from its in-memory view without taking the containers'
         locks, so a burst of starts costs one quick request where inspects would each wait
-        on dockerd. An id missing from the answer needs inspect(): stopped, gone, or with a
-        healthcheck or host networking.
+        on dockerd (an inspect of a container waits while its healthcheck runs). A
+        healthcheck's verdict comes from a second listing filtered on health=healthy. An id
+        missing from the answer needs inspect(): stopped, gone, or with host networking.
         """
         found: dict[str, Container] = {}
         wanted = set(container_ids)
         ids = sorted(wanted)
         for start in range(0, len(ids), LISTED_IDS_PER_REQUEST):
             chunk = ids[start : start + LISTED_IDS_PER_REQUEST]
-            for summary in self._call(lambda api, c=chunk: api.containers(filters={"id": c})):
-                container = container_from_summary(summary)
+            summaries = self._call(lambda api, c=chunk: api.containers(filters={"id": c}))
+            healthy = self._healthy(summaries, {"id": chunk})
+            for summary in summaries:
+                container = container_from_summary(summary, healthy)
                 if container is not None and container.id in wanted:
                     found[container.id] = container
         return found
+
+    def _healthy(self, summaries: Any, filters: dict[str, Any]) -> set[str] | None:
+        """The ids a `health=healthy` listing with these filters returns, when any of the
+        summaries has a healthcheck (else None: no request)."""
+        if not any(isinstance(s, dict) and has_healthcheck(s) for s in summaries):
+            return None
+        answer = self._call(lambda api: api.containers(filters={**filters, "health": "healthy"}))
+        return {str(s.get("Id")) for s in answer if isinstance(s, dict)}
 
     def running_containers(self) -> list[Container]:
         """Every running container in scope: from the listing, inspected only when need be."""
@@ -262,9 +274,10 @@ class DockerSource:
         summaries = self._call(
             lambda api: api.containers(filters={**filters, "label": self.label_filters})
         )
+        healthy = self._healthy(summaries, {**filters, "label": self.label_filters})
         containers = []
         for summary in summaries:
-            container = container_from_summary(summary)
+            container = container_from_summary(summary, healthy)
             if container is None and isinstance(summary, dict) and summary.get("Id"):
                 container = self.inspect(str(summary["Id"]))
             if container is not None:

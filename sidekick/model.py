@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from sidekick import templating
@@ -255,19 +255,27 @@ def stop_signal_of(inspected: Mapping[str, Any]) -> int | None:
     return signal_number(str(_mapping(inspected.get("Config")).get("StopSignal") or "SIGTERM"))
 
 
-def container_from_summary(summary: Any) -> Container | None:
+def container_from_summary(
+    summary: Any, healthy: Collection[str] | None = None
+) -> Container | None:
     """A `docker ps` entry as a Container, or None when only an inspect can tell.
 
     The listing has the labels, the published ports and the state, so a reconcile needs no
-    inspect per container, except for what the listing lacks: a healthcheck's verdict (its
-    status text is for people) and a host-network container's exposed ports.
+    inspect per container, except for what the listing lacks: a host-network container's
+    exposed ports, and a healthcheck's verdict (its status text is for people), which
+    `healthy` gives when known (the ids a `health=healthy` listing returned).
     """
     if not isinstance(summary, Mapping):
         return None
     network_mode = str(_mapping(summary.get("HostConfig")).get("NetworkMode") or "")
-    status = str(summary.get("Status") or "")
-    if summary.get("State") != "running" or network_mode == "host" or "health" in status:
+    checked = has_healthcheck(summary)
+    if summary.get("State") != "running" or network_mode == "host":
         return None
+    if checked and healthy is None:
+        return None
+    verdict = None
+    if checked and healthy is not None:
+        verdict = "healthy" if summary.get("Id") in healthy else "not healthy"
     bindings, exposed = [], set()
     for raw_port in summary.get("Ports") or []:
         port = _mapping(raw_port)
@@ -289,12 +297,18 @@ def container_from_summary(summary: Any) -> Container | None:
         labels={str(k): str(v) for k, v in _mapping(summary.get("Labels")).items()},
         running=True,
         paused=False,
-        health=None,
+        health=verdict,
         host_network=False,
         bindings=tuple(bindings),
         exposed_ports=tuple(sorted(exposed)),
         networks=networks_of(_mapping(summary.get("NetworkSettings"))),
     )
+
+
+def has_healthcheck(summary: Mapping[str, Any]) -> bool:
+    """Whether a `docker ps` entry is of a container with a healthcheck (its status says
+    "(healthy)", "(unhealthy)" or "(health: starting)")."""
+    return "health" in str(summary.get("Status") or "")
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -65,20 +65,33 @@ class TestListing:
             ports={"80/tcp": ("127.0.0.1", free_port())},
             healthcheck={"test": ["CMD", "true"], "interval": 200_000_000},
         )
+        failing = containers.run(
+            ports={"80/tcp": ("127.0.0.1", free_port())},
+            healthcheck={"test": ["CMD", "false"], "interval": 200_000_000},
+        )
         stopped = containers.run(ports={"80/tcp": ("127.0.0.1", free_port())})
         stopped.stop(timeout=0)
         source = DockerSource(
             None, timeout=10, label_filters=[f"{TEST_LABEL}={scope}"], opted_in_only=True
         )
         config = Config(prefix="/x", host_ip="192.0.2.5", node="n")
-        ids = [plain.id, ephemeral.id, checked.id, stopped.id, "0" * 64]
+
+        def health(container: Any) -> str | None:
+            inspected = source.inspect(container.id)
+            return inspected.health if inspected else None
+
+        wait_for(lambda: health(checked) == "healthy", message="the healthcheck passes")
+        ids = [plain.id, ephemeral.id, checked.id, failing.id, stopped.id, "0" * 64]
         listed = source.listed(ids)
-        assert set(listed) == {plain.id, ephemeral.id}  # the rest needs inspect()
-        for container_id, container in listed.items():
+        assert set(listed) == {plain.id, ephemeral.id, checked.id, failing.id}  # no inspect
+        assert listed[checked.id].health == "healthy"  # from a health=healthy listing
+        assert listed[failing.id].health != "healthy"
+        assert announce(listed[failing.id], config).registrations == ()
+        for container_id in (plain.id, ephemeral.id, checked.id):
             inspected = source.inspect(container_id)
             assert inspected is not None
-            assert announce(container, config) == announce(inspected, config)
-            assert announce(container, config).registrations
+            assert announce(listed[container_id], config) == announce(inspected, config)
+            assert announce(listed[container_id], config).registrations
         assert source.listed([]) == {}
 
 

@@ -762,6 +762,24 @@ class TestContainerFromSummary:
         """Healthchecks, host networking and anything not running go to inspect."""
         assert container_from_summary({**self.SUMMARY, **change}) is None
 
+    @pytest.mark.parametrize(
+        ("status", "in_healthy_listing", "verdict"),
+        [
+            ("Up 3 minutes (healthy)", True, "healthy"),
+            ("Up 1 second (health: starting)", False, "not healthy"),
+            ("Up 3 minutes (unhealthy)", False, "not healthy"),
+            ("Up 3 minutes", False, None),  # no healthcheck: no verdict to give
+        ],
+    )
+    def test_verdict_from_a_healthy_listing(
+        self, status: str, in_healthy_listing: bool, verdict: str | None
+    ) -> None:
+        """With the ids of a health=healthy listing, no inspect is needed for the verdict."""
+        summary = {**self.SUMMARY, "Status": status}
+        healthy = {summary["Id"]} if in_healthy_listing else set()
+        container = container_from_summary(summary, healthy)
+        assert container is not None and container.health == verdict
+
     @pytest.mark.parametrize("junk", [None, [], "x", {"Ports": "x", "State": "running"}])
     def test_junk(self, junk: Any) -> None:
         """Odd entries never raise."""
