@@ -44,6 +44,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.server.release.wait(30)  # type: ignore[attr-defined]  # then hang up
             return
+        if self.path.startswith("/truncated"):  # a chunked answer cut before its end
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b'5\r\n{"a":\r\n')
+            self.close_connection = True
+            return
         if self.path.startswith("/close"):
             self._json(200, {"closing": True}, close=True)
             return
@@ -147,6 +154,11 @@ def test_errors_are_requests_errors(server):
         port = unused.getsockname()[1]
     with pytest.raises(requests.ConnectionError):
         session.get(f"http://127.0.0.1:{port}/", timeout=5)
+
+
+def test_a_cut_answer_is_an_error_not_a_short_body(server):
+    with pytest.raises(requests.ConnectionError):
+        WireSession().get(_url(server, "/truncated"), timeout=5)
 
 
 def test_a_silent_server_times_out():
