@@ -276,6 +276,11 @@ class Watch:
                     return t
         return None
 
+    def values(self, key: str) -> list[str]:
+        """The values of every PUT of key, in order."""
+        with self._cond:
+            return [value for seen, _, value in self.history.get(key, ()) if seen == "PUT"]
+
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(predicate, timeout)
@@ -391,12 +396,18 @@ class DockerEvents:
 
 @dataclass(frozen=True)
 class Member:
-    """One bench container and the key (after the prefix) it should have."""
+    """One bench container and the key (after the prefix) it should have.
+
+    port is the announced port: the host port published on 127.0.0.1, or, for a container
+    announced by its own address (`sidekick.address=container`), the container port, with ip
+    its address on that network as `docker inspect` gives it.
+    """
 
     id: str
     name: str
     service: str
     port: int
+    ip: str = "127.0.0.1"
 
     @property
     def key(self) -> str:
@@ -404,7 +415,7 @@ class Member:
 
     @property
     def value(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.ip}:{self.port}"
 
 
 class Fleet:
@@ -431,11 +442,12 @@ class Fleet:
             labels={BENCH_LABEL: self.run_id, PID_LABEL: str(os.getpid())},
         )
 
-    def remove_network(self) -> None:
-        """Remove the run's network; the engine may still be detaching removed containers."""
+    def remove_network(self, name: str | None = None) -> None:
+        """Remove the run's network (or another of the run's, by name); the engine may still be
+        detaching removed containers."""
         for _ in range(10):
             try:
-                self.api.remove_network(self.network)
+                self.api.remove_network(name or self.network)
                 return
             except docker.errors.NotFound:
                 return

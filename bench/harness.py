@@ -13,7 +13,9 @@ Phases (all loopback, all bounded, everything labelled and removed at the end):
      baseline: one `etcdctl put`/`del` per start/die event (bench/seed-follow.sh)
   1b. the realistic workloads (bench/realistic.py): `-p 80` ports Docker picks, a HEALTHCHECK,
      `docker stop` with SIGTERM and with an image STOPSIGNAL, containers already running at the
-     agent's start, bursts; the agent's idle PSS and the import-only floor (no baseline)
+     agent's start, bursts; beside them, containers announced by their own address on a bridge
+     network of the run (`sidekick.address=container`); the agent's idle PSS and the
+     import-only floor (no baseline)
   2. cold start with N = 50, 100, 200 running containers, and etcd requests made;
      baseline: one `etcdctl put` per running container (bench/seed-coldstart.sh)
   3. steady state with 100 registrations: etcd writes per minute, agent CPU and PSS;
@@ -994,10 +996,11 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 
 def realistic_headline(real: dict[str, Any]) -> dict[str, Any]:
-    """The realistic mix's figures: the headline's register/deregister figures."""
+    """The realistic mix's figures: the headline's register/deregister figures; then the
+    container-address kind's own (not in the mix's "all"), when the run has it."""
     a, seq, burst = real["all"], real["sequential"]["all"], real["burst"]["all"]
     put_p99 = real["burst"]["etcd_put"]["p99"]
-    return {
+    line = {
         "register_p50_ms": _r(a["register"]["p50"]),
         "register_p95_ms": _r(a["register"]["p95"]),
         "register_p99_ms": _r(a["register"]["p99"]),
@@ -1024,6 +1027,23 @@ def realistic_headline(real: dict[str, Any]) -> dict[str, Any]:
         "realistic_missing": a["register"]["missing"]
         + a["deregister_from_kill"]["missing"]
         + a["deregister_from_die"]["missing"],
+    }
+    kind = real["plan"].get("address", {}).get("kind")
+    if kind is None:  # a run before the container-address kind
+        return line
+    seq, burst = real["sequential"][kind], real["burst"][kind]
+    return line | {
+        "container_address_register_sequential_p50_ms": _r(seq["register"]["p50"]),
+        "container_address_register_sequential_p99_ms": _r(seq["register"]["p99"]),
+        "container_address_register_burst_p99_ms": _r(burst["register"]["p99"]),
+        "container_address_deregister_from_kill_p99_ms": _r(seq["deregister_from_kill"]["p99"]),
+        "container_address_samples": seq["register"]["n"] + burst["register"]["n"],
+        "container_address_missing": sum(
+            row[name]["missing"]
+            for row in (seq, burst)
+            for name in ("register", "deregister_from_kill", "deregister_from_die")
+        ),
+        "container_address_wrong": seq["wrong_values"] + burst["wrong_values"],
     }
 
 
@@ -1125,7 +1145,8 @@ def main(argv: list[str] | None = None) -> int:
         "--realistic",
         action="store_true",
         help="only the realistic workloads for sidekick (`-p 80`, HEALTHCHECK, docker stop with "
-        "SIGTERM and STOPSIGNAL, already running, bursts), idle PSS and the import floor; prints "
+        "SIGTERM and STOPSIGNAL, already running, bursts; beside them, container addresses), idle "
+        "PSS and the import floor; prints "
         "its figures, writes no docs (with --quick: fewer containers)",
     )
     parser.add_argument(
