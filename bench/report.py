@@ -754,6 +754,8 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
     if real is None:
         return []
     plan = real["plan"]
+    address = plan.get("address")  # None in a run before the container-address kind
+    kinds = [*plan["kinds"], "all", *([address["kind"]] if address else [])]
     out = [
         "## Realistic workloads",
         "",
@@ -771,14 +773,33 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
         "signal, and from the `die` (negative: the key was gone before the container died). "
         f"{plan['sequential']} containers one after another (kinds in turn, each waits for its "
         f"key; then stopped one after another), then {plan['bursts']} bursts of "
-        f"{plan['burst']} started at once and stopped at once. All in milliseconds.",
+        f"{plan['burst']} started at once and stopped at once. All in milliseconds."
+        + (
+            f" Then, with the same agent, **{address['kind']}**: the port kind's image on a "
+            f"bridge network of the run's own (`{address['network']}`), labelled "
+            + ", ".join(f"`{k}={v}`" for k, v in address["labels"].items())
+            + ", nothing published: the key is `<service>-80` and its value the container's "
+            "IP on that network (from `docker inspect`) and port 80; "
+            f"{plan['address_sequential']} one after another, then {plan['address_bursts']} "
+            f"burst{'s' if plan['address_bursts'] != 1 else ''} of {plan['burst']} of that kind "
+            "alone, timed as the port kind is. Its rows "
+            "are not in **all**, the host-port mix the headline figures come from."
+            if address
+            else ""
+        )
+        + (
+            " A row says how many keys were put with a value other than the expected one "
+            "(wrong), if any."
+            if "wrong_values" in real["sequential"]["all"]  # counted since that kind came
+            else ""
+        ),
         "",
         "| mode | kind | n | register p50 | p95 | p99 | max | from kill p50 | p99 | max "
         "| from die p50 | p99 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in ("sequential", "burst"):
-        for kind in (*plan["kinds"], "all"):
+        for kind in kinds:
             row = real[mode][kind]
             reg, kill, die = (
                 row["register"],
@@ -786,8 +807,15 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
                 row["deregister_from_die"],
             )
             missing = reg["missing"] + kill["missing"] + die["missing"]
+            flags = [
+                *([f"{missing} missing"] if missing else []),
+                *([f"{row['wrong_values']} wrong"] if row.get("wrong_values") else []),
+            ]
+            label = f"{kind} address" if address and kind == address["kind"] else kind
+            if flags:
+                label += f" ({', '.join(flags)})"
             out.append(
-                f"| {mode} | {kind}{f' ({missing} missing)' if missing else ''} | {reg['n']} | "
+                f"| {mode} | {label} | {reg['n']} | "
                 + " | ".join(_fmt(reg[k]) for k in ("p50", "p95", "p99", "max"))
                 + " | "
                 + " | ".join(_fmt(kill[k]) for k in ("p50", "p99", "max"))
@@ -809,7 +837,13 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
             else ""
         )
         + f"The agent's CPU time (utime + stime) over these rounds: "
-        f"{real['agent_cpu_ms_per_event']:.2f} ms per container start or stop.",
+        f"{real['agent_cpu_ms_per_event']:.2f} ms per container start or stop"
+        + (
+            f" ({real['address_agent_cpu_ms_per_event']:.2f} ms over the {address['kind']} "
+            "address rounds)."
+            if address
+            else "."
+        ),
         "",
         f"**Already running**: {run['containers']} containers "
         f"({', '.join(f'{n} {k}' for k, n in run['by_kind_count'].items())}; the health ones "

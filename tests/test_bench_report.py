@@ -1,0 +1,140 @@
+"""The realistic workloads' rows as the report and `./bench/run --realistic` show them, from a
+results dict alone (no Docker, no etcd, no timing): the container-address kind has rows of its
+own beside the host-port kinds and stays out of their "all"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import harness, realistic, report
+from bench.common import summary
+
+HOST_KINDS = ["port", "health", "stopsignal"]
+
+
+def _row(register: list[float], wrong: int = 0, missing: int = 0) -> dict[str, Any]:
+    kill = [v + 1 for v in register]
+    return {
+        "register": summary(register, missing),
+        "deregister_from_kill": summary(kill),
+        "deregister_from_die": summary([-v for v in register]),
+        "register_ms": register,
+        "deregister_from_kill_ms": kill,
+        "wrong_values": wrong,
+        "wrong_examples": [f"/bench/real/x-{i}" for i in range(wrong)],
+    }
+
+
+def _mode() -> dict[str, Any]:
+    return {
+        "port": _row([1.0, 2.0]),
+        "health": {**_row([2.0, 3.0]), "start_to_healthy": summary([300.0])},
+        "stopsignal": _row([1.5, 2.5]),
+        "all": _row([1.0, 1.5, 2.0, 2.0, 2.5, 3.0]),
+        "container": _row([7.0, 9.0], wrong=1, missing=2),
+    }
+
+
+def _realistic() -> dict[str, Any]:
+    burst = {**_mode(), "etcd_put": summary([1.0, 4.0])}
+    return {
+        "plan": {
+            "sequential": 30,
+            "bursts": 2,
+            "running_per_kind": 10,
+            "address_sequential": 10,
+            "address_bursts": 1,
+            "kinds": HOST_KINDS,
+            "burst": 20,
+            "drain_seconds": 0.3,
+            "ready_seconds": 0.3,
+            "health_interval_ms": 100,
+            "stop_timeout": 10,
+            "images": {},
+            "address": {
+                "kind": "container",
+                "network": "skb-b0-addr",
+                "labels": {"sidekick.address": "container", "sidekick.network": "skb-b0-addr"},
+            },
+        },
+        "sequential": _mode(),
+        "burst": burst,
+        "all": _row([1.0, 2.0, 3.0]),
+        "agent_cpu_ms_per_event": 0.5,
+        "address_agent_cpu_ms_per_event": 0.75,
+        "running": {
+            "containers": 30,
+            "by_kind_count": dict.fromkeys(HOST_KINDS, 10),
+            "health_healthy_before_start": True,
+            "complete": True,
+            "seconds": 1.2,
+            "first_key_seconds": 0.9,
+            "seconds_by_kind": dict.fromkeys(HOST_KINDS, 1.2),
+            "wrong_values": 0,
+            "wrong_examples": [],
+            "idle_pss_mb": 25.0,
+            "idle_rss_mb": 30.0,
+            "registrations": 30,
+        },
+        "import_floor": {"pss_mb": 20.0, "rss_mb": 24.0},
+    }
+
+
+def _before_the_container_kind() -> dict[str, Any]:
+    """Results saved by a run before the container-address kind existed."""
+    real = _realistic()
+    del real["plan"]["address"], real["address_agent_cpu_ms_per_event"]
+    for mode in ("sequential", "burst"):
+        del real[mode]["container"]
+        for kind in (*HOST_KINDS, "all"):
+            del real[mode][kind]["wrong_values"], real[mode][kind]["wrong_examples"]
+    return real
+
+
+def _table_kinds(real: dict[str, Any]) -> list[tuple[str, str]]:
+    lines = report.realistic_markdown({"realistic": real})
+    rows = [line for line in lines if line.startswith(("| sequential ", "| burst "))]
+    return [(cells[1].strip(), cells[2].strip()) for cells in (r.split("|") for r in rows)]
+
+
+def test_the_container_row_sits_after_the_host_port_mix():
+    kinds = _table_kinds(_realistic())
+    expected = [*HOST_KINDS, "all", "container address (2 missing, 1 wrong)"]
+    assert kinds == [("sequential", k) for k in expected] + [("burst", k) for k in expected]
+
+
+def test_the_section_says_what_the_container_kind_is():
+    text = "\n".join(report.realistic_markdown({"realistic": _realistic()}))
+    assert "`sidekick.address=container`, `sidekick.network=skb-b0-addr`" in text
+    assert "not in **all**" in text
+    assert "(0.75 ms over the container address rounds)" in text
+
+
+def test_results_before_the_container_kind_still_render():
+    kinds = _table_kinds(_before_the_container_kind())
+    assert kinds == [(m, k) for m in ("sequential", "burst") for k in (*HOST_KINDS, "all")]
+
+
+def test_the_headline_is_the_host_port_mix_and_the_container_kind_is_apart():
+    real = _realistic()
+    line = harness.realistic_headline(real)
+    assert line["register_p50_ms"] == real["all"]["register"]["p50"]  # 2.0: not the 7-9 ms
+    assert line["realistic_samples"] == 3
+    assert line["container_address_register_sequential_p50_ms"] == 8.0
+    assert line["container_address_samples"] == 4
+    assert line["container_address_missing"] == 4
+    assert line["container_address_wrong"] == 2
+    older = harness.realistic_headline(_before_the_container_kind())
+    assert not any(k.startswith("container_address") for k in older)
+    assert {k: v for k, v in line.items() if not k.startswith("container_address")} == older
+
+
+def test_print_summary_has_the_container_rows(capsys: pytest.CaptureFixture[str]):
+    realistic.print_summary(_realistic())
+    err = capsys.readouterr().err.splitlines()
+    container = [line for line in err if " container " in line and "register n=" in line]
+    assert len(container) == 2
+    assert all("n=2 miss=2" in line and "wrong values 1" in line for line in container)
+    assert any("sidekick.address=container on skb-b0-addr" in line for line in err)
