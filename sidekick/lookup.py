@@ -211,6 +211,7 @@ class Lookup:
             return
         for container_id, container in listed.items():
             name = names[container_id] or container.name  # a network event names no container
+            self.remember(container)  # a healthcheck's next verdict applies to it, no request
             self.set(container_id, name, announce(container, self.config))
         if listed:
             self.write()

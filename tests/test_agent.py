@@ -319,6 +319,36 @@ class TestEvents:
         container.exec_run("touch /tmp/ok")
         wait_for(lambda: key in etcd.keys(f"/{scope}/"), message="back when healthy")
 
+    def test_health_verdicts_need_no_docker_request(
+        self, agent_factory, containers, etcd, scope, docker_proxy
+    ):
+        """Once a health-checked container has been looked up, its healthcheck's verdicts
+        come from their events alone: unhealthy withdraws it, healthy puts it back, and the
+        agent asks Docker nothing for either."""
+        agent_factory("--docker-url", docker_proxy.url, "--resync", "3600")
+        port = free_port()
+        container = containers.run(
+            command="sh -c 'touch /tmp/ok; httpd -f -p 80'",
+            ports=published(port),
+            labels={"sidekick.service": "v"},
+            healthcheck={
+                "test": ["CMD", "test", "-e", "/tmp/ok"],
+                "interval": 300_000_000,
+                "timeout": 1_000_000_000,
+                "retries": 1,
+                "start_period": 0,
+            },
+        )
+        key = f"/{scope}/v-{port}"
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"), message="announced once healthy")
+        looked_up = len(docker_proxy.requests)
+        container.exec_run("rm /tmp/ok")
+        wait_for(lambda: key not in etcd.keys(f"/{scope}/"), message="gone when unhealthy")
+        container.exec_run("touch /tmp/ok")
+        wait_for(lambda: key in etcd.keys(f"/{scope}/"), message="back when healthy")
+        asked = [r for r in docker_proxy.requests[looked_up:] if "/events" not in r]
+        assert asked == []
+
     def test_health_starting_not_announced(self, agent_factory, containers, etcd, scope):
         """While the first health check has not passed, nothing is announced."""
         agent_factory()
