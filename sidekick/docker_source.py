@@ -10,7 +10,7 @@ import copy
 import http.client
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import docker
@@ -238,7 +238,9 @@ class DockerSource:
         except docker.errors.NotFound:
             return None
 
-    def listed(self, container_ids: Sequence[str]) -> dict[str, Container]:
+    def listed(
+        self, container_ids: Sequence[str], starting: Collection[str] = ()
+    ) -> dict[str, Container]:
         """The running containers among these ids that the listing describes on its own.
 
         dockerd answers a listing from its in-memory view without taking the containers'
@@ -246,6 +248,8 @@ class DockerSource:
         on dockerd (an inspect of a container waits while its healthcheck runs). A
         healthcheck's verdict comes from a second listing filtered on health=healthy. An id
         missing from the answer needs inspect(): stopped, gone, or with host networking.
+        `starting`: ids whose `start` event is the news; Docker resets a healthcheck at the
+        start and sends its verdict as an event, so theirs is "not healthy" with no listing.
         """
         found: dict[str, Container] = {}
         wanted = set(container_ids)
@@ -253,7 +257,12 @@ class DockerSource:
         for start in range(0, len(ids), LISTED_IDS_PER_REQUEST):
             chunk = ids[start : start + LISTED_IDS_PER_REQUEST]
             summaries = self._call(lambda api, c=chunk: api.containers(filters={"id": c}))
-            healthy = self._healthy(summaries, {"id": chunk})
+            healthy = self._healthy(
+                [s for s in summaries if not (isinstance(s, dict) and s.get("Id") in starting)],
+                {"id": chunk},
+            )
+            if healthy is None and starting:
+                healthy = set()  # only just started: no verdict yet
             for summary in summaries:
                 container = container_from_summary(summary, healthy)
                 if container is not None and container.id in wanted:

@@ -12,7 +12,7 @@ faults into a reconcile.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from sidekick.config import Config
@@ -99,7 +99,10 @@ class Lookup:
                 self.stop_signals.setdefault(event.container_id, stop_signal)
         for container_id in last.keys() - done:  # a read made at create serves a first start only
             self.look_ahead.forget(container_id)
-        self.look_up({e.container_id: e.name for e in lookups if e.container_id not in done})
+        self.look_up(
+            {e.container_id: e.name for e in lookups if e.container_id not in done},
+            starting={e.container_id for e in starts},
+        )
         if settle := {e.container_id: e.name for e in lookups if e.kind == "network"}:
             self.to_verify.update(settle)  # the look just made may have come too soon: again
             self.next_verify = min(self.next_verify, time.monotonic() + NETWORK_SETTLE)
@@ -195,7 +198,7 @@ class Lookup:
         self.next_verify = float("inf")
         self.look_up(pending)
 
-    def look_up(self, names: Mapping[str, str]) -> None:
+    def look_up(self, names: Mapping[str, str], starting: Collection[str] = ()) -> None:
         """Look containers up in one `docker ps` listing and write them in one transaction.
 
         What the listing cannot tell (healthchecks, host networking, a container gone
@@ -205,7 +208,7 @@ class Lookup:
         if not names:
             return
         try:
-            listed = self.docker.listed(list(names))
+            listed = self.docker.listed(list(names), starting)
         except DockerUnavailable as exc:
             self.fault("docker", exc)  # the reconcile will look again
             return

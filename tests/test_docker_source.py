@@ -93,6 +93,12 @@ class TestListing:
             assert announce(listed[container_id], config) == announce(inspected, config)
             assert announce(listed[container_id], config).registrations
         assert source.listed([]) == {}
+        # Just started (their `start` event is the news): no verdict yet, whatever the
+        # health=healthy listing would say, and announced only once the verdict's event comes.
+        just_started = source.listed([plain.id, checked.id], starting={checked.id})
+        assert just_started[checked.id].health == "not healthy"
+        assert announce(just_started[checked.id], config).registrations == ()
+        assert just_started[plain.id] == listed[plain.id]
 
 
 class TestLookAhead:
