@@ -50,7 +50,10 @@ class Lookup:
         self.write = write
         self.fault = fault
         self.log = log
-        self.stop_signals: dict[str, int] = {}  # container id -> what `docker stop` sends
+        # container id -> what `docker stop` sends. Not derived from `known`: a listing's
+        # record has no stop signal (None) and must not make the look-up forget one an inspect
+        # or the read at create found (the look-ahead hands that over once, at the start).
+        self.stop_signals: dict[str, int] = {}
         self.known: dict[str, Container] = {}  # container id -> its last full record
         self.warned: dict[str, str] = {}  # container id -> last problem logged
         # Read-ahead starts to look up again (id -> name), all at once at next_verify: what
