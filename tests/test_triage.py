@@ -6,9 +6,10 @@ import signal
 from typing import Any
 
 from sidekick.config import Config
+from sidekick.docker_parse import container_from_inspect
 from sidekick.docker_source import DockerEvent
 from sidekick.intake import Action, route
-from sidekick.model import Container, container_from_inspect
+from sidekick.model import Container
 from sidekick.triage import after_verdict, started_from_read_ahead, triage
 
 SIGHUP = str(int(signal.SIGHUP))
