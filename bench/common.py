@@ -40,6 +40,19 @@ COMMAND = ["sh", "-c", 'trap "exit 0" USR1; sleep 3600 & wait']
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+# -- the checkout -------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    """`git describe --always --dirty` of this checkout: the commit a run's figures are of."""
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
 # -- numbers ------------------------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import docker
 import requests
 
-from bench.common import ROOT
+from bench.common import git_commit
 from sidekick import __version__
 
 PLOT_NAME = "benchmarks-latency.png"
@@ -36,12 +35,7 @@ def machine(client: docker.DockerClient | None, etcd_url: str) -> dict[str, Any]
         etcd_version = requests.get(etcd_url + "/version", timeout=5).json().get("etcdserver")
     except (requests.RequestException, ValueError):
         etcd_version = "unknown"
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    commit = git_commit()
     return {
         "nproc": os.cpu_count(),
         "memory_gib": round(memory_kb / 1024 / 1024, 1),

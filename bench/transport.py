@@ -20,7 +20,7 @@ from pathlib import Path
 import docker
 import requests
 
-from bench.common import ROOT
+from bench.common import ROOT, git_commit
 from tests.conftest import EtcdServer, build_busybox_image
 
 CASES = {
@@ -98,12 +98,7 @@ def main() -> int:
         container.remove(force=True)
         etcd.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    commit = git_commit()
     print(json.dumps({"commit": commit, "instructions_per_call": per_call}))
     return 0
 

@@ -286,8 +286,7 @@ def run(
         typer.Option(
             "--force-host-ip",
             envvar="SIDEKICK_FORCE_HOST_IP",
-            help="Announce a loopback or bridge host IP all the same (a one-node test). "
-            "(env: SIDEKICK_FORCE_HOST_IP)",
+            help="Announce a loopback or bridge host IP all the same (a one-node test).",
         ),
     ] = False,
 ) -> None:
@@ -586,8 +585,7 @@ def doctor_command(
         typer.Option(
             "--lease-file",
             envvar="SIDEKICK_LEASE_FILE",
-            help="The agent's lease file, to say whether its lease is alive. "
-            "(env: SIDEKICK_LEASE_FILE)",
+            help="The agent's lease file, to say whether its lease is alive.",
         ),
     ] = DEFAULT_LEASE_FILE,
 ) -> None:

@@ -20,17 +20,15 @@ import docker.utils
 import requests
 
 from sidekick.config import DockerTLS
-from sidekick.model import (
-    LABEL_ENABLE,
-    Container,
+from sidekick.docker_parse import (
     container_as_started,
     container_from_inspect,
     container_from_summary,
     has_healthcheck,
     knowable_at_create,
-    matches_filters,
     stop_signal_of,
 )
+from sidekick.model import LABEL_ENABLE, Container, matches_filters
 from sidekick.wire import WireAPIClient
 
 # The container events that can change what a container announces, and `create`, after which
@@ -204,8 +202,8 @@ class DockerSource:
 
     def as_started(self, container_id: str) -> Created | None:
         """Inspect a just-created container (and its network, when that can tell): what it
-        will be once started, when that is known already (model.container_as_started), and
-        its stop signal. None when it is gone."""
+        will be once started, when that is known already (docker_parse.container_as_started),
+        and its stop signal. None when it is gone."""
         try:
             data = self._call(lambda api: api.inspect_container(container_id), missing_ok=True)
             if not knowable_at_create(data):

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sidekick.docker_parse import signal_number
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
 from sidekick.lookahead import LookAhead
 from sidekick.metrics import Metrics
-from sidekick.model import signal_number
 from sidekick.retry import Outages, delay
 
 

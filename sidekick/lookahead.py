@@ -2,9 +2,10 @@
 
 dockerd answers slowly while it starts many containers at once, and an inspect of a container
 it is starting waits for that start to end. Labels, name, network and fixed published ports do
-not change between create and start (model.container_as_started), so helper threads read them
-as soon as the `create` event arrives, each on a Docker connection of its own. The agent's loop
-takes the result at `start`; an entry is used once, so nothing read at create outlives a start.
+not change between create and start (docker_parse.container_as_started), so helper threads
+read them as soon as the `create` event arrives, each on a Docker connection of its own. The
+agent's loop takes the result at `start`; an entry is used once, so nothing read at create
+outlives a start.
 
 Runs on: created() on the Docker events reader thread; take(), pending(), forget(), clear()
 on the main loop; the reads on THREADS helper threads ("look-ahead-N"). The entries are

@@ -19,13 +19,13 @@ from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
 from sidekick.intake import Action, route
 from sidekick.lookahead import LookAhead
-from sidekick.model import Announcement, Container, address_mode, announce
+from sidekick.model import Announcement, Container, announce
 from sidekick.sync import Sync
+from sidekick.triage import after_verdict, started_from_read_ahead, triage
 
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
 LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is answering
 VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
-HEALTH_VERDICTS = frozenset({"healthy", "unhealthy", "starting"})  # `health_status: X`
 GONE_MEMORY = 10.0  # dockerd lists a container as running for up to ~2 s after its `die`
 NETWORK_SETTLE = 0.25  # a network connect/disconnect shows in listings up to ~60 ms after its event
 
@@ -50,7 +50,10 @@ class Lookup:
         self.write = write
         self.fault = fault
         self.log = log
-        self.stop_signals: dict[str, int] = {}  # container id -> what `docker stop` sends
+        # container id -> what `docker stop` sends. Not derived from `known`: a listing's
+        # record has no stop signal (None) and must not make the look-up forget one an inspect
+        # or the read at create found (the look-ahead hands that over once, at the start).
+        self.stop_signals: dict[str, int] = {}
         self.known: dict[str, Container] = {}  # container id -> its last full record
         self.warned: dict[str, str] = {}  # container id -> last problem logged
         # Read-ahead starts to look up again (id -> name), all at once at next_verify: what
@@ -62,29 +65,17 @@ class Lookup:
 
     def on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference."""
-        last: dict[str, tuple[DockerEvent, Action]] = {}
-        unknown_kill: dict[str, DockerEvent] = {}  # a kill that may be the stop signal
-        for event in events:  # the last event that changes something decides
-            action = self._action(event)
-            ended = event.container_id in last and last[event.container_id][1] is Action.WITHDRAW
-            if event.kind == "network" and ended:
-                continue  # the disconnect of a container that just died is not news
-            if action is Action.LEARN_SIGNAL:
-                unknown_kill[event.container_id] = event
-            elif action is not Action.NOTHING:
-                last[event.container_id] = (event, action)
-                unknown_kill.pop(event.container_id, None)
-        for container_id in last:  # a later event decides, not a check of the read-ahead
+        batch = triage(events, self._action)
+        for container_id in batch.last:  # a later event decides, not a check of the read-ahead
             self.to_verify.pop(container_id, None)
         for event in events:
             if event.action == "destroy":
                 self.stop_signals.pop(event.container_id, None)
                 self.known.pop(event.container_id, None)
-        for container_id, (_, action) in last.items():
-            if action is not Action.WITHDRAW:
-                self.gone_at.pop(container_id, None)  # started again: the listing is right
-        self.withdraw(e for e, action in last.values() if action is Action.WITHDRAW)
-        lookups = [e for e, action in last.values() if action is not Action.WITHDRAW]
+        lookups = batch.lookups
+        for event in lookups:
+            self.gone_at.pop(event.container_id, None)  # started again: the listing is right
+        self.withdraw(batch.withdrawals)
         starts = [e for e in lookups if e.action == "start"]
         done = self._apply_read_ahead(
             [e for e in starts if not self.look_ahead.pending(e.container_id)], deadline=0.0
@@ -97,7 +88,7 @@ class Lookup:
         for event in starts:  # a read at create knows the stop signal even when not the ports
             if (stop_signal := self.look_ahead.stop_signal(event.container_id)) is not None:
                 self.stop_signals.setdefault(event.container_id, stop_signal)
-        for container_id in last.keys() - done:  # a read made at create serves a first start only
+        for container_id in batch.last.keys() - done:  # a read at create serves a first start only
             self.look_ahead.forget(container_id)
         self.look_up(
             {e.container_id: e.name for e in lookups if e.container_id not in done},
@@ -106,7 +97,7 @@ class Lookup:
         if settle := {e.container_id: e.name for e in lookups if e.kind == "network"}:
             self.to_verify.update(settle)  # the look just made may have come too soon: again
             self.next_verify = min(self.next_verify, time.monotonic() + NETWORK_SETTLE)
-        self._learn_signals(unknown_kill.values())
+        self._learn_signals(batch.unknown_kills.values())
 
     def _action(self, event: DockerEvent) -> Action:
         """route(); a network connect or disconnect matters only to a running container
@@ -159,10 +150,7 @@ class Lookup:
         done = set()
         for event in starts:
             ready = self.look_ahead.take(event.container_id, deadline)
-            if ready is not None and address_mode(ready, self.config) == "container":
-                ready = None  # its address on a network is known only once it runs: look up
-            if ready is not None:
-                container = ready._replace(name=event.name or ready.name)
+            if (container := started_from_read_ahead(ready, event, self.config)) is not None:
                 self.remember(container)
                 self.set(event.container_id, event.name, announce(container, self.config))
                 done.add(event.container_id)
@@ -179,12 +167,9 @@ class Lookup:
         write: no Docker request. The ids done; the rest are looked up."""
         done = set()
         for event in events:
-            known = self.known.get(event.container_id)
-            if known is None or known.health is None or event.detail not in HEALTH_VERDICTS:
+            container = after_verdict(self.known.get(event.container_id), event)
+            if container is None:
                 continue
-            container = known._replace(
-                health=event.detail, running=True, paused=False, name=event.name or known.name
-            )
             self.known[event.container_id] = container
             self.set(event.container_id, event.name, announce(container, self.config))
             done.add(event.container_id)

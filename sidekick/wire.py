@@ -52,11 +52,7 @@ class Connection:
         """(status, reason, headers, content, server will close). OSError or
         http.client.HTTPException when the exchange fails."""
         self.sock.settimeout(timeout)
-        head = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
-        head += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in _OURS]
-        if body is not None or method in {"POST", "PUT"}:
-            head.append(f"Content-Length: {len(body or b'')}")
-        self.sock.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + (body or b""))
+        self._send(method, target, headers, body)
         while True:
             line = self.file.readline(_MAX_LINE)
             if not line:
@@ -80,14 +76,21 @@ class Connection:
     def open(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, str, Any]:
         """Send a request and read the answer's head only, for a stream; no timeout."""
         self.sock.settimeout(None)
-        head = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        self.sock.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n")
+        self._send(method, target, headers, None)
         line = self.file.readline(_MAX_LINE)
         if not line:
             raise http.client.RemoteDisconnected("the connection closed with no answer")
         _, status, reason = _status_line(line)
         return status, reason, self._headers()
+
+    def _send(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> None:
+        """The request head (our Host and Content-Length in place of the caller's) and body,
+        in one write."""
+        head = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
+        head += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in _OURS]
+        if body is not None or method in {"POST", "PUT"}:
+            head.append(f"Content-Length: {len(body or b'')}")
+        self.sock.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + (body or b""))
 
     def _headers(self) -> list[tuple[str, str]]:
         found = []
@@ -109,11 +112,16 @@ class Connection:
             raise http.client.IncompleteRead(b"")
         return int(line.split(b";")[0].strip() or b"0", 16)
 
+    def chunk(self, size: int) -> bytes:
+        """The next chunk's `size` bytes, and the CRLF after them."""
+        data = self._exactly(size)
+        self.file.readline(_MAX_LINE)  # the chunk's CRLF
+        return data
+
     def _chunked(self) -> bytes:
         chunks = []
         while (size := self.chunk_size()) > 0:
-            chunks.append(self._exactly(size))
-            self.file.readline(_MAX_LINE)  # the chunk's CRLF
+            chunks.append(self.chunk(size))
         self._headers()  # trailers, up to the blank line
         return b"".join(chunks)
 
@@ -161,15 +169,13 @@ class JsonLines:
             raise
 
     def _read_piece(self) -> bytes:
-        file = self.connection.file
         if not self.chunked:
-            return file.read1(65536)
-        size = int(file.readline(_MAX_LINE).split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            return b""
-        data = self.connection._exactly(size)
-        file.readline(_MAX_LINE)  # the chunk's CRLF
-        return data
+            return self.connection.file.read1(65536)
+        try:
+            size = self.connection.chunk_size()
+        except http.client.IncompleteRead:
+            return b""  # the connection ended between chunks: the end of the stream
+        return self.connection.chunk(size) if size else b""
 
     def close(self) -> None:
         self.closed = True
@@ -254,9 +260,7 @@ class Wire:
         except OSError as exc:
             raise _as_requests_error(exc, "GET", url) from exc
         try:
-            status, reason, fields = connection.open(
-                "GET", target, {k: v for k, v in headers.items() if k.lower() not in _OURS}
-            )
+            status, reason, fields = connection.open("GET", target, headers)
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise _as_requests_error(exc, "GET", url) from exc
@@ -379,14 +383,11 @@ def _response(
     return response
 
 
-class WireSession(requests.Session):
-    """A requests.Session (for etcd3gw) whose plain calls take the light path. trust_env
-    is off: a REQUESTS_CA_BUNDLE in the environment must not replace our CA."""
+class _LightPath(requests.Session):
+    """A requests.Session whose plain calls go through `self.wire`, which the subclass sets.
+    docker-py's APIClient, a Session too, comes after it in WireAPIClient's bases."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.trust_env = False
-        self.wire = Wire(self)
+    wire: Wire
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         method = method.upper()
@@ -399,7 +400,17 @@ class WireSession(requests.Session):
         super().close()
 
 
-class WireAPIClient(docker.APIClient):  # type: ignore[misc]  # docker-py ships no types
+class WireSession(_LightPath):
+    """A requests.Session (for etcd3gw) whose plain calls take the light path. trust_env
+    is off: a REQUESTS_CA_BUNDLE in the environment must not replace our CA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trust_env = False
+        self.wire = Wire(self)
+
+
+class WireAPIClient(_LightPath, docker.APIClient):  # type: ignore[misc]  # docker-py ships no types
     """docker-py's low-level client whose plain calls take the light path (trust_env off)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -407,12 +418,6 @@ class WireAPIClient(docker.APIClient):  # type: ignore[misc]  # docker-py ships 
         self.trust_env = False
         adapter = getattr(self, "_custom_adapter", None)
         self.wire = Wire(self, unix_socket=getattr(adapter, "socket_path", None))
-
-    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        method = method.upper()
-        if args or not self.wire.plain(method, url, kwargs):
-            return super().request(method, url, *args, **kwargs)
-        return self.wire.send(method, str(url), kwargs)
 
     def stream_json(self, path: str, params: dict[str, Any]) -> Any:
         """GET `path` (e.g. "/events") as a stream of JSON documents with close(): on the
@@ -422,7 +427,3 @@ class WireAPIClient(docker.APIClient):  # type: ignore[misc]  # docker-py ships 
             return self.wire.open_stream(url, params)
         response = self._get(url, params=params, stream=True, timeout=None)
         return self._stream_helper(response, decode=True)
-
-    def close(self) -> None:
-        self.wire.close()
-        super().close()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from sidekick.config import Config, ConfigError, load_config
+from sidekick.docker_parse import container_from_inspect, container_from_summary
 from sidekick.docker_source import event_from_raw
 from sidekick.model import (
     LABEL_ADDRESS,
@@ -24,8 +25,6 @@ from sidekick.model import (
     Announcement,
     NetworkAddress,
     announce,
-    container_from_inspect,
-    container_from_summary,
     merge,
 )
 from sidekick.oneshot import duplicate_text

@@ -7,6 +7,7 @@ path that does not exist, so nothing of this machine leaks in.
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import subprocess
 import sys
@@ -546,6 +547,13 @@ class TestHelp:
         for command in ("register", "deregister", "ls", "doctor"):
             assert "--keep-on-exit" not in self._help(command)
         assert "--keep-on-exit" in self._help("run")
+
+    @pytest.mark.parametrize("command", ["run", "register", "deregister", "ls", "doctor", "render"])
+    def test_no_option_names_its_variable_twice(self, command: str) -> None:
+        """typer's own "[env var: X]" is not repeated by a hand-written "(env: X)"."""
+        for line in self._help(command).splitlines():
+            variables = re.findall(r"SIDEKICK_\w+", line)
+            assert len(variables) == len(set(variables)), line
 
     def test_every_shared_option_names_its_variable(self) -> None:
         text = self._help("run")

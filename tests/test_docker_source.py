@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from sidekick.config import Config
+from sidekick.docker_parse import container_from_summary
 from sidekick.docker_source import DockerSource
-from sidekick.model import announce, container_from_summary
+from sidekick.model import announce
 from tests.conftest import TEST_LABEL, Containers, free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
+from sidekick.docker_parse import signal_number
 from sidekick.docker_source import DockerEvent
 from sidekick.intake import Action, route
-from sidekick.model import signal_number
 
 SIGTERM, SIGKILL, SIGHUP = int(signal.SIGTERM), int(signal.SIGKILL), int(signal.SIGHUP)
 SIGWINCH, SIGQUIT = int(signal.SIGWINCH), int(signal.SIGQUIT)
@@ -100,7 +100,7 @@ class TestRouteOthers:
 
 
 class TestSignalNumber:
-    """model.signal_number reads a signal as Docker writes it, or says it cannot."""
+    """docker_parse.signal_number reads a signal as Docker writes it, or says it cannot."""
 
     @pytest.mark.parametrize(
         ("text", "number"),

@@ -10,6 +10,11 @@ from typing import Any, ClassVar
 import pytest
 
 from sidekick.config import Config
+from sidekick.docker_parse import (
+    container_as_started,
+    container_from_inspect,
+    container_from_summary,
+)
 from sidekick.model import (
     LABEL_ENABLE,
     LABEL_PORT,
@@ -24,9 +29,6 @@ from sidekick.model import (
     Put,
     Registration,
     announce,
-    container_as_started,
-    container_from_inspect,
-    container_from_summary,
     key_is_confined,
     merge,
     plan,

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidekick.config import Config, ConfigError, load_config
+from sidekick.docker_parse import container_from_inspect
 from sidekick.model import (
     LABEL_ADDRESS,
     LABEL_ENABLE,
@@ -28,7 +29,6 @@ from sidekick.model import (
     KeyState,
     Registration,
     announce,
-    container_from_inspect,
     key_is_confined,
     merge,
     plan,
