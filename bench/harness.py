@@ -1023,6 +1023,11 @@ def realistic_headline(real: dict[str, Any]) -> dict[str, Any]:
         "idle_pss_mb": _r(real["running"]["idle_pss_mb"], 1),
         "idle_pss_registrations": real["running"]["registrations"],
         "import_floor_pss_mb": _r(real["import_floor"]["pss_mb"], 1),
+        **(
+            {"register_sequential_floor_p50_ms": _r(real["floor"]["p50_sum"])}
+            if "floor" in real
+            else {}
+        ),
         "realistic_samples": a["register"]["n"],
         "realistic_missing": a["register"]["missing"]
         + a["deregister_from_kill"]["missing"]

@@ -56,6 +56,7 @@ from bench.common import (
     summary,
     wait_until,
 )
+from bench.floor import Floor
 
 if TYPE_CHECKING:
     from bench.harness import Bench
@@ -299,14 +300,40 @@ def _warm_up(
     rfleet.remove(warm)
 
 
+def _floor_summary(bench: Bench, floor: Floor, items: list[Started]) -> dict[str, Any]:
+    """The floor of the sequential registrations: the event's delivery to a subscriber (the
+    bench's own), the listing and the put (bench.floor), and the sum of their p50s."""
+    assert bench.events is not None
+    delivered = [
+        ms
+        for item in items
+        if (ms := bench.events.delivery_ms(item.member.id, _registered_from(item.kind))) is not None
+    ]
+    parts = {
+        "delivery": summary(delivered),
+        "listing": summary(floor.listing_ms),
+        "put": summary(floor.put_ms),
+    }
+    return {**parts, "p50_sum": sum(float(part["p50"]) for part in parts.values())}
+
+
 def _one_after_another(
-    bench: Bench, prefix: str, group: str, rfleet: RealisticFleet, *, kinds: tuple[str, ...], n: int
+    bench: Bench,
+    prefix: str,
+    group: str,
+    rfleet: RealisticFleet,
+    *,
+    kinds: tuple[str, ...],
+    n: int,
+    floor: Floor | None = None,
 ) -> list[Started]:
-    """n containers (kinds in turn), each waiting for its key; then stopped the same way."""
+    """n containers (kinds in turn), each waiting for its key (then, with a floor, the
+    requests any registrar makes timed once); then stopped the same way."""
     items: list[Started] = []
     for i in range(n):
         item = rfleet.start(group, kinds[i % len(kinds)])
-        _wait_keys(bench, prefix, [item], "PUT", 15)
+        if _wait_keys(bench, prefix, [item], "PUT", 15) and floor is not None:
+            floor.sample(item.member.id)
         items.append(item)
         time.sleep(0.02)
     for item in items:
@@ -359,9 +386,13 @@ def run_rounds(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dic
 
         ticks = cpu_ticks(agent.process.pid)
         bench_log(f"realistic: {plan.sequential} containers one after another")
-        sequential = _one_after_another(
-            bench, prefix, group, rfleet, kinds=KINDS, n=plan.sequential
-        )
+        floor = Floor(bench.etcd.url, "/sidekick-bench-floor/real", "/var/run/docker.sock")
+        try:
+            sequential = _one_after_another(
+                bench, prefix, group, rfleet, kinds=KINDS, n=plan.sequential, floor=floor
+            )
+        finally:
+            floor.close()
 
         bench_log(f"realistic: {plan.bursts} bursts of {BURST} at once")
         probe = EtcdProbe(bench.etcd.url, "/sidekick-bench-probe/real", bench.workdir / "probe.log")
@@ -397,6 +428,7 @@ def run_rounds(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dic
         )
 
         out["sequential"] = _timings(bench, prefix, sequential)
+        out["floor"] = _floor_summary(bench, floor, sequential)
         out["burst"] = _timings(bench, prefix, bursts)
         out["burst"]["etcd_put"] = summary(probe.within(windows))
         out["all"] = _timings(bench, prefix, sequential + bursts)["all"]
@@ -558,6 +590,13 @@ def print_summary(real: dict[str, Any]) -> None:
         "nothing published; not in all)"
     )
     bench_log(f"burst etcd put p99={real['burst']['etcd_put']['p99']:.1f} ms")
+    if floor := real.get("floor"):
+        bench_log(
+            f"sequential floor p50: delivery {floor['delivery']['p50']:.1f} + docker ps "
+            f"{floor['listing']['p50']:.1f} + etcd put {floor['put']['p50']:.1f} = "
+            f"{floor['p50_sum']:.1f} ms (sidekick register p50 "
+            f"{real['sequential']['all']['register']['p50']:.1f} ms)"
+        )
     bench_log(f"agent cpu per start or stop: {real['agent_cpu_ms_per_event']:.2f} ms")
     bench_log(
         f"agent cpu per start or stop, {ADDRESS_KIND} address: "

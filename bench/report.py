@@ -742,6 +742,29 @@ def _recovery_prose(results: dict[str, Any]) -> list[str]:
     return [text]
 
 
+def _floor_markdown(real: dict[str, Any]) -> list[str]:
+    """Where a sequential registration's time goes (bench/floor.py), when the run has it."""
+    floor = real.get("floor")
+    if floor is None:  # a run before bench/floor.py
+        return []
+    register = real["sequential"]["all"]["register"]["p50"]
+    return [
+        "",
+        "**Where a registration's time goes** (one after another, p50, ms): what any registrar "
+        "pays for a `-p 80` container, measured in the same rounds right after each key "
+        "appeared (`bench/floor.py`, plain kept connections): the event's delivery to a "
+        "subscriber, one `docker ps --filter id=` and one etcd put. sidekick's own time is the "
+        "rest of its registration p50.",
+        "",
+        "| event delivery | docker ps by id | etcd put | sum | sidekick register "
+        "| sidekick's own |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {_fmt(floor['delivery']['p50'])} | {_fmt(floor['listing']['p50'])} "
+        f"| {_fmt(floor['put']['p50'])} | {_fmt(floor['p50_sum'])} | {_fmt(register)} "
+        f"| {_fmt(register - floor['p50_sum'])} |",
+    ]
+
+
 def realistic_markdown(results: dict[str, Any]) -> list[str]:
     """The realistic workloads' section: one row per kind and mode."""
     real = results.get("realistic")
@@ -838,6 +861,7 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
             if address
             else "."
         ),
+        *_floor_markdown(real),
         "",
         f"**Already running**: {run['containers']} containers "
         f"({', '.join(f'{n} {k}' for k, n in run['by_kind_count'].items())}; the health ones "

@@ -138,3 +138,28 @@ def test_print_summary_has_the_container_rows(capsys: pytest.CaptureFixture[str]
     assert len(container) == 2
     assert all("n=2 miss=2" in line and "wrong values 1" in line for line in container)
     assert any("sidekick.address=container on skb-b0-addr" in line for line in err)
+
+
+def _with_floor() -> dict[str, Any]:
+    real = _realistic()
+    real["floor"] = {
+        "delivery": {"p50": 0.5},
+        "listing": {"p50": 1.5},
+        "put": {"p50": 2.0},
+        "p50_sum": 4.0,
+    }
+    return real
+
+
+def test_the_floor_says_where_a_registration_goes():
+    real = _with_floor()
+    lines = report.realistic_markdown({"realistic": real})
+    row = lines[lines.index("|---:|---:|---:|---:|---:|---:|") + 1]
+    own = real["sequential"]["all"]["register"]["p50"] - 4.0
+    assert [c.strip() for c in row.strip("|").split("|")][:4] == ["0.5", "1.5", "2.0", "4.0"]
+    assert row.rstrip(" |").endswith(report._fmt(own))
+    assert harness.realistic_headline(real)["register_sequential_floor_p50_ms"] == 4.0
+    assert "register_sequential_floor_p50_ms" not in harness.realistic_headline(_realistic())
+    assert not any(
+        "time goes" in line for line in report.realistic_markdown({"realistic": _realistic()})
+    )
