@@ -56,6 +56,7 @@ TEMPLATE = Path(__file__).resolve().parent / "reliability-template.md"
 OUT_DIR = ROOT / ".tmp" / "reliability"
 COMMAND = "./bench/run --reliability"
 SUMMARY_PREFIX = "[chaos] summary "
+CLASH_LINE = "'key held by another owner' line"
 DESCRIBE_LIMIT = 600  # characters of a divergence's description shown in the doc
 
 
@@ -381,8 +382,8 @@ def claim_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     def stalls(c: dict[str, Any]) -> str:
         return (
             f"{_broken(c, 'docker stall')} lost: {_n(c['stalls'], 'stall')}, "
-            f"{_n(c['stall_keys_watched'], 'key')} watched through them, "
-            f"{_n(c['stall_reads'], 'read')} of etcd during them"
+            f"{_n(c['stall_keys_watched'], 'key')} watched through "
+            f"{'it' if c['stalls'] == 1 else 'them'}, {_n(c['stall_reads'], 'read')} of etcd"
         )
 
     def second(c: dict[str, Any]) -> str:
@@ -390,7 +391,7 @@ def claim_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         return (
             f"{_broken(c, 'second agent')} broken of "
             f"{_n(sum(agents.values()), 'second agent')} "
-            f"({_by_kind(agents)}); {c['clashes_logged']} 'key held by another owner' lines"
+            f"({_by_kind(agents)}); {_n(c['clashes_logged'], CLASH_LINE)}"
         )
 
     def refused(c: dict[str, Any]) -> str:
@@ -613,17 +614,19 @@ def chaos_markdown(results: dict[str, Any]) -> str:
         (
             "agent restarts (exec to its first reconcile)",
             f"{chaos['agent_restarts']} ({_by_kind(restarts)}), worst "
-            f"{_s(chaos['agent_restart_worst_s'])}",
+            f"{_s(chaos['agent_restart_worst_s'])}"
+            if chaos["agent_restarts"]
+            else "none (no `agent_sigkill` drawn)",
         ),
         (
             "Docker stalls",
-            f"{chaos['stalls']}: {chaos['stall_keys_watched']} keys watched, "
-            f"{chaos['stall_reads']} reads of etcd during them",
+            f"{chaos['stalls']}: {_n(chaos['stall_keys_watched'], 'key')} watched, "
+            f"{_n(chaos['stall_reads'], 'read')} of etcd during them",
         ),
         (
             "second agents",
             f"{sum(_second_agents(chaos).values())} ({_by_kind(_second_agents(chaos))}); "
-            f"{chaos['clashes_logged']} 'key held by another owner' lines",
+            f"{_n(chaos['clashes_logged'], CLASH_LINE)}",
         ),
         (
             "same lease file refused",
@@ -793,7 +796,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "faults": sum(chaos["faults"].values()) if chaos else None,
         "convergence_worst_s": (chaos.get("convergence") or {}).get("worst_s"),
         "convergence_median_s": (chaos.get("convergence") or {}).get("median_s"),
-        "agent_restart_worst_s": chaos.get("agent_restart_worst_s"),
+        "agent_restart_worst_s": (
+            chaos.get("agent_restart_worst_s") if chaos.get("agent_restarts") else None
+        ),
         "hypothesis_inputs": sum(s["passing"] + s["failing"] for s in stats.values()),
         "wall_s": results["wall_s"],
     }

@@ -221,7 +221,9 @@ def test_claims_carry_this_runs_figures() -> None:
     by_test = {test: result for _, test, result in rows}
     soak = by_test["`tests/test_chaos.py::test_chaos_invariant`"]
     assert soak.startswith("**failed**: **1 divergence** in a 61 s soak, seed 4242")
-    assert by_test["the same soak (`docker_stalled`)"].startswith("0 lost: 1 stall, 2 keys watched")
+    assert by_test["the same soak (`docker_stalled`)"].startswith(
+        "0 lost: 1 stall, 2 keys watched through it, 75 reads of etcd"
+    )
     assert by_test["the same soak (`second_agent`)"].startswith("1 broken of 3 second agents")
     member = by_test["`tests/test_cluster.py::TestCluster::test_member_then_leader_killed`"]
     assert (
