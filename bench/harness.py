@@ -6,6 +6,8 @@ measured in the same run. Started by ./bench/run (which installs what is missing
     python -m bench.harness --resync-cost [--resyncs K]   (bench/resync.py only)
     python -m bench.harness --fleet [--nodes M] [--quick]   (bench/fleet.py only)
     python -m bench.harness --render-scale [--quick]      (bench/render_scale.py only)
+    python -m bench.harness --reliability [--quick] [--chaos-seconds N] [--seed S]
+                                  (bench/reliability.py: the reliability tests, docs/reliability.md)
 
 Phases (all loopback, all bounded, everything labelled and removed at the end):
   1. the fast path's registration / deregistration latency (fixed ports, no healthcheck,
@@ -54,7 +56,7 @@ from typing import Any
 import docker
 import requests
 
-from bench import fleet, realistic, report, resync
+from bench import fleet, realistic, reliability, report, resync
 from bench import render_scale as render_scale_mode
 from bench.common import (
     CLK_TCK,
@@ -1188,9 +1190,19 @@ def main(argv: list[str] | None = None) -> int:
         "correctness only, no docs)",
     )
     fleet.add_arguments(parser)
+    parser.add_argument(
+        "--reliability",
+        action="store_true",
+        help="only the reliability tests (properties, core, lease hand-over, etcd cluster, "
+        "the chaos soak: 300 s, --quick 60 s), each a pytest run; writes docs/reliability.md "
+        "from that run (refused on a working tree with uncommitted changes)",
+    )
+    reliability.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.from_results is not None:
         results = json.loads(args.from_results.read_text())
+        if results.get("mode") == "reliability":  # a --reliability run (.tmp/reliability/)
+            return reliability.finish(results, no_docs=args.no_docs)
         if results.get("mode") == "fleet":  # a --fleet run (.tmp/bench-fleet-results.json)
             line = fleet.headline(results)
             report.write_fleet(
@@ -1219,6 +1231,8 @@ def main(argv: list[str] | None = None) -> int:
         return fleet_mode(args)
     if args.render_scale:
         return render_scale(args)
+    if args.reliability:
+        return reliability.execute(args)
     plan = Plan.make(args.quick)
     workdir = Path(tempfile.mkdtemp(prefix="sidekick-bench-"))
     bench = Bench(plan, workdir, args.profile)

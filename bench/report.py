@@ -20,8 +20,9 @@ from sidekick import __version__
 PLOT_NAME = "benchmarks-latency.png"
 
 
-def machine(client: docker.DockerClient | None, etcd_url: str) -> dict[str, Any]:
-    """What the figures were taken on (no client: a run that uses no Docker engine)."""
+def machine(client: docker.DockerClient | None, etcd_url: str | None) -> dict[str, Any]:
+    """What the figures were taken on (no client: a run that uses no Docker engine; no
+    etcd_url: one that runs no etcd of its own, whose caller fills in "etcd")."""
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -31,8 +32,10 @@ def machine(client: docker.DockerClient | None, etcd_url: str) -> dict[str, Any]
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             memory_kb = int(line.split()[1])
+    etcd_version = "not asked"
     try:
-        etcd_version = requests.get(etcd_url + "/version", timeout=5).json().get("etcdserver")
+        if etcd_url is not None:
+            etcd_version = requests.get(etcd_url + "/version", timeout=5).json().get("etcdserver")
     except (requests.RequestException, ValueError):
         etcd_version = "unknown"
     commit = git_commit()

@@ -25,6 +25,7 @@ SIDEKICK_CHAOS_SEED=<the printed seed> (the draws repeat; Docker's and etcd's ti
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -57,6 +58,10 @@ CONVERGE_WITHIN = 5.0  # seconds a quiet period may take before it counts as a d
 LATE_LIMIT = 30.0  # after a divergence, how long to wait for it to heal before moving on
 MAX_CONTAINERS = 8
 TTL = 4  # short, so etcd outages and agent deaths longer than the ttl happen in CI time
+RESYNC = 60.0  # the agent's periodic reconcile: long, so it cannot hide a missed event
+AGENT_DEAD_SECONDS = (0.0, TTL + 2.0)  # past the ttl the lease expires
+ETCD_OUTAGE_SECONDS = (0.5, TTL + 2.0)
+STREAM_CUT_SECONDS = (0.2, 3.0)
 SERVICES = ("web", "api", "shop")
 HEALTHCHECK = {
     "test": ["CMD", "test", "-e", "/tmp/ok"],
@@ -287,7 +292,7 @@ class Chaos:
             self.agent.signal(signal.SIGKILL)
             self.agent.wait()
             done = self.some_ops(0, 2)
-            dead_for = self.rng.uniform(0, TTL + 2)  # past the ttl the lease expires
+            dead_for = self.rng.uniform(*AGENT_DEAD_SECONDS)
             time.sleep(dead_for)
             restarted = time.monotonic()
             self.agent = self.start_agent()
@@ -303,7 +308,7 @@ class Chaos:
         if kind == "etcd_outage":
             self.etcd.stop()
             done = self.some_ops(1, 3)
-            down_for = self.rng.uniform(0.5, TTL + 2)
+            down_for = self.rng.uniform(*ETCD_OUTAGE_SECONDS)
             time.sleep(down_for)
             self.etcd.start()
             self.faults[kind] += 1
@@ -311,7 +316,7 @@ class Chaos:
         if kind == "docker_stream_cut":
             self.proxy.stop()
             done = self.some_ops(1, 3)
-            cut_for = self.rng.uniform(0.2, 3)
+            cut_for = self.rng.uniform(*STREAM_CUT_SECONDS)
             time.sleep(cut_for)
             self.proxy.start()
             self.faults[kind] += 1
@@ -556,6 +561,7 @@ def test_chaos_invariant(
             *extra,
             etcd_endpoints=etcd.url,
             ttl=TTL,
+            resync=RESYNC,
             lease_file=lease_file,
             wait_ready=wait_ready,
         )
@@ -594,7 +600,8 @@ def test_chaos_invariant(
         assert etcd.keys(chaos.prefix) == {}
     finally:
         etcd.stop()
-        for line in summary(chaos, seed, number, soak, (load_start, os.getloadavg()[0])):
+        load = (load_start, os.getloadavg()[0])
+        for line in summary(chaos, seed, seconds, number, soak, load):
             say(line)
         say("")
     assert not chaos.divergences, "\n".join(
@@ -603,15 +610,69 @@ def test_chaos_invariant(
 
 
 def summary(
-    chaos: Chaos, seed: int, rounds: int, soak: float, load: tuple[float, float]
+    chaos: Chaos, seed: int, seconds: float, rounds: int, soak: float, load: tuple[float, float]
 ) -> list[str]:
-    """The figures docs/reliability.md records."""
+    """The figures, in words, then once more as one JSON line (`summary {...}`) that
+    `./bench/run --reliability` (bench/reliability.py) reads into docs/reliability.md."""
     times = [c[0] for c in chaos.convergence]
     worst = max(chaos.convergence, default=(0.0, 0, "", "none"))
     by_kind: dict[str, float] = {}
     for took, _, kind, _ in chaos.convergence:
         by_kind[kind] = max(by_kind.get(kind, 0.0), took)
     restarts = max(chaos.agent_restarts, default=0.0)
+    median = statistics.median(times) if times else 0.0
+    record = {
+        "seed": seed,
+        "seconds": seconds,
+        "soak_s": round(soak, 1),
+        "rounds": rounds,
+        "quiet_periods": len(times),
+        "load": [round(load[0], 2), round(load[1], 2)],
+        "faults": dict(sorted(chaos.faults.items())),
+        "container_operations": dict(sorted(chaos.applied.items())),
+        "refused_by_docker": dict(sorted(chaos.refused.items())),
+        "divergences": [
+            {
+                "round": d.round,
+                "check": "quiet period" if not d.reason else d.what,
+                "healed_after_s": d.healed_after,
+                "describe": d.describe(),
+            }
+            for d in chaos.divergences
+        ],
+        "convergence": {
+            "worst_s": round(worst[0], 3),
+            "worst_round": worst[1],
+            "worst_what": worst[3],
+            "median_s": round(median, 3),
+            "worst_by_round_kind": {k: round(t, 3) for k, t in sorted(by_kind.items())},
+        },
+        "agent_restarts": len(chaos.agent_restarts),
+        "agent_restart_worst_s": round(restarts, 3),
+        "stalls": len(chaos.stall_keys),
+        "stall_keys_watched": sum(chaos.stall_keys),
+        "stall_reads": chaos.stall_polls,
+        "clashes_logged": chaos.clashes_logged,
+        "refusals": len(chaos.refusals),
+        "refusal_worst_s": round(max(chaos.refusals, default=0.0), 3),
+        "settings": {
+            "ttl_s": TTL,
+            "resync_s": RESYNC,
+            "bound_s": CONVERGE_WITHIN,
+            "late_limit_s": LATE_LIMIT,
+            "max_containers": MAX_CONTAINERS,
+            "fault_chance": FAULT_CHANCE,
+            "faults": sorted(FAULTS),
+            "agent_dead_s": list(AGENT_DEAD_SECONDS),
+            "etcd_outage_s": list(ETCD_OUTAGE_SECONDS),
+            "stream_cut_s": list(STREAM_CUT_SECONDS),
+            "stall_s": STALL_SECONDS,
+            "stall_poll_s": STALL_POLL,
+            "second_agent_s": list(SECOND_AGENT_SECONDS),
+            "second_agents": list(SECOND_AGENTS),
+            "refused_within_s": REFUSED_WITHIN,
+        },
+    }
     return [
         f"seed {seed}; {rounds} rounds in {soak:.0f}s; {len(times)} quiet periods checked; "
         f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end",
@@ -623,7 +684,7 @@ def summary(
         + (", ".join(f"{k} {n}" for k, n in sorted(chaos.refused.items())) or "none"),
         f"divergences: {len(chaos.divergences)}",
         f"convergence: worst {worst[0]:.2f}s (round {worst[1]}: {worst[3]}), "
-        f"median {statistics.median(times) if times else 0:.2f}s, bound {CONVERGE_WITHIN:.0f}s",
+        f"median {median:.2f}s, bound {CONVERGE_WITHIN:.0f}s",
         "worst convergence by round: "
         + ", ".join(f"{k} {t:.2f}s" for k, t in sorted(by_kind.items())),
         f"agent restart (exec to its first reconcile): worst {restarts:.2f}s",
@@ -632,4 +693,5 @@ def summary(
         f"second agents: {chaos.clashes_logged} 'key held by another owner' lines; same lease "
         f"file refused {len(chaos.refusals)} times, exit 2 after worst "
         f"{max(chaos.refusals, default=0.0):.2f}s",
+        "summary " + json.dumps(record, sort_keys=True),
     ]

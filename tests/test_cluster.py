@@ -95,6 +95,7 @@ class TestCluster:
     ):
         """Kill the member in use, then the leader: writes and keepalives go on elsewhere."""
         ttl = 6
+        print(f"ttl {ttl}s")
         agent = agent_factory(etcd_endpoints=etcd_cluster.endpoints, ttl=ttl)
         prefix = f"/{scope}/"
         web = Backends(containers, own_network, prefix)
@@ -146,6 +147,7 @@ class TestCluster:
     ):
         """Two of three down past the ttl while containers change: exact within seconds."""
         ttl = 4
+        print(f"ttl {ttl}s")
         agent = agent_factory(etcd_endpoints=etcd_cluster.endpoints, ttl=ttl)
         prefix = f"/{scope}/"
         web = Backends(containers, own_network, prefix)
