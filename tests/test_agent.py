@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 import requests
@@ -294,18 +295,7 @@ class TestEvents:
         """A container with a HEALTHCHECK is announced only while healthy."""
         agent_factory()
         port = free_port()
-        container = containers.run(
-            command="sh -c 'touch /tmp/ok; httpd -f -p 80'",
-            ports=published(port),
-            labels={"sidekick.service": "h"},
-            healthcheck={
-                "test": ["CMD", "test", "-e", "/tmp/ok"],
-                "interval": 300_000_000,
-                "timeout": 1_000_000_000,
-                "retries": 1,
-                "start_period": 0,
-            },
-        )
+        container = _healthy_while_ok(containers, port, "h")
         key = f"/{scope}/h-{port}"
         wait_for(
             lambda: (
@@ -327,18 +317,7 @@ class TestEvents:
         agent asks Docker nothing for either."""
         agent_factory("--docker-url", docker_proxy.url, "--resync", "3600")
         port = free_port()
-        container = containers.run(
-            command="sh -c 'touch /tmp/ok; httpd -f -p 80'",
-            ports=published(port),
-            labels={"sidekick.service": "v"},
-            healthcheck={
-                "test": ["CMD", "test", "-e", "/tmp/ok"],
-                "interval": 300_000_000,
-                "timeout": 1_000_000_000,
-                "retries": 1,
-                "start_period": 0,
-            },
-        )
+        container = _healthy_while_ok(containers, port, "v")
         key = f"/{scope}/v-{port}"
         wait_for(lambda: key in etcd.keys(f"/{scope}/"), message="announced once healthy")
         looked_up = len(docker_proxy.requests)
@@ -721,3 +700,20 @@ class TestDockerFaults:
         print(f"converged {time.monotonic() - back:.2f}s after Docker returned")
         assert agent.events("docker event stream ended; reconnecting")
         assert len(agent.events("docker unavailable; retrying with backoff")) == 1
+
+
+def _healthy_while_ok(containers: Containers, port: int, service: str) -> Any:
+    """A web container published on `port` whose healthcheck passes while /tmp/ok exists
+    (it does at the start; `rm /tmp/ok` makes it unhealthy within a check)."""
+    return containers.run(
+        command="sh -c 'touch /tmp/ok; httpd -f -p 80'",
+        ports=published(port),
+        labels={"sidekick.service": service},
+        healthcheck={
+            "test": ["CMD", "test", "-e", "/tmp/ok"],
+            "interval": 300_000_000,
+            "timeout": 1_000_000_000,
+            "retries": 1,
+            "start_period": 0,
+        },
+    )
