@@ -51,6 +51,8 @@ class Agent:
         self.store = store
         self.docker = docker
         self.metrics = metrics or Metrics()
+        store.timed = self.metrics.etcd_request  # before the clones below: they time theirs too
+        docker.timed = self.metrics.docker_request
         self.notifier = notifier or Notifier({})
         self.lease_file = lease_file or LeaseFile(None)
         self.log = structlog.get_logger("sidekick")

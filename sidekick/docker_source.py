@@ -10,7 +10,7 @@ import copy
 import http.client
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import docker
@@ -32,7 +32,9 @@ from sidekick.model import LABEL_ENABLE, Container, matches_filters
 from sidekick.wire import WireAPIClient
 
 # The container events that can change what a container announces, and `create`, after which
-# the agent looks ahead at what the container's start will announce.
+# the agent looks ahead at what the container's start will announce. Not `stop`: dockerd sends
+# it after the container's `die`, which has withdrawn it already (every event costs the agent
+# a JSON document to read, and a container's life has eight or more of them).
 EVENT_ACTIONS = (
     "create",
     "start",
@@ -40,7 +42,6 @@ EVENT_ACTIONS = (
     "unpause",
     "health_status",
     "die",
-    "stop",
     "kill",
     "destroy",
     "pause",
@@ -75,6 +76,7 @@ class DockerEvent(NamedTuple):
     name: str  # the container's name ("" on a network event)
     attributes: dict[str, str]
     kind: str = "container"  # or "network": a connect or disconnect of container_id
+    at: float = 0.0  # when dockerd says it happened (Unix time; 0.0: it did not say)
 
 
 def event_from_raw(raw: Any) -> DockerEvent | None:
@@ -90,10 +92,14 @@ def event_from_raw(raw: Any) -> DockerEvent | None:
         else {}
     )
     kind = raw.get("Type", "container")
+    at = raw.get("timeNano")
+    at = at / 1e9 if isinstance(at, int) else 0.0
     if kind == "network" and action.strip() in NETWORK_ACTIONS:
         container_id = attributes.get("container", "")
         return (
-            DockerEvent(action.strip(), attributes.get("name", ""), container_id, "", {}, "network")
+            DockerEvent(
+                action.strip(), attributes.get("name", ""), container_id, "", {}, "network", at
+            )
             if container_id
             else None
         )
@@ -106,7 +112,12 @@ def event_from_raw(raw: Any) -> DockerEvent | None:
         container_id=container_id,
         name=attributes.get("name", ""),
         attributes=attributes,
+        at=at,
     )
+
+
+def _untimed(_call: str, _seconds: float) -> None:
+    pass
 
 
 class DockerSource:
@@ -131,6 +142,7 @@ class DockerSource:
         self._stream: Any = None
         self._networks: dict[str, tuple[float, Any]] = {}  # name -> (when read, inspect doc)
         self.busy_since: float | None = None  # monotonic start of the request in flight
+        self.timed: Callable[[str, float], None] = _untimed  # told each request's call and time
 
     def _client(self) -> docker.APIClient:
         with self._lock:
@@ -169,13 +181,16 @@ class DockerSource:
 
     def version(self) -> dict[str, Any]:
         """The engine's version document."""
-        return dict(self._call(lambda api: api.version()))
+        return dict(self._call("version", lambda api: api.version()))
 
-    def _call(self, fn: Any, *, missing_ok: bool = False) -> Any:
-        """fn(api); Docker's failures become DockerUnavailable (NotFound too, unless missing_ok)."""
-        self.busy_since = time.monotonic()
+    def _call(self, call: str, fn: Any, *, missing_ok: bool = False) -> Any:
+        """fn(api), timed as `call`; Docker's failures become DockerUnavailable (NotFound too,
+        unless missing_ok)."""
+        self.busy_since = started = time.monotonic()
         try:
-            return fn(self._client())
+            answer = fn(self._client())
+            self.timed(call, time.monotonic() - started)
+            return answer
         except docker.errors.NotFound as exc:
             if missing_ok:
                 raise
@@ -205,7 +220,9 @@ class DockerSource:
         will be once started, when that is known already (docker_parse.container_as_started),
         and its stop signal. None when it is gone."""
         try:
-            data = self._call(lambda api: api.inspect_container(container_id), missing_ok=True)
+            data = self._call(
+                "inspect", lambda api: api.inspect_container(container_id), missing_ok=True
+            )
             if not knowable_at_create(data):
                 return Created(None, stop_signal_of(data))
             mode = str((data.get("HostConfig") or {}).get("NetworkMode") or "")
@@ -221,7 +238,9 @@ class DockerSource:
         now = time.monotonic()
         read_at, network = self._networks.get(name, (float("-inf"), None))
         if now - read_at > NETWORK_CACHE_SECONDS:
-            network = self._call(lambda api: api.inspect_network(name), missing_ok=True)
+            network = self._call(
+                "inspect-network", lambda api: api.inspect_network(name), missing_ok=True
+            )
             if len(self._networks) > 100:
                 self._networks.clear()
             self._networks[name] = (now, network)
@@ -231,7 +250,9 @@ class DockerSource:
         """The container now, or None when it no longer exists."""
         try:
             return container_from_inspect(
-                self._call(lambda api: api.inspect_container(container_id), missing_ok=True)
+                self._call(
+                    "inspect", lambda api: api.inspect_container(container_id), missing_ok=True
+                )
             )
         except docker.errors.NotFound:
             return None
@@ -254,7 +275,7 @@ class DockerSource:
         ids = sorted(wanted)
         for start in range(0, len(ids), LISTED_IDS_PER_REQUEST):
             chunk = ids[start : start + LISTED_IDS_PER_REQUEST]
-            summaries = self._call(lambda api, c=chunk: api.containers(filters={"id": c}))
+            summaries = self._call("list", lambda api, c=chunk: api.containers(filters={"id": c}))
             healthy = self._healthy(
                 [s for s in summaries if not (isinstance(s, dict) and s.get("Id") in starting)],
                 {"id": chunk},
@@ -272,14 +293,17 @@ class DockerSource:
         summaries has a healthcheck (else None: no request)."""
         if not any(isinstance(s, dict) and has_healthcheck(s) for s in summaries):
             return None
-        answer = self._call(lambda api: api.containers(filters={**filters, "health": "healthy"}))
+        answer = self._call(
+            "list-healthy", lambda api: api.containers(filters={**filters, "health": "healthy"})
+        )
         return {str(s.get("Id")) for s in answer if isinstance(s, dict)}
 
     def running_containers(self) -> list[Container]:
         """Every running container in scope: from the listing, inspected only when need be."""
         filters = {"status": "running"}
         summaries = self._call(
-            lambda api: api.containers(filters={**filters, "label": self.label_filters})
+            "list-running",
+            lambda api: api.containers(filters={**filters, "label": self.label_filters}),
         )
         healthy = self._healthy(summaries, {**filters, "label": self.label_filters})
         containers = []
@@ -302,7 +326,7 @@ class DockerSource:
             "event": [*EVENT_ACTIONS, *NETWORK_ACTIONS],
         }
         params = {"filters": docker.utils.convert_filters(filters)}
-        stream = self._call(lambda api: api.stream_json("/events", params))
+        stream = self._call("events", lambda api: api.stream_json("/events", params))
         self._stream = stream
         return self._follow(stream)
 

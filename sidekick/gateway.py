@@ -19,7 +19,8 @@ import copy
 import json
 import re
 import ssl
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 import requests
@@ -58,6 +59,10 @@ _PERMISSION_DENIED = 7
 _SSL_REASON = re.compile(r"\[[A-Z0-9]+: [A-Z0-9_]+\][^'\"(]*")
 
 
+def _untimed(_call: str, _seconds: float) -> None:
+    pass
+
+
 class Gateway:
     """POSTs to etcd's JSON gateway, with failover across endpoints, login and TLS."""
 
@@ -72,6 +77,7 @@ class Gateway:
         self.security = security or EtcdSecurity()
         self._clients = [self._client(e) for e in self.endpoints]
         self._current = 0
+        self.timed: Callable[[str, float], None] = _untimed  # told each answered request's time
 
     def _client(self, endpoint: Endpoint) -> Etcd3Client:
         session = WireSession()  # trust_env off: REQUESTS_CA_BUNDLE must not replace our CA
@@ -112,7 +118,10 @@ class Gateway:
         for _ in self._clients:
             client, endpoint = self._clients[self._current], self.endpoint
             try:
-                return self._post_authenticated(client, path, payload, subject or path)
+                started = time.monotonic()
+                answer = self._post_authenticated(client, path, payload, subject or path)
+                self.timed(path.strip("/"), time.monotonic() - started)
+                return answer
             except (
                 etcd_exceptions.ConnectionFailedError,
                 etcd_exceptions.ConnectionTimeoutError,

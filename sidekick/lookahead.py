@@ -4,12 +4,14 @@ dockerd answers slowly while it starts many containers at once, and an inspect o
 it is starting waits for that start to end. Labels, name, network and fixed published ports do
 not change between create and start (docker_parse.container_as_started), so helper threads
 read them as soon as the `create` event arrives, each on a Docker connection of its own. The
-agent's loop takes the result at `start`; an entry is used once, so nothing read at create
-outlives a start.
+agent's loop takes the result at `start` if the read is done, and never waits for one in
+flight (a `docker ps` listing answers in a millisecond, while an inspect waits for dockerd to
+finish the start); an entry is used once, so nothing read at create outlives a start. The stop
+signal a read finds is kept whenever the read ends, for the `kill` of `docker stop`.
 
-Runs on: created() on the Docker events reader thread; take(), pending(), forget(), clear()
-on the main loop; the reads on THREADS helper threads ("look-ahead-N"). The entries are
-shared under one Condition.
+Runs on: created() on the Docker events reader thread; take(), stop_signal(), forget(), drop()
+and clear() on the main loop; the reads on THREADS helper threads ("look-ahead-N"). The entries are
+shared under one lock.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-import time
 from typing import Any
 
 from sidekick.docker_source import DockerSource, DockerUnavailable
@@ -48,7 +49,8 @@ class LookAhead:
         self._threads = threads
         self._entries: dict[str, Container | _State] = {}
         self._signals: dict[str, int] = {}  # stop signals read at create, for the look-up
-        self._changed = threading.Condition()
+        self._signal_only: set[str] = set()  # reads in flight whose start has passed
+        self._lock = threading.Lock()
         self._ids: queue.Queue[str | None] = queue.Queue(CAPACITY)
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -86,26 +88,25 @@ class LookAhead:
 
     def created(self, container_id: str) -> None:
         """A `create` event: have a helper read the container (dropped when too many wait)."""
-        with self._changed:
+        with self._lock:
             if len(self._entries) >= CAPACITY:
                 return
             self._entries[container_id] = QUEUED
         try:
             self._ids.put_nowait(container_id)
         except queue.Full:
-            self.forget(container_id)
+            self.drop(container_id)
 
-    def take(self, container_id: str, deadline: float) -> Container | None:
-        """The container as it is once started, if read; a pending read is waited for until
-        `deadline` (time.monotonic()): dockerd answers it as soon as the start ends."""
-        with self._changed:
-            while isinstance(self._entries.get(container_id), _State):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
-            entry = self._entries.pop(container_id, None)
-        return entry if isinstance(entry, Container) else None
+    def take(self, container_id: str) -> Container | None:
+        """The container as it is once started, if its read is done (once); a read still in
+        flight is not waited for: it will keep only the stop signal."""
+        with self._lock:
+            entry = self._entries.get(container_id)
+            if isinstance(entry, _State):
+                self._signal_only.add(container_id)
+                return None
+            self._entries.pop(container_id, None)
+        return entry
 
     def pending(self, container_id: str) -> bool:
         """A read of this container is queued or in flight."""
@@ -113,28 +114,35 @@ class LookAhead:
 
     def stop_signal(self, container_id: str) -> int | None:
         """The container's stop signal if a read at create found it (once)."""
-        with self._changed:
+        with self._lock:
             return self._signals.pop(container_id, None)
 
     def forget(self, container_id: str) -> None:
-        with self._changed:
+        """A later event decides: the read's result is not used (its stop signal is kept)."""
+        self.take(container_id)
+
+    def drop(self, container_id: str) -> None:
+        """The container is gone: forget everything about it."""
+        with self._lock:
             self._entries.pop(container_id, None)
             self._signals.pop(container_id, None)
+            self._signal_only.discard(container_id)
 
     def clear(self) -> None:
         """Forget everything (a reconcile has just read every running container)."""
-        with self._changed:
+        with self._lock:
             self._entries.clear()
             self._signals.clear()
+            self._signal_only.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def _read(self, docker: DockerSource) -> None:
         while (container_id := self._ids.get()) is not None and not self._stopping.is_set():
-            with self._changed:
+            with self._lock:
                 if self._entries.get(container_id) is not QUEUED:
-                    continue  # started or removed before its turn
+                    continue  # removed before its turn
                 self._entries[container_id] = READING
             created = None
             try:
@@ -144,13 +152,13 @@ class LookAhead:
             except Exception as exc:  # a helper must outlive any odd answer
                 self._log.warning("look-ahead failed", id=container_id[:12], error=repr(exc))
             container = created.container if created else None
-            with self._changed:
+            with self._lock:
                 if created and created.stop_signal is not None and container_id in self._entries:
                     if len(self._signals) >= CAPACITY:
                         self._signals.clear()
                     self._signals[container_id] = created.stop_signal
-                if container is None:
+                if container is None or container_id in self._signal_only:
                     self._entries.pop(container_id, None)
-                elif container_id in self._entries:  # not started or removed meanwhile
+                    self._signal_only.discard(container_id)
+                elif container_id in self._entries:  # not removed meanwhile
                     self._entries[container_id] = container
-                self._changed.notify_all()

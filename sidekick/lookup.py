@@ -24,7 +24,6 @@ from sidekick.sync import Sync
 from sidekick.triage import after_verdict, started_from_read_ahead, triage
 
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
-LOOK_AHEAD_WAIT = 0.02  # at most this long per batch for look-aheads dockerd is answering
 VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
 GONE_MEMORY = 10.0  # dockerd lists a container as running for up to ~2 s after its `die`
 NETWORK_SETTLE = 0.25  # a network connect/disconnect shows in listings up to ~60 ms after its event
@@ -72,22 +71,16 @@ class Lookup:
             if event.action == "destroy":
                 self.stop_signals.pop(event.container_id, None)
                 self.known.pop(event.container_id, None)
+                self.look_ahead.drop(event.container_id)
         lookups = batch.lookups
         for event in lookups:
             self.gone_at.pop(event.container_id, None)  # started again: the listing is right
         self.withdraw(batch.withdrawals)
         starts = [e for e in lookups if e.action == "start"]
-        done = self._apply_read_ahead(
-            [e for e in starts if not self.look_ahead.pending(e.container_id)], deadline=0.0
-        )
-        done |= self._apply_read_ahead(
-            [e for e in starts if e.container_id not in done],
-            deadline=time.monotonic() + LOOK_AHEAD_WAIT,
-        )
+        done = self._apply_read_ahead(starts)  # reads still in flight: looked up instead
         done |= self._apply_verdicts([e for e in lookups if e.action == "health_status"])
         for event in starts:  # a read at create knows the stop signal even when not the ports
-            if (stop_signal := self.look_ahead.stop_signal(event.container_id)) is not None:
-                self.stop_signals.setdefault(event.container_id, stop_signal)
+            self._stop_signal(event.container_id)
         for container_id in batch.last.keys() - done:  # a read at create serves a first start only
             self.look_ahead.forget(container_id)
         self.look_up(
@@ -104,7 +97,16 @@ class Lookup:
         announced (or skipped) by its network address."""
         if event.kind == "network":
             return Action.LOOK_UP if event.container_id in self.by_network else Action.NOTHING
-        return route(event, self.stop_signals.get(event.container_id))
+        return route(event, self._stop_signal(event.container_id))
+
+    def _stop_signal(self, container_id: str) -> int | None:
+        """What `docker stop` sends the container, if known: from a read of it, or from its
+        read at create, which may have ended after its start."""
+        if (known := self.stop_signals.get(container_id)) is not None:
+            return known
+        if (read := self.look_ahead.stop_signal(container_id)) is not None:
+            self.stop_signals[container_id] = read
+        return read
 
     def _learn_signals(self, kills: Iterable[DockerEvent]) -> None:
         """Kills with a signal that may be the container's stop signal, taken after the rest
@@ -130,7 +132,7 @@ class Lookup:
         """Of these events, apply only the withdrawals (a reconcile's snapshot follows)."""
         last: dict[str, tuple[DockerEvent, Action]] = {}
         for event in events:
-            action = route(event, self.stop_signals.get(event.container_id))
+            action = route(event, self._stop_signal(event.container_id))
             if action is not Action.NOTHING:
                 last[event.container_id] = (event, action)
         self.withdraw(e for e, action in last.values() if action is Action.WITHDRAW)
@@ -145,11 +147,11 @@ class Lookup:
         if gone:
             self.write()
 
-    def _apply_read_ahead(self, starts: Sequence[DockerEvent], deadline: float) -> set[str]:
+    def _apply_read_ahead(self, starts: Sequence[DockerEvent]) -> set[str]:
         """Announce the started containers read at create, in one write; their ids."""
         done = set()
         for event in starts:
-            ready = self.look_ahead.take(event.container_id, deadline)
+            ready = self.look_ahead.take(event.container_id)
             if (container := started_from_read_ahead(ready, event, self.config)) is not None:
                 self.remember(container)
                 self.set(event.container_id, event.name, announce(container, self.config))

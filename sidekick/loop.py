@@ -128,6 +128,7 @@ class Loop:
             except queue.Empty:
                 item = None
         if events:
+            self._observe_lag(events)
             self.lookup.on_events(events)
         if item is not None:
             self._on_marker(item)
@@ -140,6 +141,14 @@ class Loop:
             self._guarded_etcd(self.sync.recheck_foreign)
         if now >= self.next_resync:
             self.needs_reconcile = True
+
+    def _observe_lag(self, events: list[DockerEvent]) -> None:
+        """How long after dockerd's time of each event the loop takes it up."""
+        now = time.time()
+        lag = self.parts.metrics.event_lag_seconds
+        for event in events:
+            if event.at:
+                lag.observe(max(0.0, now - event.at))
 
     def _on_marker(self, item: Item) -> None:
         if item is STOP:
@@ -157,8 +166,11 @@ class Loop:
     # -- etcd -------------------------------------------------------------------------------
 
     def write(self) -> None:
-        """The sync's write, for the look-up: a fault means a reconcile (with retries) next."""
+        """The sync's write, for the look-up, when its announcements changed: a fault means a
+        reconcile (with retries) next."""
         self.beat = time.monotonic()
+        if not self.sync.dirty:
+            return  # etcd holds them already: the last write succeeded, or a reconcile is due
         if self.keeper.lease == 0:
             self.needs_reconcile = True  # no lease yet, or a new one on its way
             return

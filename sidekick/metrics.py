@@ -9,6 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+# Seconds; fine below 10 ms, where a registration's requests and events normally take.
+REQUEST_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5,
+)  # fmt: skip
+
 
 class Metrics:
     """The agent's counters; one registry per agent so tests can make several."""
@@ -38,6 +43,26 @@ class Metrics:
             "sidekick_keepalive_rtt_seconds",
             "Round-trip time of a lease keepalive.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.docker_request_seconds = Histogram(
+            "sidekick_docker_request_seconds",
+            "Time a Docker API request took, by call (list, inspect, ...).",
+            ["call"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.etcd_request_seconds = Histogram(
+            "sidekick_etcd_request_seconds",
+            "Time an etcd request took, by API path (kv/txn, lease/keepalive, ...).",
+            ["call"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.event_lag_seconds = Histogram(
+            "sidekick_docker_event_lag_seconds",
+            "From a Docker event's time (dockerd's clock) to the loop taking it up.",
+            buckets=REQUEST_BUCKETS,
             registry=r,
         )
         self.last_keepalive = Gauge(
@@ -75,6 +100,14 @@ class Metrics:
         )
         self.writes.labels("put")
         self.writes.labels("delete")
+
+    def docker_request(self, call: str, seconds: float) -> None:
+        """A Docker request's time (DockerSource.timed)."""
+        self.docker_request_seconds.labels(call).observe(seconds)
+
+    def etcd_request(self, call: str, seconds: float) -> None:
+        """An etcd request's time (Gateway.timed)."""
+        self.etcd_request_seconds.labels(call).observe(seconds)
 
 
 class RenderMetrics:

@@ -54,6 +54,9 @@ class Sync:
         self.foreign: set[str] = set()  # keys we want that another lease holds (it may lapse)
         self._clashes: set[tuple[str, int, str]] = set()
         self._duplicates: set[tuple[str, str]] = set()
+        # announced changed since the last successful write (a die after the kill that withdrew
+        # the container changes nothing, and costs no write)
+        self.dirty = False
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -83,6 +86,8 @@ class Sync:
     # -- writes -----------------------------------------------------------------------------
 
     def set(self, container_id: str, registrations: tuple[Registration, ...]) -> None:
+        if self.announced.get(container_id, ()) != registrations:
+            self.dirty = True
         if registrations:
             self.announced[container_id] = registrations
         else:
@@ -118,6 +123,7 @@ class Sync:
                 }
                 self.metrics.registrations.set(len(self.held))
                 self.on_written({key: r.value for key, r in self.held.items()})
+                self.dirty = False
                 return True
             if attempt + 1 < PLAN_ATTEMPTS:
                 self.refresh()

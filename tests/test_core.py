@@ -963,8 +963,8 @@ class TestClashForgotten:
         agent.wait_log("key held by another owner; left as it is")
         container.stop(timeout=1)
         wait_for(  # the agent has taken the stop in (its key was never ours: nothing to log)
-            lambda: metric(url, "sidekick_docker_events_total", 'action="stop"') >= 1,
-            message="the stop event handled",
+            lambda: metric(url, "sidekick_docker_events_total", 'action="die"') >= 1,
+            message="the container's die handled",
         )
         live_etcd.revoke(other)
         container.start()

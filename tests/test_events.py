@@ -50,3 +50,17 @@ class TestEventFromRaw:
         """Attributes that are not a mapping count as none."""
         event = event_from_raw({"Action": "kill", "Actor": {"ID": "c1", "Attributes": [1]}})
         assert event is not None and event.attributes == {}
+
+    @pytest.mark.parametrize(
+        ("time_nano", "at"),
+        [(1_764_450_000_123_456_789, 1_764_450_000.123_456_789), (None, 0.0), ("soon", 0.0)],
+    )
+    def test_when_it_happened(self, time_nano: object, at: float) -> None:
+        """dockerd's timeNano becomes Unix seconds (0.0 when missing or odd), for the lag."""
+        raw = {"Action": "start", "Actor": {"ID": "c1"}, "timeNano": time_nano}
+        event = event_from_raw(raw)
+        assert event is not None and event.at == pytest.approx(at)
+        actor = {"Attributes": {"container": "c1", "name": "net"}}
+        connect = {"Type": "network", "Action": "connect", "Actor": actor, "timeNano": time_nano}
+        network = event_from_raw(connect)
+        assert network is not None and network.at == pytest.approx(at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -33,41 +34,82 @@ def create(containers: Containers, scope: str, port: int):
     )
 
 
-def test_take_waits_for_the_read_and_uses_it_once(look_ahead, containers, scope):
-    """take() waits for a read in flight; the entry is gone after one take."""
+def read_ended(look_ahead: LookAhead, container_id: str) -> None:
+    """Wait until the look-ahead's read of this container is no longer in flight."""
+    deadline = time.monotonic() + 10
+    while look_ahead.pending(container_id):
+        assert time.monotonic() < deadline, "the read at create never ended"
+        time.sleep(0.01)
+
+
+def test_take_uses_a_finished_read_once(look_ahead, containers, scope):
+    """A read that has ended is taken once; the entry is gone after it."""
     port = free_port()
     container = create(containers, scope, port)
     look_ahead.created(container.id)
-    ready = look_ahead.take(container.id, deadline=time.monotonic() + 10)
+    read_ended(look_ahead, container.id)
+    ready = look_ahead.take(container.id)
     assert ready is not None
     assert (ready.id, ready.running, ready.bindings) == (
         container.id,
         True,
         (PortBinding(80, "127.0.0.1", port),),
     )
-    assert look_ahead.take(container.id, deadline=time.monotonic() + 10) is None
+    assert look_ahead.take(container.id) is None
     assert len(look_ahead) == 0
+
+
+def test_a_read_in_flight_is_not_waited_for_and_keeps_the_stop_signal(containers, scope):
+    """take() never waits: a read still queued at the start is not used, yet the stop signal
+    it finds is kept for the `kill` of `docker stop`, and its entry goes."""
+    container = containers.client.containers.create(
+        containers.image,
+        "httpd -f -p 80",
+        labels={TEST_LABEL: scope, "sidekick.enable": "true"},
+        ports={"80/tcp": ("127.0.0.1", free_port())},
+        stop_signal="SIGQUIT",
+    )
+    source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
+    look_ahead = LookAhead(source, structlog.get_logger("test"), threads=1)
+    look_ahead.created(container.id)  # no helper runs yet: the read stays queued
+    assert look_ahead.pending(container.id)
+    assert look_ahead.take(container.id) is None
+    look_ahead.start()
+    try:
+        read_ended(look_ahead, container.id)
+        assert look_ahead.stop_signal(container.id) == signal.SIGQUIT
+        assert look_ahead.take(container.id) is None  # the read's result was not kept
+        assert len(look_ahead) == 0
+    finally:
+        look_ahead.stop()
 
 
 def test_unknown_forgotten_and_unreadable(look_ahead, containers, scope):
     """Nothing for a container never created, one forgotten, or one removed before its read."""
-    assert look_ahead.take("0" * 64, deadline=time.monotonic() + 1) is None
+    assert look_ahead.take("0" * 64) is None
     container = create(containers, scope, free_port())
     look_ahead.created(container.id)
     look_ahead.forget(container.id)
-    assert look_ahead.take(container.id, deadline=time.monotonic() + 1) is None
+    read_ended(look_ahead, container.id)
+    assert look_ahead.take(container.id) is None
     gone = create(containers, scope, free_port())
     gone.remove()
     look_ahead.created(gone.id)
-    assert look_ahead.take(gone.id, deadline=time.monotonic() + 10) is None
+    read_ended(look_ahead, gone.id)
+    assert look_ahead.take(gone.id) is None
     deadline = time.monotonic() + 10
     while len(look_ahead) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(look_ahead) == 0  # the failed read left nothing behind
 
 
-def test_clear(look_ahead, containers, scope):
+def test_clear_and_drop(look_ahead, containers, scope):
     container = create(containers, scope, free_port())
     look_ahead.created(container.id)
     look_ahead.clear()
-    assert look_ahead.take(container.id, deadline=time.monotonic() + 1) is None
+    assert look_ahead.take(container.id) is None
+    dropped = create(containers, scope, free_port())
+    look_ahead.created(dropped.id)
+    look_ahead.drop(dropped.id)  # `destroy`: neither the entry nor the stop signal is kept
+    assert not look_ahead.pending(dropped.id)
+    assert look_ahead.stop_signal(dropped.id) is None

@@ -41,6 +41,31 @@ class TestMetrics:
         wait_for(lambda: metric(url, "sidekick_keepalive_rtt_seconds_count") >= 1, timeout=5)
         assert abs(metric(url, "sidekick_last_keepalive_timestamp_seconds") - time.time()) < 10
 
+    def test_request_times_and_event_lag(self, agent_factory, containers, etcd, scope):
+        """Each Docker and etcd request is timed by call, each event's lag from dockerd's own
+        time is observed, and a container's `die` and `destroy` after the `kill` that withdrew
+        it cost no etcd write."""
+        address = f"127.0.0.1:{free_port()}"
+        agent_factory("--metrics-address", address, "--resync", "3600")
+        url = f"http://{address}/metrics"
+        port = free_port()
+        container = containers.run(ports=published(port), labels={"sidekick.service": "t"})
+        wait_for(lambda: metric(url, "sidekick_registrations") == 1, message="registered")
+        assert metric(url, "sidekick_docker_request_seconds_count", 'call="list-running"') >= 1
+        assert metric(url, "sidekick_etcd_request_seconds_count", 'call="kv/txn"') >= 1
+        assert metric(url, "sidekick_etcd_request_seconds_count", 'call="lease/grant"') == 1
+        lags = metric(url, "sidekick_docker_event_lag_seconds_count")
+        assert lags >= 1  # the container's start at least
+        assert 0 < metric(url, "sidekick_docker_event_lag_seconds_sum") < 5 * lags  # seconds
+        container.stop(timeout=1)
+        wait_for(lambda: metric(url, "sidekick_registrations") == 0, message="withdrawn")
+        txns = metric(url, "sidekick_etcd_request_seconds_count", 'call="kv/txn"')
+        container.remove()
+        marker = free_port()  # handled after the die and the destroy: events come in order
+        containers.run(ports=published(marker), labels={"sidekick.service": "marker"})
+        wait_for(lambda: f"/{scope}/marker-{marker}" in etcd.keys(f"/{scope}/"), message="marker")
+        assert metric(url, "sidekick_etcd_request_seconds_count", 'call="kv/txn"') == txns + 1
+
     def test_healthz_follows_etcd(self, agent_factory, etcd):
         """/healthz: 200 while etcd answers, 503 with the reason when it stops, 200 again."""
         address = f"127.0.0.1:{free_port()}"
