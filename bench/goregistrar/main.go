@@ -25,8 +25,9 @@
 //   - at SIGTERM or SIGINT it revokes the lease (etcd deletes every key on it) and exits.
 //
 // It logs JSON lines on stderr: "reconciled" once the listing's containers are registered,
-// one "put" or "delete" per key, and problems. Events of one container are handled in order
-// by one of a few workers; different containers' in parallel.
+// one "put" or "delete" per key (with "ms": since its event was read), and problems. Events
+// of one container are handled in order, by a goroutine of its own while it has any;
+// different containers' in parallel.
 package main
 
 import (
@@ -37,7 +38,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -56,7 +56,7 @@ import (
 const (
 	labelEnable  = "sidekick.enable"
 	labelService = "sidekick.service"
-	workers      = 8
+	idleConns    = 64 // kept connections to Docker and to etcd (a burst's requests at once)
 )
 
 var serviceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
@@ -179,7 +179,7 @@ func newDocker(socket string) *dockerClient {
 	}
 	return &dockerClient{
 		api: &http.Client{
-			Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: workers + 2},
+			Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: idleConns},
 			Timeout:   30 * time.Second,
 		},
 		stream: &http.Client{Transport: &http.Transport{DialContext: dial}},
@@ -248,13 +248,15 @@ type job struct {
 	action string // a Docker event's Action, or "sync" (from a listing)
 	signal int    // a kill's
 	done   *sync.WaitGroup
+	since  time.Time // when it was read (the event) or made (a listing's)
 }
 
 type registrar struct {
-	cfg    config
-	docker *dockerClient
-	etcd   *etcdClient
-	queues [workers]chan job
+	cfg     config
+	docker  *dockerClient
+	etcd    *etcdClient
+	lanesMu sync.Mutex
+	lanes   map[string][]job // per container: its jobs not yet done, the first in hand
 
 	leaseMu sync.Mutex // held while a lost lease is granted anew
 	mu      sync.Mutex // everything below
@@ -324,31 +326,49 @@ func (r *registrar) put(key, value string) error {
 	return err
 }
 
+// dispatch queues a job behind the container's others; a container with none gets a
+// goroutine that handles its jobs in order and ends when there are no more.
 func (r *registrar) dispatch(j job) {
-	h := fnv.New32a()
-	h.Write([]byte(j.id))
-	r.queues[h.Sum32()%workers] <- j
+	r.lanesMu.Lock()
+	defer r.lanesMu.Unlock()
+	pending, busy := r.lanes[j.id]
+	r.lanes[j.id] = append(pending, j)
+	if !busy {
+		go r.drain(j.id)
+	}
 }
 
-func (r *registrar) work(queue <-chan job) {
-	for j := range queue {
+func (r *registrar) drain(id string) {
+	for {
+		r.lanesMu.Lock()
+		j := r.lanes[id][0]
+		r.lanesMu.Unlock()
 		r.handle(j)
 		if j.done != nil {
 			j.done.Done()
 		}
+		r.lanesMu.Lock()
+		rest := r.lanes[id][1:]
+		if len(rest) == 0 {
+			delete(r.lanes, id)
+			r.lanesMu.Unlock()
+			return
+		}
+		r.lanes[id] = rest
+		r.lanesMu.Unlock()
 	}
 }
 
 func (r *registrar) handle(j job) {
 	switch {
 	case j.action == "sync", j.action == "start":
-		r.sync(j.id)
+		r.sync(j.id, j.since)
 	case strings.HasPrefix(j.action, "health_status:"):
 		switch strings.TrimSpace(strings.TrimPrefix(j.action, "health_status:")) {
 		case "healthy":
-			r.sync(j.id)
+			r.sync(j.id, j.since)
 		case "unhealthy":
-			r.withdraw(j.id, false)
+			r.withdraw(j.id, false, j.since)
 		}
 	case j.action == "kill":
 		r.mu.Lock()
@@ -357,21 +377,21 @@ func (r *registrar) handle(j job) {
 			(t != nil && j.signal == t.stopSignal)
 		r.mu.Unlock()
 		if stops {
-			r.withdraw(j.id, false)
+			r.withdraw(j.id, false, j.since)
 		}
 	case j.action == "die", j.action == "stop":
-		r.withdraw(j.id, false)
+		r.withdraw(j.id, false, j.since)
 	case j.action == "destroy":
-		r.withdraw(j.id, true)
+		r.withdraw(j.id, true, j.since)
 	}
 }
 
 // sync inspects a container and puts the keys it should have now (or withdraws them).
-func (r *registrar) sync(id string) {
+func (r *registrar) sync(id string, since time.Time) {
 	var c inspected
 	if err := r.docker.get("/containers/"+id+"/json", &c); err != nil {
 		if errors.Is(err, errNotFound) {
-			r.withdraw(id, true)
+			r.withdraw(id, true, since)
 			return
 		}
 		logLine("inspect failed", "container", short(id), "error", err.Error())
@@ -392,7 +412,7 @@ func (r *registrar) sync(id string) {
 		c.Config.Healthcheck.Test[0] != "NONE"
 	healthy := c.State.Health != nil && c.State.Health.Status == "healthy"
 	if !c.State.Running || c.State.Paused || c.State.Restarting || (checked && !healthy) {
-		r.withdraw(id, false)
+		r.withdraw(id, false, since)
 		return
 	}
 	service := serviceName(c)
@@ -412,7 +432,7 @@ func (r *registrar) sync(id string) {
 			t.keys = append(t.keys, key)
 		}
 		r.mu.Unlock()
-		logLine("put", "key", key, "value", values[i])
+		logLine("put", "key", key, "value", values[i], "ms", msSince(since))
 	}
 	// keys it had that it should no longer have (a port no longer published)
 	r.mu.Lock()
@@ -427,7 +447,7 @@ func (r *registrar) sync(id string) {
 	}
 	t.keys = kept
 	r.mu.Unlock()
-	r.remove(stale)
+	r.remove(stale, since)
 }
 
 // registrations: the keys and values of a container's published TCP ports, in a stable
@@ -476,7 +496,7 @@ func (r *registrar) registrations(c inspected, service string) ([]string, []stri
 }
 
 // withdraw deletes the keys put for a container; forget drops what is known of it.
-func (r *registrar) withdraw(id string, forget bool) {
+func (r *registrar) withdraw(id string, forget bool, since time.Time) {
 	r.mu.Lock()
 	var keys []string
 	if t := r.byID[id]; t != nil {
@@ -489,16 +509,17 @@ func (r *registrar) withdraw(id string, forget bool) {
 		delete(r.byID, id)
 	}
 	r.mu.Unlock()
-	r.remove(keys)
+	r.remove(keys, since)
 }
 
-func (r *registrar) remove(keys []string) {
+// remove deletes keys; since: when the job that wants it was read (for the log's "ms").
+func (r *registrar) remove(keys []string, since time.Time) {
 	for _, key := range keys {
 		if err := r.etcd.del(key); err != nil {
 			logLine("delete failed", "key", key, "error", err.Error())
 			continue
 		}
-		logLine("delete", "key", key)
+		logLine("delete", "key", key, "ms", msSince(since))
 	}
 }
 
@@ -538,7 +559,7 @@ func (r *registrar) resync() error {
 	for _, c := range listed {
 		running[c.ID] = true
 		done.Add(1)
-		r.dispatch(job{id: c.ID, action: "sync", done: &done})
+		r.dispatch(job{id: c.ID, action: "sync", done: &done, since: time.Now()})
 	}
 	r.mu.Lock()
 	var gone []string
@@ -550,7 +571,7 @@ func (r *registrar) resync() error {
 	r.mu.Unlock()
 	for _, id := range gone {
 		done.Add(1)
-		r.dispatch(job{id: id, action: "destroy", done: &done})
+		r.dispatch(job{id: id, action: "destroy", done: &done, since: time.Now()})
 	}
 	go func() {
 		done.Wait()
@@ -581,7 +602,7 @@ func (r *registrar) follow() {
 				var m message
 				if err = decoder.Decode(&m); err == nil && m.Type == "container" && m.Actor.ID != "" {
 					sig, _ := strconv.Atoi(m.Actor.Attributes["signal"])
-					r.dispatch(job{id: m.Actor.ID, action: m.Action, signal: sig})
+					r.dispatch(job{id: m.Actor.ID, action: m.Action, signal: sig, since: time.Now()})
 				}
 			}
 			resp.Body.Close()
@@ -638,6 +659,11 @@ func signalNumber(text string) int {
 	return int(syscall.SIGTERM)
 }
 
+// msSince: milliseconds from t to now, to 0.01 ms.
+func msSince(t time.Time) float64 {
+	return float64(time.Since(t).Microseconds()/10) / 100
+}
+
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -688,9 +714,10 @@ func main() {
 		cfg:    cfg,
 		docker: newDocker(cfg.socket),
 		etcd: &etcdClient{base: cfg.etcd, http: &http.Client{
-			Transport: &http.Transport{MaxIdleConnsPerHost: workers + 2},
+			Transport: &http.Transport{MaxIdleConnsPerHost: idleConns},
 			Timeout:   5 * time.Second,
 		}},
+		lanes:  map[string][]job{},
 		byID:   map[string]*tracked{},
 		values: map[string]string{},
 	}
@@ -701,10 +728,6 @@ func main() {
 	}
 	r.lease = lease
 	logLine("lease granted", "lease", strconv.FormatInt(lease, 16), "ttl", cfg.ttl)
-	for i := range r.queues {
-		r.queues[i] = make(chan job, 1024)
-		go r.work(r.queues[i])
-	}
 	go r.keepAlive()
 	go r.follow()
 
