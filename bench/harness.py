@@ -17,7 +17,8 @@ Phases (all loopback, all bounded, everything labelled and removed at the end):
      `docker stop` with SIGTERM and with an image STOPSIGNAL, containers already running at the
      agent's start, bursts; beside them, containers announced by their own address on a bridge
      network of the run (`sidekick.address=container`); the agent's idle PSS and the
-     import-only floor (no baseline)
+     import-only floor; baseline: a minimal Go registrar (bench/goregistrar, built with the
+     machine's Go) in sidekick's place on the same host-port rounds, after them
   2. cold start with N = 50, 100, 200 running containers, and etcd requests made;
      baseline: one `etcdctl put` per running container (bench/seed-coldstart.sh)
   3. steady state with 100 registrations: etcd writes per minute, agent CPU and PSS;
@@ -924,7 +925,7 @@ class Bench:
     # -- the whole run ---------------------------------------------------------------------
 
     def phase_realistic(self) -> None:
-        log("phase 1b: the realistic workloads (sidekick)")
+        log("phase 1b: the realistic workloads (sidekick, then the Go registrar in its place)")
         plan = realistic.RealisticPlan.make(self.plan.quick)
         self.results["realistic"] = realistic.run(self, plan)
 
@@ -999,7 +1000,43 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 def realistic_headline(real: dict[str, Any]) -> dict[str, Any]:
     """The realistic mix's figures: the headline's register/deregister figures; then the
-    container-address kind's own (not in the mix's "all"), when the run has it."""
+    container-address kind's own (not in the mix's "all"), when the run has it; then the Go
+    registrar's on the same rounds (go_*), when the run has its round."""
+    return _sidekick_headline(real) | go_headline(real)
+
+
+def go_headline(real: dict[str, Any]) -> dict[str, Any]:
+    """The Go registrar's figures (bench/goregistrar), named as sidekick's with go_ before
+    them; only go_registrar_measured: false when it could not be built."""
+    go = real.get("go_registrar")
+    if go is None:  # a run before the Go round
+        return {}
+    if not go.get("measured"):
+        return {"go_registrar_measured": False}
+    a, seq, burst = go["all"], go["sequential"]["all"], go["burst"]["all"]
+    run = go["running"]
+    return {
+        "go_registrar_measured": True,
+        "go_register_p50_ms": _r(a["register"]["p50"]),
+        "go_register_p99_ms": _r(a["register"]["p99"]),
+        "go_register_sequential_p50_ms": _r(seq["register"]["p50"]),
+        "go_register_sequential_p99_ms": _r(seq["register"]["p99"]),
+        "go_register_burst_p99_ms": _r(burst["register"]["p99"]),
+        "go_deregister_from_kill_p50_ms": _r(a["deregister_from_kill"]["p50"]),
+        "go_deregister_from_kill_p99_ms": _r(a["deregister_from_kill"]["p99"]),
+        "go_deregister_from_die_p50_ms": _r(a["deregister_from_die"]["p50"]),
+        "go_agent_cpu_ms_per_event": _r(go["agent_cpu_ms_per_event"], 3),
+        "go_running_at_start_s": _r(run["seconds"], 3),
+        "go_idle_pss_mb": _r(run["idle_pss_mb"], 1),
+        "go_samples": a["register"]["n"],
+        "go_missing": a["register"]["missing"]
+        + a["deregister_from_kill"]["missing"]
+        + a["deregister_from_die"]["missing"],
+        "go_wrong": seq["wrong_values"] + burst["wrong_values"] + run["wrong_values"],
+    }
+
+
+def _sidekick_headline(real: dict[str, Any]) -> dict[str, Any]:
     a, seq, burst = real["all"], real["sequential"]["all"], real["burst"]["all"]
     put_p99 = real["burst"]["etcd_put"]["p99"]
     line = {
@@ -1153,8 +1190,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the realistic workloads for sidekick (`-p 80`, HEALTHCHECK, docker stop with "
         "SIGTERM and STOPSIGNAL, already running, bursts; beside them, container addresses), idle "
-        "PSS and the import floor; prints "
-        "its figures, writes no docs (with --quick: fewer containers)",
+        "PSS and the import floor; then the Go registrar (bench/goregistrar) on the same "
+        "rounds; prints its figures, writes no docs (with --quick: fewer containers)",
     )
     parser.add_argument(
         "--from-results",

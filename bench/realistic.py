@@ -24,6 +24,11 @@ own that stay out of "all" (see run_rounds):
 It runs after the host-port rounds with the same agent, one after another and in bursts of
 BURST of its own kind only, timed as the port kind is. Every row counts the PUTs whose value
 is not the one expected (the published host port on 127.0.0.1, or that IP and port 80).
+
+Then the Go registrar (bench/goregistrar, built by bench.gobaseline; issue 12's side-by-side)
+takes sidekick's place: the same host-port rounds and already-running containers, with a
+prefix and group of its own, after sidekick's rounds and never beside them; its rows go under
+"go_registrar" (or {"measured": false, "reason"} when it could not be built).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 
+from bench import gobaseline
 from bench.common import (
     BENCH_LABEL,
     CLK_TCK,
@@ -57,9 +64,11 @@ from bench.common import (
     wait_until,
 )
 from bench.floor import Floor
+from bench.report import go_comparison
 
 if TYPE_CHECKING:
     from bench.harness import Bench
+    from tests.conftest import AgentProcess
 
 KINDS = ("port", "health", "stopsignal")
 ADDRESS_KIND = "container"  # not in KINDS: rows of its own, out of "all" (see run_rounds)
@@ -100,6 +109,35 @@ class RealisticPlan:
             address_sequential=sequential // len(KINDS),
             address_bursts=max(1, bursts // len(KINDS)),
         )
+
+
+@dataclass(frozen=True)
+class Registrar:
+    """What the rounds run as the agent: sidekick, or the Go registrar in its place."""
+
+    name: str  # in the log
+    tag: str  # its keys under <base>/<tag> (rounds) and <base>/<tag>run (already running)
+    start: Callable[[str, str, str, bool], AgentProcess]  # (log name, prefix, group, ready)
+    full: bool  # sidekick: also the floor and the container-address rounds
+
+    @classmethod
+    def sidekick(cls, bench: Bench) -> Registrar:
+        def start(name: str, prefix: str, group: str, wait_ready: bool) -> AgentProcess:
+            return bench.start_agent(name, prefix, group, wait_ready=wait_ready)
+
+        return cls("sidekick", "real", start, full=True)
+
+    @classmethod
+    def go(cls, bench: Bench, built: gobaseline.Built) -> Registrar:
+        assert built.binary is not None
+        binary = built.binary
+
+        def start(name: str, prefix: str, group: str, wait_ready: bool) -> AgentProcess:
+            return gobaseline.start(
+                bench, binary, f"go-{name}", prefix, group, wait_ready=wait_ready
+            )
+
+        return cls("go registrar", "goreal", start, full=False)
 
 
 @dataclass(frozen=True)
@@ -373,11 +411,54 @@ def _in_bursts(
     return items, windows
 
 
-def run_rounds(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[str, Any]:
+def _address_rounds(
+    bench: Bench,
+    plan: RealisticPlan,
+    rfleet: RealisticFleet,
+    *,
+    prefix: str,
+    group: str,
+    pid: int,
+    out: dict[str, Any],
+) -> tuple[list[Started], list[Started]]:
+    """The container-address kind, after the mix, with the same agent (pid): one after
+    another, then in bursts; its CPU per start or stop into out.
+
+    Its rows sit beside the kinds' rows and are kept out of "all". "all" is the host-port mix
+    the headline figures, issue 12's targets and the plot are taken from, comparable with the
+    runs before this kind existed; mixing it in would also change the other kinds' share of
+    the rounds."""
+    bench_log(
+        f"realistic: {ADDRESS_KIND} address on {rfleet.address_network}: "
+        f"{plan.address_sequential} one after another, {plan.address_bursts} bursts of {BURST}"
+    )
+    only = (ADDRESS_KIND,)
+    _warm_up(bench, prefix, group, rfleet, only)
+    ticks = cpu_ticks(pid)
+    address_sequential = _one_after_another(
+        bench, prefix, group, rfleet, kinds=only, n=plan.address_sequential
+    )
+    address_bursts, _ = _in_bursts(
+        bench, prefix, group, rfleet, kinds=only, bursts=plan.address_bursts
+    )
+    out["address_agent_cpu_ms_per_event"] = (
+        (cpu_ticks(pid) - ticks)
+        / CLK_TCK
+        * 1000
+        / (2 * (len(address_sequential) + len(address_bursts)))
+    )
+    return address_sequential, address_bursts
+
+
+def run_rounds(
+    bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet, registrar: Registrar | None = None
+) -> dict[str, Any]:
     """One agent; containers one after another, then bursts; each stopped with `docker stop`.
-    Then, with the same agent, the container-address kind one after another and in bursts."""
-    prefix, group = f"{bench.base}/real", "real"
-    agent = bench.start_agent("realistic", prefix, group)
+    Then, with the same agent, the container-address kind one after another and in bursts
+    (sidekick only: with the Go registrar, the host-port rounds alone, and no floor)."""
+    registrar = registrar or Registrar.sidekick(bench)
+    prefix, group = f"{bench.base}/{registrar.tag}", registrar.tag
+    agent = registrar.start("realistic", prefix, group, True)
     assert agent.process is not None
     out: dict[str, Any] = {}
     try:
@@ -385,16 +466,21 @@ def run_rounds(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dic
         _warm_up(bench, prefix, group, rfleet, KINDS)
 
         ticks = cpu_ticks(agent.process.pid)
-        bench_log(f"realistic: {plan.sequential} containers one after another")
-        floor = Floor(bench.etcd.url, "/sidekick-bench-floor/real", "/var/run/docker.sock")
+        bench_log(f"realistic, {registrar.name}: {plan.sequential} containers one after another")
+        floor = (
+            Floor(bench.etcd.url, "/sidekick-bench-floor/real", "/var/run/docker.sock")
+            if registrar.full
+            else None
+        )
         try:
             sequential = _one_after_another(
                 bench, prefix, group, rfleet, kinds=KINDS, n=plan.sequential, floor=floor
             )
         finally:
-            floor.close()
+            if floor is not None:
+                floor.close()
 
-        bench_log(f"realistic: {plan.bursts} bursts of {BURST} at once")
+        bench_log(f"realistic, {registrar.name}: {plan.bursts} bursts of {BURST} at once")
         probe = EtcdProbe(bench.etcd.url, "/sidekick-bench-probe/real", bench.workdir / "probe.log")
         bursts, windows = _in_bursts(bench, prefix, group, rfleet, kinds=KINDS, bursts=plan.bursts)
         probe.close()
@@ -402,50 +488,36 @@ def run_rounds(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dic
         out["agent_cpu_ms_per_event"] = (
             (cpu_ticks(agent.process.pid) - ticks) / CLK_TCK * 1000 / (2 * containers)
         )
-
-        # The container-address kind, after the mix: its own rows beside the kinds' rows, and
-        # kept out of "all". "all" is the host-port mix the headline figures, issue 12's
-        # targets and the plot are taken from, comparable with the runs before this kind
-        # existed; mixing it in would also change the other kinds' share of the rounds.
-        bench_log(
-            f"realistic: {ADDRESS_KIND} address on {rfleet.address_network}: "
-            f"{plan.address_sequential} one after another, {plan.address_bursts} bursts of {BURST}"
-        )
-        only = (ADDRESS_KIND,)
-        _warm_up(bench, prefix, group, rfleet, only)
-        ticks = cpu_ticks(agent.process.pid)
-        address_sequential = _one_after_another(
-            bench, prefix, group, rfleet, kinds=only, n=plan.address_sequential
-        )
-        address_bursts, _ = _in_bursts(
-            bench, prefix, group, rfleet, kinds=only, bursts=plan.address_bursts
-        )
-        out["address_agent_cpu_ms_per_event"] = (
-            (cpu_ticks(agent.process.pid) - ticks)
-            / CLK_TCK
-            * 1000
-            / (2 * (len(address_sequential) + len(address_bursts)))
-        )
+        if registrar.full:
+            address_sequential, address_bursts = _address_rounds(
+                bench, plan, rfleet, prefix=prefix, group=group, pid=agent.process.pid, out=out
+            )
 
         out["sequential"] = _timings(bench, prefix, sequential)
-        out["floor"] = _floor_summary(bench, floor, sequential)
+        if floor is not None:
+            out["floor"] = _floor_summary(bench, floor, sequential)
         out["burst"] = _timings(bench, prefix, bursts)
         out["burst"]["etcd_put"] = summary(probe.within(windows))
         out["all"] = _timings(bench, prefix, sequential + bursts)["all"]
-        out["sequential"][ADDRESS_KIND] = _timings(bench, prefix, address_sequential, only)[
-            ADDRESS_KIND
-        ]
-        out["burst"][ADDRESS_KIND] = _timings(bench, prefix, address_bursts, only)[ADDRESS_KIND]
+        if registrar.full:
+            only = (ADDRESS_KIND,)
+            out["sequential"][ADDRESS_KIND] = _timings(bench, prefix, address_sequential, only)[
+                ADDRESS_KIND
+            ]
+            out["burst"][ADDRESS_KIND] = _timings(bench, prefix, address_bursts, only)[ADDRESS_KIND]
     finally:
         bench.stop_agent(agent)
     return out
 
 
-def run_running(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[str, Any]:
+def run_running(
+    bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet, registrar: Registrar | None = None
+) -> dict[str, Any]:
     """Containers of every kind already running (health ones healthy) when the agent starts:
     from the agent's spawn to every key present with the right value; then its idle PSS."""
     assert bench.watch is not None
-    group = "realrun"
+    registrar = registrar or Registrar.sidekick(bench)
+    group = f"{registrar.tag}run"
     items: list[Started] = []
     with ThreadPoolExecutor(8) as pool:
         items = list(
@@ -456,11 +528,11 @@ def run_running(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> di
         )
     health = [i for i in items if i.kind == "health"]
     healthy = wait_until(lambda: all(rfleet.healthy(i) for i in health), 60, 0.1)
-    prefix = f"{bench.base}/realrun"
+    prefix = f"{bench.base}/{group}"
     keys = {f"{prefix}/{i.member.key}": i for i in items}
     time.sleep(0.5)
     t0 = time.time_ns()
-    agent = bench.start_agent("realrun", prefix, group, wait_ready=False)
+    agent = registrar.start("realrun", prefix, group, False)
     assert agent.process is not None
     try:
         complete = bench.watch.wait_seen(keys, "PUT", 60)
@@ -533,9 +605,14 @@ def bench_log(message: str) -> None:
 
 
 def run(bench: Bench, plan: RealisticPlan) -> dict[str, Any]:
-    """Every realistic row: rounds, already running, idle PSS and the import floor."""
+    """Every realistic row: rounds, already running, idle PSS and the import floor; then the
+    Go registrar's rounds and already running in sidekick's place (after them, never beside
+    them), or why it was not measured."""
     images = build_images(bench.client, bench.image)
     rfleet = RealisticFleet(bench, images)
+    built = gobaseline.build(bench.workdir)  # before any round: the compiler's CPU is spent
+    if built.binary is None:
+        bench_log(f"realistic: the Go registrar baseline will NOT be measured: {built.reason}")
     bench_log(
         f"realistic: kinds {', '.join(KINDS)}; `-p 80` on 127.0.0.1, docker stop, drain {DRAIN} s"
     )
@@ -567,6 +644,28 @@ def run(bench: Bench, plan: RealisticPlan) -> dict[str, Any]:
     bench_log(f"realistic: {plan.running_per_kind} of each kind already running")
     out["running"] = run_running(bench, plan, rfleet)
     out["import_floor"] = import_floor_pss_mb(bench)
+    out["go_registrar"] = run_go(bench, plan, rfleet, built)
+    return out
+
+
+def run_go(
+    bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet, built: gobaseline.Built
+) -> dict[str, Any]:
+    """The Go registrar (bench/goregistrar) on the same host-port rounds and already-running
+    containers as sidekick, with its own prefix; {"measured": False, "reason"} without it."""
+    if built.binary is None:
+        return {"measured": False, "reason": built.reason}
+    registrar = Registrar.go(bench, built)
+    bench_log(f"realistic: the Go registrar in sidekick's place ({built.go_version})")
+    out: dict[str, Any] = {
+        "measured": True,
+        "go_version": built.go_version,
+        "source": "bench/goregistrar/main.go",
+        "binary_bytes": built.binary.stat().st_size,
+    }
+    out.update(run_rounds(bench, plan, rfleet, registrar))
+    bench_log(f"realistic, {registrar.name}: {plan.running_per_kind} of each kind already running")
+    out["running"] = run_running(bench, plan, rfleet, registrar)
     return out
 
 
@@ -609,3 +708,38 @@ def print_summary(real: dict[str, Any]) -> None:
         f"idle PSS {run_['idle_pss_mb']:.1f} MB with {run_['registrations']} registrations; "
         f"import floor PSS {real['import_floor']['pss_mb']:.1f} MB"
     )
+    _print_go(real, f)
+
+
+def _print_go(real: dict[str, Any], f: Callable[[dict[str, Any]], str]) -> None:
+    """The Go registrar's rows, then it and sidekick side by side; or why it was not measured."""
+    go = real.get("go_registrar")
+    if go is None:
+        return
+    if not go.get("measured"):
+        bench_log(f"go registrar baseline: NOT measured ({go.get('reason')})")
+        return
+    for mode in ("sequential", "burst"):
+        for kind in (*KINDS, "all"):
+            row = go[mode][kind]
+            bench_log(
+                f"go {mode:10} {kind:10} register {f(row['register'])} | withdraw from kill "
+                f"{f(row['deregister_from_kill'])} | from die {f(row['deregister_from_die'])}"
+                f" | wrong values {row['wrong_values']}"
+            )
+    run_ = go["running"]
+    bench_log(
+        f"go already running: {run_['containers']} in {run_['seconds']:.3f} s, wrong values "
+        f"{run_['wrong_values']}; idle PSS {run_['idle_pss_mb']:.1f} MB with "
+        f"{run_['registrations']} registrations; cpu per start or stop "
+        f"{go['agent_cpu_ms_per_event']:.2f} ms ({go['go_version']})"
+    )
+    bench_log("side by side:                                        sidekick | go registrar")
+    for label, ours, theirs, digits in go_comparison(real):
+        bench_log(f"  {label:60} {_num(ours, digits):>9} | {_num(theirs, digits):>9}")
+
+
+def _num(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"

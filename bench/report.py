@@ -674,8 +674,8 @@ def markdown(results: dict[str, Any], line: dict[str, Any], command: str, plotte
         "$ ./bench/run --quick          # fewer containers, fewer repeats, a shorter steady state",
         "$ ./bench/run --quick --profile .tmp/profile   # also py-spy profiles of the agent",
         "$ ./bench/run --latency-only   # only the fast-path latency rounds; prints, no docs",
-        "$ ./bench/run --realistic      # only the realistic workloads and idle PSS; prints, "
-        "no docs",
+        "$ ./bench/run --realistic      # only the realistic workloads and idle PSS (and the "
+        "Go registrar's); prints, no docs",
         "$ ./bench/run --resync-cost    # only the resync cost with other nodes' keys (below)",
         "```",
         "",
@@ -883,8 +883,97 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
         f"{_fmt(real['import_floor']['pss_mb'])} MB (VmRSS {_fmt(real['import_floor']['rss_mb'])}"
         " MB).",
         "",
+        *_go_markdown(real),
     ]
     return out
+
+
+def go_comparison(real: dict[str, Any]) -> list[tuple[str, Any, Any, int]]:
+    """sidekick and the Go registrar side by side: (row, sidekick, Go, digits); [] when the
+    run has no measured Go round."""
+    go = real.get("go_registrar")
+    if not go or not go.get("measured"):
+        return []
+    burst = real["plan"]["burst"]
+
+    def rows(r: dict[str, Any]) -> list[Any]:
+        seq, every, run = r["sequential"], r["all"], r["running"]
+        return [
+            seq["all"]["register"]["p50"],
+            seq["all"]["register"]["p99"],
+            *(seq[kind]["register"]["p99"] for kind in real["plan"]["kinds"]),
+            r["burst"]["all"]["register"]["p99"],
+            every["deregister_from_kill"]["p50"],
+            every["deregister_from_kill"]["p99"],
+            every["deregister_from_die"]["p50"],
+            run["seconds"],
+            run["idle_pss_mb"],
+            r["agent_cpu_ms_per_event"],
+            seq["all"].get("wrong_values", 0)
+            + r["burst"]["all"].get("wrong_values", 0)
+            + run["wrong_values"],
+            sum(
+                every[name]["missing"]
+                for name in ("register", "deregister_from_kill", "deregister_from_die")
+            ),
+        ]
+
+    labels = [
+        ("Registration p50, one after another, all (ms)", 1),
+        ("Registration p99, one after another, all (ms)", 1),
+        *(
+            (f"Registration p99, one after another, {kind} (ms)", 1)
+            for kind in real["plan"]["kinds"]
+        ),
+        (f"Registration p99, bursts of {burst}, all (ms)", 1),
+        ("Withdrawal p50 from the stop's `kill`, all (ms)", 1),
+        ("Withdrawal p99 from the stop's `kill`, all (ms)", 1),
+        ("Withdrawal p50 from the `die`, all (ms; negative: before the die)", 1),
+        (f"Already running: {real['running']['containers']} containers, every key (s)", 3),
+        (f"Idle PSS with {real['running']['registrations']} registrations (MB)", 1),
+        ("CPU per container start or stop (ms)", 2),
+        ("Keys put with a wrong value", 0),
+        ("Timings missing (register, withdraw)", 0),
+    ]
+    return [
+        (label, ours, theirs, digits)
+        for (label, digits), ours, theirs in zip(labels, rows(real), rows(go), strict=True)
+    ]
+
+
+def _go_markdown(real: dict[str, Any]) -> list[str]:
+    """The Go registrar beside sidekick (issue #12), or that it was not measured and why."""
+    go = real.get("go_registrar")
+    if go is None:  # a run before the Go round
+        return []
+    if not go.get("measured"):
+        return [
+            "**Beside a Go registrar**: not measured in this run "
+            f"({go.get('reason') or 'no reason given'}). `bench/run` installs Debian's "
+            "`golang-go` to build `bench/goregistrar`; no figure stands in for it.",
+            "",
+        ]
+    out = [
+        "**Beside a Go registrar** (issue #12): `bench/goregistrar/main.go`, a minimal "
+        f"registrar written for this bench in Go ({go['go_version'] or 'go'}, standard library "
+        "only; not registrator, which cannot be built here), took sidekick's place on the same "
+        "host-port rounds and the same already-running containers in the same run: same etcd, "
+        "same Docker engine, a prefix of its own, after sidekick's rounds and never at the same "
+        "time. It does what sidekick does for these containers: it follows the same Docker "
+        "events, inspects a container at its `start` (one with a healthcheck at its `healthy`) "
+        "and puts `<service>-<host port>` = `127.0.0.1:<host port>` on one lease, and deletes "
+        "the keys at the stop's `kill`, at `die`, `stop` and `destroy`. Timed, counted and "
+        "checked as sidekick is (already running: from its spawn; its idle PSS: the same "
+        "readings, 3 s after its `reconciled` line). The withdrawal rows take every container, "
+        "one after another and in bursts; the container-address rounds and the floor above "
+        "are sidekick's only.",
+        "",
+        "| | sidekick | Go registrar |",
+        "|---|---:|---:|",
+    ]
+    for label, ours, theirs, digits in go_comparison(real):
+        out.append(f"| {label} | {_fmt(ours, digits)} | {_fmt(theirs, digits)} |")
+    return [*out, ""]
 
 
 def _json(line: dict[str, Any]) -> str:

@@ -1,14 +1,16 @@
 """The realistic workloads' rows as the report and `./bench/run --realistic` show them, from a
 results dict alone (no Docker, no etcd, no timing): the container-address kind has rows of its
-own beside the host-port kinds and stays out of their "all"."""
+own beside the host-port kinds and stays out of their "all"; the Go registrar's round sits
+beside sidekick's row by row, or is said not to have been measured."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import harness, realistic, report
+from bench import gobaseline, harness, realistic, report
 from bench.common import summary
 
 HOST_KINDS = ["port", "health", "stopsignal"]
@@ -163,3 +165,103 @@ def test_the_floor_says_where_a_registration_goes():
     assert not any(
         "time goes" in line for line in report.realistic_markdown({"realistic": _realistic()})
     )
+
+
+def _go_round() -> dict[str, Any]:
+    """The Go registrar's results: the host-port rounds and already running, no container kind."""
+    mode = {k: v for k, v in _mode().items() if k != "container"}
+    mode["all"] = _row([0.5, 1.0], wrong=1)
+    return {
+        "measured": True,
+        "go_version": "go version go1.19.8 linux/amd64",
+        "source": "bench/goregistrar/main.go",
+        "binary_bytes": 7_000_000,
+        "sequential": mode,
+        "burst": {**mode, "all": _row([4.0, 6.0]), "etcd_put": summary([1.0])},
+        "all": _row([0.5, 1.0, 4.0, 6.0]),
+        "agent_cpu_ms_per_event": 0.125,
+        "running": {**_realistic()["running"], "seconds": 0.25, "idle_pss_mb": 4.5},
+    }
+
+
+def _with_go(measured: bool = True) -> dict[str, Any]:
+    real = _realistic()
+    real["go_registrar"] = (
+        _go_round() if measured else {"measured": False, "reason": "no Go toolchain"}
+    )
+    return real
+
+
+def _side_by_side(lines: list[str]) -> dict[str, list[str]]:
+    start = lines.index("| | sidekick | Go registrar |")
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        label, *cells = (c.strip() for c in line.strip("|").split("|"))
+        rows[label] = cells
+    return rows
+
+
+def test_the_go_registrar_sits_beside_sidekick_row_by_row():
+    rows = _side_by_side(report.realistic_markdown({"realistic": _with_go()}))
+    assert rows["Registration p50, one after another, all (ms)"] == ["2.0", "0.8"]
+    assert rows["Registration p99, one after another, health (ms)"] == ["3.0", "3.0"]
+    assert rows["Registration p99, bursts of 20, all (ms)"] == ["3.0", "6.0"]
+    assert rows["Withdrawal p50 from the stop's `kill`, all (ms)"] == ["3.0", "3.5"]
+    assert rows["Withdrawal p99 from the stop's `kill`, all (ms)"] == ["4.0", "6.9"]
+    assert rows["Already running: 30 containers, every key (s)"] == ["1.200", "0.250"]
+    assert rows["Idle PSS with 30 registrations (MB)"] == ["25.0", "4.5"]
+    assert rows["CPU per container start or stop (ms)"] == ["0.50", "0.12"]
+    # wrong values: sequential all + burst all + already running
+    assert rows["Keys put with a wrong value"] == ["0", "1"]
+    assert len(rows) == 14  # 2 + 3 kinds + burst + 3 withdrawal + running, PSS, CPU, 2 counts
+
+
+def test_a_go_registrar_not_measured_is_said_and_shows_no_figure():
+    lines = report.realistic_markdown({"realistic": _with_go(measured=False)})
+    said = [line for line in lines if "Beside a Go registrar" in line]
+    assert len(said) == 1 and "not measured in this run (no Go toolchain)" in said[0]
+    assert "| | sidekick | Go registrar |" not in lines
+    assert report.go_comparison(_with_go(measured=False)) == []
+    assert harness.realistic_headline(_with_go(measured=False))["go_registrar_measured"] is False
+
+
+def test_a_run_before_the_go_round_has_no_go_section_nor_keys():
+    real = _realistic()
+    lines = report.realistic_markdown({"realistic": real})
+    assert not any("Go registrar" in line for line in lines)
+    assert not any(k.startswith("go_") for k in harness.realistic_headline(real))
+
+
+def test_the_headline_has_the_go_figures_apart():
+    real = _with_go()
+    line = harness.realistic_headline(real)
+    assert line["go_registrar_measured"] is True
+    assert line["go_register_sequential_p50_ms"] == 0.75
+    assert line["go_register_burst_p99_ms"] == 5.98
+    assert line["go_idle_pss_mb"] == 4.5
+    assert line["go_wrong"] == 1
+    assert line["go_samples"] == 4
+    # sidekick's own figures are those of the run without the Go round
+    without = harness.realistic_headline(_realistic())
+    assert {k: v for k, v in line.items() if not k.startswith("go_")} == without
+
+
+def test_print_summary_has_the_go_rows_and_the_side_by_side(capsys: pytest.CaptureFixture[str]):
+    realistic.print_summary(_with_go())
+    err = capsys.readouterr().err.splitlines()
+    assert len([line for line in err if "] go sequential " in line]) == 4
+    assert len([line for line in err if "] go burst " in line]) == 4
+    assert any("side by side" in line for line in err)
+    pss = [line for line in err if "Idle PSS with 30 registrations" in line]
+    assert len(pss) == 1 and pss[0].split()[-3:] == ["25.0", "|", "4.5"]
+    realistic.print_summary(_with_go(measured=False))
+    assert "go registrar baseline: NOT measured (no Go toolchain)" in capsys.readouterr().err
+
+
+def test_without_go_the_build_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setattr(gobaseline, "find_go", lambda: None)
+    built = gobaseline.build(tmp_path)
+    assert built.binary is None and "no Go toolchain" in built.reason
+    assert not list(tmp_path.iterdir())

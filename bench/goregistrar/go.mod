@@ -1,0 +1,3 @@
+module goregistrar
+
+go 1.19
