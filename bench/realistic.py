@@ -43,13 +43,13 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 
-from bench import gobaseline
+from bench import gobaseline, inside
 from bench.common import (
     BENCH_LABEL,
     CLK_TCK,
@@ -119,13 +119,24 @@ class Registrar:
     tag: str  # its keys under <base>/<tag> (rounds) and <base>/<tag>run (already running)
     start: Callable[[str, str, str, bool], AgentProcess]  # (log name, prefix, group, ready)
     full: bool  # sidekick: also the floor and the container-address rounds
+    metrics: dict[str, str] = field(default_factory=dict)  # log name -> its /metrics base URL
 
     @classmethod
     def sidekick(cls, bench: Bench) -> Registrar:
-        def start(name: str, prefix: str, group: str, wait_ready: bool) -> AgentProcess:
-            return bench.start_agent(name, prefix, group, wait_ready=wait_ready)
+        metrics: dict[str, str] = {}
 
-        return cls("sidekick", "real", start, full=True)
+        def start(name: str, prefix: str, group: str, wait_ready: bool) -> AgentProcess:
+            address = f"127.0.0.1:{inside.free_port()}"
+            metrics[name] = f"http://{address}"
+            return bench.start_agent(
+                name,
+                prefix,
+                group,
+                wait_ready=wait_ready,
+                extra=("--metrics-address", address),
+            )
+
+        return cls("sidekick", "real", start, full=True, metrics=metrics)
 
     @classmethod
     def go(cls, bench: Bench, built: gobaseline.Built) -> Registrar:
@@ -466,6 +477,8 @@ def run_rounds(
         _warm_up(bench, prefix, group, rfleet, KINDS)
 
         ticks = cpu_ticks(agent.process.pid)
+        metrics_url = registrar.metrics.get("realistic")
+        before = inside.scrape(metrics_url) if metrics_url else None
         bench_log(f"realistic, {registrar.name}: {plan.sequential} containers one after another")
         floor = (
             Floor(bench.etcd.url, "/sidekick-bench-floor/real", "/var/run/docker.sock")
@@ -479,6 +492,8 @@ def run_rounds(
         finally:
             if floor is not None:
                 floor.close()
+        if metrics_url and before is not None:
+            out["inside"] = inside.stages(before, inside.scrape(metrics_url))
 
         bench_log(f"realistic, {registrar.name}: {plan.bursts} bursts of {BURST} at once")
         probe = EtcdProbe(bench.etcd.url, "/sidekick-bench-probe/real", bench.workdir / "probe.log")
@@ -695,6 +710,14 @@ def print_summary(real: dict[str, Any]) -> None:
             f"{floor['listing']['p50']:.1f} + etcd put {floor['put']['p50']:.1f} = "
             f"{floor['p50_sum']:.1f} ms (sidekick register p50 "
             f"{real['sequential']['all']['register']['p50']:.1f} ms)"
+        )
+    if stages := real.get("inside"):
+        bench_log(
+            "inside the agent, one after another (p50 / mean ms, n): "
+            + " | ".join(
+                f"{stage} {v['p50_ms']:.1f} / {v['mean_ms']:.1f} ({v['n']:.0f})"
+                for stage, v in stages.items()
+            )
         )
     bench_log(f"agent cpu per start or stop: {real['agent_cpu_ms_per_event']:.2f} ms")
     bench_log(

@@ -768,6 +768,30 @@ def _floor_markdown(real: dict[str, Any]) -> list[str]:
     ]
 
 
+def _inside_markdown(real: dict[str, Any]) -> list[str]:
+    """The same rounds seen from inside the agent (bench/inside.py), when the run has it."""
+    stages = real.get("inside")
+    if not stages:  # a run before the agent's request-time metrics
+        return []
+    return [
+        "",
+        "**Inside the agent**, the same rounds one after another, from its own metrics "
+        "(`sidekick_docker_event_lag_seconds`, `sidekick_docker_request_seconds`, "
+        "`sidekick_etcd_request_seconds`; the median interpolated within the histograms' "
+        "buckets): an event's lag from dockerd's time to the loop taking it up, and the "
+        "listing and the transaction as they took at the moment of each registration, "
+        "while dockerd is still busy with the container's start. Counts include every "
+        "event and request of the rounds (connects, kills, dies), not only the starts.",
+        "",
+        "| stage | n | p50 (ms) | mean (ms) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {stage} | {v['n']:.0f} | {_fmt(v['p50_ms'])} | {_fmt(v['mean_ms'])} |"
+            for stage, v in stages.items()
+        ),
+    ]
+
+
 def realistic_markdown(results: dict[str, Any]) -> list[str]:
     """The realistic workloads' section: one row per kind and mode."""
     real = results.get("realistic")
@@ -865,6 +889,7 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
             else "."
         ),
         *_floor_markdown(real),
+        *_inside_markdown(real),
         "",
         f"**Already running**: {run['containers']} containers "
         f"({', '.join(f'{n} {k}' for k, n in run['by_kind_count'].items())}; the health ones "

@@ -167,6 +167,20 @@ def test_the_floor_says_where_a_registration_goes():
     )
 
 
+def test_inside_the_agent_rows_when_the_run_has_them():
+    real = _realistic()
+    assert not any(
+        "Inside the agent" in line for line in report.realistic_markdown({"realistic": real})
+    )
+    real["inside"] = {
+        "event lag": {"n": 240.0, "p50_ms": 0.4, "mean_ms": 0.9},
+        "docker list": {"n": 30.0, "p50_ms": 1.6, "mean_ms": float("nan")},
+    }
+    lines = report.realistic_markdown({"realistic": real})
+    rows = lines[lines.index("|---|---:|---:|---:|") + 1 :][:2]
+    assert rows == ["| event lag | 240 | 0.4 | 0.9 |", "| docker list | 30 | 1.6 | n/a |"]
+
+
 def _go_round() -> dict[str, Any]:
     """The Go registrar's results: the host-port rounds and already running, no container kind."""
     mode = {k: v for k, v in _mode().items() if k != "container"}
