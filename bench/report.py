@@ -925,6 +925,7 @@ def go_comparison(real: dict[str, Any]) -> list[tuple[str, Any, Any, int]]:
         seq, every, run = r["sequential"], r["all"], r["running"]
         return [
             seq["all"]["register"]["p50"],
+            *(seq[kind]["register"]["p50"] for kind in real["plan"]["kinds"]),
             seq["all"]["register"]["p99"],
             *(seq[kind]["register"]["p99"] for kind in real["plan"]["kinds"]),
             r["burst"]["all"]["register"]["p99"],
@@ -945,6 +946,10 @@ def go_comparison(real: dict[str, Any]) -> list[tuple[str, Any, Any, int]]:
 
     labels = [
         ("Registration p50, one after another, all (ms)", 1),
+        *(
+            (f"Registration p50, one after another, {kind} (ms)", 1)
+            for kind in real["plan"]["kinds"]
+        ),
         ("Registration p99, one after another, all (ms)", 1),
         *(
             (f"Registration p99, one after another, {kind} (ms)", 1)
