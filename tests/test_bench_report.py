@@ -229,7 +229,7 @@ def test_the_go_registrar_sits_beside_sidekick_row_by_row():
     assert rows["CPU per container start or stop (ms)"] == ["0.50", "0.12"]
     # wrong values: sequential all + burst all + already running
     assert rows["Keys put with a wrong value"] == ["0", "1"]
-    assert len(rows) == 14  # 2 + 3 kinds + burst + 3 withdrawal + running, PSS, CPU, 2 counts
+    assert len(rows) == 17  # (all + 3 kinds) x 2, burst, 3 withdrawal, running, PSS, CPU, 2 counts
 
 
 def test_a_go_registrar_not_measured_is_said_and_shows_no_figure():
