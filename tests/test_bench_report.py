@@ -220,6 +220,7 @@ def _side_by_side(lines: list[str]) -> dict[str, list[str]]:
 def test_the_go_registrar_sits_beside_sidekick_row_by_row():
     rows = _side_by_side(report.realistic_markdown({"realistic": _with_go()}))
     assert rows["Registration p50, one after another, all (ms)"] == ["2.0", "0.8"]
+    assert rows["Registration p50, one after another, health (ms)"] == ["2.5", "2.5"]
     assert rows["Registration p99, one after another, health (ms)"] == ["3.0", "3.0"]
     assert rows["Registration p99, bursts of 20, all (ms)"] == ["3.0", "6.0"]
     assert rows["Withdrawal p50 from the stop's `kill`, all (ms)"] == ["3.0", "3.5"]
