@@ -280,3 +280,21 @@ def test_without_go_the_build_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path
     built = gobaseline.build(tmp_path)
     assert built.binary is None and "no Go toolchain" in built.reason
     assert not list(tmp_path.iterdir())
+
+
+def test_the_headline_takes_the_go_registrar_as_the_realistic_baseline():
+    """With a measured Go round, the realistic headline rows carry its figures as their
+    baseline; without one, none."""
+    for real, expected in ((_with_go(), True), (_with_go(measured=False), False)):
+        rows: dict[str, Any] = {}
+
+        def add(name: str, ours: Any, target: Any, base: Any, **_: Any) -> None:
+            rows[name] = base  # noqa: B023 - used at once, inside this iteration
+
+        report._agent_rows({"realistic": real}, add, report.TARGETS)
+        p50 = rows["Registration p50, realistic, one after another (ms)"]
+        if expected:
+            assert p50 == real["go_registrar"]["sequential"]["all"]["register"]["p50"]
+            assert rows["Idle PSS with 30 registrations (MB)"] == 4.5
+        else:
+            assert set(rows.values()) == {None}
