@@ -32,9 +32,10 @@ from sidekick.model import LABEL_ENABLE, Container, matches_filters
 from sidekick.wire import WireAPIClient
 
 # The container events that can change what a container announces, and `create`, after which
-# the agent looks ahead at what the container's start will announce. Not `stop`: dockerd sends
-# it after the container's `die`, which has withdrawn it already (every event costs the agent
-# a JSON document to read, and a container's life has eight or more of them).
+# the agent looks ahead at what the container's start will announce. Not `stop`: a `docker
+# stop` of a running container always brings its `die` (and its `kill` first), which withdraw
+# it (every event costs the agent a JSON document to read, and a container's life has eight or
+# more of them); a container stopped while waiting to restart was withdrawn at its `die`.
 EVENT_ACTIONS = (
     "create",
     "start",

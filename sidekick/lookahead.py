@@ -6,8 +6,9 @@ not change between create and start (docker_parse.container_as_started), so help
 read them as soon as the `create` event arrives, each on a Docker connection of its own. The
 agent's loop takes the result at `start` if the read is done, and never waits for one in
 flight (a `docker ps` listing answers in a millisecond, while an inspect waits for dockerd to
-finish the start); an entry is used once, so nothing read at create outlives a start. The stop
-signal a read finds is kept whenever the read ends, for the `kill` of `docker stop`.
+finish the start); an entry is used once, so no container read at create outlives a start. Only
+the stop signal a read finds outlives it, whenever the read ends: for the `kill` of `docker
+stop`, until the look-up takes it or the container is destroyed.
 
 Runs on: created() on the Docker events reader thread; take(), stop_signal(), forget(), drop()
 and clear() on the main loop; the reads on THREADS helper threads ("look-ahead-N"). The entries are
@@ -110,7 +111,8 @@ class LookAhead:
 
     def pending(self, container_id: str) -> bool:
         """A read of this container is queued or in flight."""
-        return isinstance(self._entries.get(container_id), _State)
+        with self._lock:
+            return isinstance(self._entries.get(container_id), _State)
 
     def stop_signal(self, container_id: str) -> int | None:
         """The container's stop signal if a read at create found it (once)."""

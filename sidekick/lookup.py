@@ -51,7 +51,7 @@ class Lookup:
         self.log = log
         # container id -> what `docker stop` sends. Not derived from `known`: a listing's
         # record has no stop signal (None) and must not make the look-up forget one an inspect
-        # or the read at create found (the look-ahead hands that over once, at the start).
+        # or the read at create found (the look-ahead keeps that until it is taken here).
         self.stop_signals: dict[str, int] = {}
         self.known: dict[str, Container] = {}  # container id -> its last full record
         self.warned: dict[str, str] = {}  # container id -> last problem logged
@@ -101,12 +101,11 @@ class Lookup:
 
     def _stop_signal(self, container_id: str) -> int | None:
         """What `docker stop` sends the container, if known: from a read of it, or from its
-        read at create, which may have ended after its start."""
-        if (known := self.stop_signals.get(container_id)) is not None:
-            return known
+        read at create, which may have ended after its start (taken here either way, so the
+        look-ahead keeps none of it)."""
         if (read := self.look_ahead.stop_signal(container_id)) is not None:
-            self.stop_signals[container_id] = read
-        return read
+            self.stop_signals.setdefault(container_id, read)
+        return self.stop_signals.get(container_id)
 
     def _learn_signals(self, kills: Iterable[DockerEvent]) -> None:
         """Kills with a signal that may be the container's stop signal, taken after the rest

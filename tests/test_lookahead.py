@@ -103,13 +103,35 @@ def test_unknown_forgotten_and_unreadable(look_ahead, containers, scope):
     assert len(look_ahead) == 0  # the failed read left nothing behind
 
 
-def test_clear_and_drop(look_ahead, containers, scope):
-    container = create(containers, scope, free_port())
-    look_ahead.created(container.id)
+def test_clear_and_drop(containers, scope):
+    """Containers cleared (a reconcile) or dropped (`destroy`) while their reads wait leave
+    neither an entry nor a stop signal once the helper has gone past them; a container after
+    them in the queue is read as usual."""
+    source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
+    look_ahead = LookAhead(source, structlog.get_logger("test"), threads=1)
+    cleared, dropped, later = (
+        containers.client.containers.create(
+            containers.image,
+            "httpd -f -p 80",
+            labels={TEST_LABEL: scope, "sidekick.enable": "true"},
+            ports={"80/tcp": ("127.0.0.1", free_port())},
+            stop_signal="SIGQUIT",
+        )
+        for _ in range(3)
+    )
+    look_ahead.created(cleared.id)  # no helper runs yet: queued
     look_ahead.clear()
-    assert look_ahead.take(container.id) is None
-    dropped = create(containers, scope, free_port())
     look_ahead.created(dropped.id)
-    look_ahead.drop(dropped.id)  # `destroy`: neither the entry nor the stop signal is kept
-    assert not look_ahead.pending(dropped.id)
-    assert look_ahead.stop_signal(dropped.id) is None
+    look_ahead.drop(dropped.id)
+    look_ahead.created(later.id)
+    look_ahead.start()  # reads the queue in order: cleared, dropped, then later
+    try:
+        read_ended(look_ahead, later.id)
+        assert look_ahead.stop_signal(later.id) == signal.SIGQUIT  # the helper went past both
+        for gone in (cleared, dropped):
+            assert look_ahead.take(gone.id) is None
+            assert look_ahead.stop_signal(gone.id) is None
+        assert look_ahead.take(later.id) is not None
+        assert len(look_ahead) == 0
+    finally:
+        look_ahead.stop()

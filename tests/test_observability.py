@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from sidekick.loop import SETTLE_AFTER
 from tests.conftest import free_port, metric, wait_for
 
 pytestmark = pytest.mark.integration
@@ -44,10 +45,15 @@ class TestMetrics:
     def test_request_times_and_event_lag(self, agent_factory, containers, etcd, scope):
         """Each Docker and etcd request is timed by call, each event's lag from dockerd's own
         time is observed, and a container's `die` and `destroy` after the `kill` that withdrew
-        it cost no etcd write."""
+        it cost no etcd request."""
         address = f"127.0.0.1:{free_port()}"
         agent_factory("--metrics-address", address, "--resync", "3600")
         url = f"http://{address}/metrics"
+        wait_for(  # the reconcile SETTLE_AFTER the stream connected (its reads are Txns) first
+            lambda: metric(url, "sidekick_reconcile_duration_seconds_count") >= 2,
+            timeout=SETTLE_AFTER + 20,
+            message="the settle reconcile",
+        )
         port = free_port()
         container = containers.run(ports=published(port), labels={"sidekick.service": "t"})
         wait_for(lambda: metric(url, "sidekick_registrations") == 1, message="registered")
