@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 
-from bench import gobaseline, inside
+from bench import cpuprofile, gobaseline, inside
 from bench.common import (
     BENCH_LABEL,
     CLK_TCK,
@@ -98,6 +98,7 @@ class RealisticPlan:
     # the container-address kind: about as many as each host-port kind gets in the rounds above
     address_sequential: int
     address_bursts: int  # bursts of BURST of that kind alone
+    profiled: int  # one after another, the host-port kinds, with the agent profiled
 
     @classmethod
     def make(cls, quick: bool) -> RealisticPlan:
@@ -108,6 +109,7 @@ class RealisticPlan:
             running_per_kind=10 if quick else 40,
             address_sequential=sequential // len(KINDS),
             address_bursts=max(1, bursts // len(KINDS)),
+            profiled=30 if quick else 60,
         )
 
 
@@ -656,11 +658,32 @@ def run(bench: Bench, plan: RealisticPlan) -> dict[str, Any]:
         out.update(run_rounds(bench, plan, rfleet))
     finally:
         rfleet.remove_address_network()
+    bench_log(f"realistic: {plan.profiled} one after another, the agent profiled")
+    out["cpu_profile"] = run_profiled(bench, plan, rfleet)
     bench_log(f"realistic: {plan.running_per_kind} of each kind already running")
     out["running"] = run_running(bench, plan, rfleet)
     out["import_floor"] = import_floor_pss_mb(bench)
+    out["import_floor"]["by_package"] = cpuprofile.import_floor_by_package()
     out["go_registrar"] = run_go(bench, plan, rfleet, built)
     return out
+
+
+def run_profiled(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[str, Any]:
+    """The host-port kinds one after another with the agent under bench/agentprofile.py: where
+    its CPU goes per container, by thread and stage (bench/cpuprofile.py). Not timed."""
+    prefix, group = f"{bench.base}/profiled", "profiled"
+    agent = bench.start_agent("profiled", prefix, group, make=cpuprofile.ProfiledAgent)
+    assert isinstance(agent, cpuprofile.ProfiledAgent)
+    try:
+        _warm_up(bench, prefix, group, rfleet, KINDS)
+
+        def one_after_another() -> int:
+            items = _one_after_another(bench, prefix, group, rfleet, kinds=KINDS, n=plan.profiled)
+            return len(items)
+
+        return cpuprofile.profile_round(agent, one_after_another)
+    finally:
+        bench.stop_agent(agent)
 
 
 def run_go(

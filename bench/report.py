@@ -14,6 +14,7 @@ from typing import Any
 import docker
 import requests
 
+from bench import report_profile
 from bench.common import git_commit
 from sidekick import __version__
 
@@ -905,6 +906,7 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
         ),
         *_floor_markdown(real),
         *_inside_markdown(real),
+        *report_profile.cpu_markdown(real.get("cpu_profile")),
         "",
         f"**Already running**: {run['containers']} containers "
         f"({', '.join(f'{n} {k}' for k, n in run['by_kind_count'].items())}; the health ones "
@@ -922,6 +924,7 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
         f"MB). The floor, `python -c 'import sidekick.cli'` kept alive: PSS "
         f"{_fmt(real['import_floor']['pss_mb'])} MB (VmRSS {_fmt(real['import_floor']['rss_mb'])}"
         " MB).",
+        *report_profile.memory_markdown(real["import_floor"].get("by_package")),
         "",
         *_go_markdown(real),
     ]

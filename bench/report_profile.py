@@ -1,0 +1,79 @@
+"""The realistic section's tables of where the agent's CPU and import floor go, from what
+bench/cpuprofile.py measured. Pure; runs on the bench's main thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+THREAD_NAMES = {
+    "MainThread": "main loop",
+    "docker-events": "events reader",
+    "look-ahead": "look-ahead helpers",
+    "lease": "lease keeper",
+}
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def cpu_markdown(profile: dict[str, Any] | None) -> list[str]:
+    """The profiled round's table: CPU per container by thread, stage and call."""
+    if not profile:  # a run before bench/agentprofile.py
+        return []
+    total = profile["cpu_ms"]
+    rows, in_requests = [], 0.0
+    for name, thread in profile["threads"].items():
+        label = THREAD_NAMES.get(name, name)
+        rows.append(
+            f"| **{label}** | | | **{_ms(thread['cpu_ms'])}** | {thread['cpu_ms'] / total:.0%} |"
+        )
+        for stage, by_call in thread["stages"].items():
+            for call, part in by_call.items():
+                in_requests += part["cpu_ms"]
+                rows.append(
+                    f"| | {stage}{f': {call}' if call else ''} | {part['calls']:.2f} "
+                    f"| {_ms(part['cpu_ms'])} | {part['cpu_ms'] / total:.0%} |"
+                )
+        rows.append(
+            f"| | the rest (sidekick's own code) | | {_ms(thread['rest_ms'])} "
+            f"| {thread['rest_ms'] / total:.0%} |"
+        )
+    return [
+        "",
+        f"**Where the agent's CPU goes**: one more round, {profile['containers']} containers one "
+        "after another (the host-port kinds in turn, started and stopped as above; not timed), "
+        "with the agent run by `python -m bench.agentprofile`: each thread's CPU from its own "
+        "CPU clock, each stage's from `time.thread_time()` around its one entry point (a Docker "
+        "request, an etcd request, the events stream's next event, a log line), so nothing "
+        "slows the agent but two clock reads a call. Per container (a start and a stop): "
+        f"{_ms(total)} ms over the threads (the process's utime + stime: "
+        f"{_ms(profile['process_cpu_ms'])} ms). Docker and etcd requests, the events stream and "
+        f"log lines take {in_requests / total:.0%} of it; the rest is sidekick's own code "
+        "between them (routing events, plans, transaction payloads, metrics, the queue).",
+        "",
+        "| thread | stage: call | calls per container | CPU per container (ms) | share |",
+        "|---|---|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def memory_markdown(rows: list[dict[str, Any]] | None) -> list[str]:
+    """The import floor by package, in the agent's import order."""
+    if not rows:  # a run before import_floor_by_package()
+        return []
+    deps = rows[-2]["total_mb"] if len(rows) > 1 else rows[-1]["total_mb"]
+    return [
+        "",
+        "**Where the import floor goes**: a fresh interpreter importing, in this order, what "
+        "`sidekick run` imports (`bench/cpuprofile.py`), `Pss:` after each row; a module "
+        "imported by an earlier row counts there. Before sidekick's own modules, the "
+        f"interpreter and the dependencies come to {deps:.1f} MB.",
+        "",
+        "| imported | modules added | PSS added (MB) | PSS (MB) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {row['group']} | {row['modules']} | {row['pss_mb']:.1f} | {row['total_mb']:.1f} |"
+            for row in rows
+        ),
+    ]
