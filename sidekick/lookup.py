@@ -6,7 +6,7 @@ event is routed (intake.route); withdrawals need no request and are written firs
 transaction; first starts of containers created while the agent ran were read at `create`
 (sidekick.lookahead); the rest are looked up in one `docker ps` listing, inspected only where
 the listing cannot tell. Writes go through `write`, a callable of the loop's that turns etcd
-faults into a reconcile.
+faults into a reconcile. What it learnt per container is kept by sidekick.knowledge.
 """
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ from typing import Any
 from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
 from sidekick.intake import Action, route
+from sidekick.knowledge import Knowledge
 from sidekick.lookahead import LookAhead
-from sidekick.model import Announcement, Container, announce
+from sidekick.model import Container
 from sidekick.sync import Sync
-from sidekick.triage import after_verdict, started_from_read_ahead, triage
+from sidekick.triage import started_from_read_ahead, triage
 
 BATCH_SECONDS = 0.005  # look-ups written together while they take less than this
 VERIFY_AFTER = 1.0  # read-ahead starts are looked up again, together, this long after
-GONE_MEMORY = 10.0  # dockerd lists a container as running for up to ~2 s after its `die`
 NETWORK_SETTLE = 0.25  # a network connect/disconnect shows in listings up to ~60 ms after its event
 
 
 class Lookup:
-    """Turns events into announcements on the Sync, and keeps what it learnt per container."""
+    """Turns events into announcements on the Sync, through what it learnt per container."""
 
     def __init__(  # noqa: PLR0917 - collaborators
         self,
@@ -49,18 +49,11 @@ class Lookup:
         self.write = write
         self.fault = fault
         self.log = log
-        # container id -> what `docker stop` sends. Not derived from `known`: a listing's
-        # record has no stop signal (None) and must not make the look-up forget one an inspect
-        # or the read at create found (the look-ahead keeps that until it is taken here).
-        self.stop_signals: dict[str, int] = {}
-        self.known: dict[str, Container] = {}  # container id -> its last full record
-        self.warned: dict[str, str] = {}  # container id -> last problem logged
+        self.knowledge = Knowledge(config, sync, log)  # what it learnt per container
         # Read-ahead starts to look up again (id -> name), all at once at next_verify: what
         # changed between create and start (a `docker network connect`) is right within 1 s.
         self.to_verify: dict[str, str] = {}
         self.next_verify = float("inf")
-        self.gone_at: dict[str, float] = {}  # container id -> when an event ended it
-        self.by_network: set[str] = set()  # running containers announced by a network address
 
     def on_events(self, events: Sequence[DockerEvent]) -> None:
         """Update the announcements the events touch and write the difference."""
@@ -69,12 +62,11 @@ class Lookup:
             self.to_verify.pop(container_id, None)
         for event in events:
             if event.action == "destroy":
-                self.stop_signals.pop(event.container_id, None)
-                self.known.pop(event.container_id, None)
+                self.knowledge.destroyed(event.container_id)
                 self.look_ahead.drop(event.container_id)
         lookups = batch.lookups
         for event in lookups:
-            self.gone_at.pop(event.container_id, None)  # started again: the listing is right
+            self.knowledge.started(event.container_id)
         self.withdraw(batch.withdrawals)
         starts = [e for e in lookups if e.action == "start"]
         done = self._apply_read_ahead(starts)  # reads still in flight: looked up instead
@@ -96,7 +88,8 @@ class Lookup:
         """route(); a network connect or disconnect matters only to a running container
         announced (or skipped) by its network address."""
         if event.kind == "network":
-            return Action.LOOK_UP if event.container_id in self.by_network else Action.NOTHING
+            by_network = event.container_id in self.knowledge.by_network
+            return Action.LOOK_UP if by_network else Action.NOTHING
         return route(event, self._stop_signal(event.container_id))
 
     def _stop_signal(self, container_id: str) -> int | None:
@@ -104,8 +97,8 @@ class Lookup:
         read at create, which may have ended after its start (taken here either way, so the
         look-ahead keeps none of it)."""
         if (read := self.look_ahead.stop_signal(container_id)) is not None:
-            self.stop_signals.setdefault(container_id, read)
-        return self.stop_signals.get(container_id)
+            self.knowledge.stop_signals.setdefault(container_id, read)
+        return self.knowledge.stop_signals.get(container_id)
 
     def _learn_signals(self, kills: Iterable[DockerEvent]) -> None:
         """Kills with a signal that may be the container's stop signal, taken after the rest
@@ -122,7 +115,7 @@ class Lookup:
                 self.fault("docker", exc)  # the reconcile after the fault settles it
                 return
             if container is not None:
-                self.remember(container)
+                self.knowledge.remember(container)
             if container is None or route(event, container.stop_signal) is Action.WITHDRAW:
                 stopping.append(event)
         self.withdraw(stopping)
@@ -141,8 +134,7 @@ class Lookup:
         gone = list(events)
         now = time.monotonic()
         for event in gone:
-            self.set(event.container_id, event.name, Announcement())
-            self.gone_at[event.container_id] = now
+            self.knowledge.ended(event.container_id, event.name, now)
         if gone:
             self.write()
 
@@ -152,8 +144,7 @@ class Lookup:
         for event in starts:
             ready = self.look_ahead.take(event.container_id)
             if (container := started_from_read_ahead(ready, event, self.config)) is not None:
-                self.remember(container)
-                self.set(event.container_id, event.name, announce(container, self.config))
+                self.knowledge.record(event.container_id, event.name, container)
                 done.add(event.container_id)
                 if not container.host_network:  # its ports cannot change before the start
                     self.to_verify[event.container_id] = event.name
@@ -166,14 +157,7 @@ class Lookup:
         """A healthcheck's verdict, taken from its event and applied to the container's
         record read before (its ports and labels cannot change while it runs), in one
         write: no Docker request. The ids done; the rest are looked up."""
-        done = set()
-        for event in events:
-            container = after_verdict(self.known.get(event.container_id), event)
-            if container is None:
-                continue
-            self.known[event.container_id] = container
-            self.set(event.container_id, event.name, announce(container, self.config))
-            done.add(event.container_id)
+        done = {e.container_id for e in events if self.knowledge.verdict(e)}
         if done:
             self.write()
         return done
@@ -200,8 +184,7 @@ class Lookup:
             return
         for container_id, container in listed.items():
             name = names[container_id] or container.name  # a network event names no container
-            self.remember(container)  # a healthcheck's next verdict applies to it, no request
-            self.set(container_id, name, announce(container, self.config))
+            self.knowledge.record(container_id, name, container)
         if listed:
             self.write()
         pending, written = False, time.monotonic()
@@ -213,10 +196,8 @@ class Lookup:
             except DockerUnavailable as exc:
                 self.fault("docker", exc)  # the reconcile will look again
                 continue
-            if inspected is not None:
-                self.remember(inspected)
-            announcement = announce(inspected, self.config) if inspected else Announcement()
-            self.set(container_id, name or (inspected.name if inspected else ""), announcement)
+            named = name or (inspected.name if inspected else "")
+            self.knowledge.record(container_id, named, inspected)
             pending = True
             if time.monotonic() - written >= BATCH_SECONDS:
                 self.write()
@@ -224,56 +205,13 @@ class Lookup:
         if pending:
             self.write()
 
-    def remember(self, container: Container) -> None:
-        """Keep the container's record, and what it says of its stop signal."""
-        self.known[container.id] = container
-        if container.stop_signal is not None:
-            self.stop_signals[container.id] = container.stop_signal
-
-    def set(self, container_id: str, name: str, announcement: Announcement) -> None:
-        """Record a container's announcement (logging a new problem once)."""
-        if announcement.problem is not None:
-            if self.warned.get(container_id) != announcement.problem:
-                self.log.warning(
-                    "container skipped",
-                    container=name,
-                    id=container_id[:12],
-                    reason=announcement.problem,
-                )
-            self.warned[container_id] = announcement.problem
-        else:
-            self.warned.pop(container_id, None)
-        self.by_network.discard(container_id)
-        if announcement.by_network:  # a network connect or disconnect may change it
-            self.by_network.add(container_id)
-        self.sync.set(container_id, announcement.registrations)
-
     def confirm(self, listed: Sequence[Container]) -> list[Container]:
-        """A reconcile's listing, with containers an event ended moments ago inspected
-        again: dockerd's listing shows a container as running for a while after its `die`
-        (measured: up to 2.1 s), where inspect waits for the container and is right.
-        DockerUnavailable goes up."""
-        now = time.monotonic()
-        self.gone_at = {c: t for c, t in self.gone_at.items() if now - t < GONE_MEMORY}
-        confirmed = []
-        for container in listed:
-            if container.id not in self.gone_at:
-                confirmed.append(container)
-            elif (again := self.docker.inspect(container.id)) is not None and again.running:
-                confirmed.append(again)
-        return confirmed
+        """A reconcile's listing, with containers an event ended moments ago inspected again
+        (Knowledge.confirm). DockerUnavailable goes up."""
+        return self.knowledge.confirm(listed, self.docker.inspect)
 
     def replace_all(self, containers: Sequence[Container]) -> None:
         """A reconcile's snapshot: these are every running container in scope."""
-        seen = {c.id for c in containers}
-        for container in containers:
-            self.remember(container)
-            self.set(container.id, container.name, announce(container, self.config))
-        for container_id in set(self.sync.announced) - seen:
-            self.sync.set(container_id, ())
-        for known in (self.warned, self.stop_signals, self.known):
-            for container_id in set(known) - seen:
-                known.pop(container_id, None)
-        self.by_network &= seen
+        self.knowledge.replace_all(containers)
         self.look_ahead.clear()  # starts and removals drained: their entries are stale
         self.to_verify, self.next_verify = {}, float("inf")  # just read them all

@@ -331,7 +331,8 @@ class TestStopSignal:
         running = inprocess.start()
         key = f"/{scope}/early-{port}"
         wait_for(lambda: key in live_etcd.keys(f"/{scope}/"), message=key)
-        assert container.id not in running.agent.lookup.stop_signals  # known from a listing
+        signals = running.agent.lookup.knowledge.stop_signals
+        assert container.id not in signals  # known from a listing
         self.stop_and_watch(live_etcd, docker_client, container, key)
 
     def test_reload_signal_keeps_the_key(
