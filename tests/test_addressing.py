@@ -28,7 +28,7 @@ from sidekick.model import (
     merge,
 )
 from sidekick.oneshot import duplicate_text
-from sidekick.render import RenderError, load_template, render_text
+from sidekick.render_template import RenderError, load_template, render_text
 from sidekick.templating import JSON_FIELDS
 
 CID = "0123456789ab" + "c" * 52

@@ -106,7 +106,7 @@ class TestImage:
             docker_client,
             image,
             "-c",
-            "from sidekick.render import load_template; print(load_template(None).name)",
+            "from sidekick.render_template import load_template; print(load_template(None).name)",
             entrypoint="/opt/sidekick/bin/python",
         )
         assert (code, out.strip()) == (0, "nginx.conf.j2"), out

@@ -18,20 +18,12 @@ from typing import Any
 import pytest
 import requests
 
-from sidekick import render
+from sidekick import render, render_output
 from sidekick.config import ConfigError, Endpoint
-from sidekick.render import (
-    EtcdWatcher,
-    Keys,
-    Renderer,
-    Wait,
-    context,
-    load_template,
-    make_options,
-    parse_wait,
-    reload_retry_delay,
-    render_text,
-)
+from sidekick.render import EtcdWatcher, Renderer, make_options
+from sidekick.render_options import Wait, parse_wait
+from sidekick.render_output import reload_retry_delay
+from sidekick.render_template import Keys, context, load_template, render_text
 from sidekick.store import Store
 from tests.conftest import Containers, EtcdServer, free_port, metric, wait_for
 from tests.lb import Nginx, RenderProcess, TcpProxy, clean_env, nginx_binary
@@ -713,10 +705,10 @@ class TestReloadRetry:
     ) -> None:
         """A change that leaves the text as it is still retries the owed reload; health()
         says "reload failing" until then."""
-        monkeypatch.setattr(render, "RELOAD_RETRY_FIRST", 600.0)  # no timer in this test
+        monkeypatch.setattr(render_output, "RELOAD_RETRY_FIRST", 600.0)  # no timer in this test
         command, flag = failing_reload(setup)
         with looping(in_process(setup, reload_cmd=command)) as renderer:
-            wait_for(lambda: renderer.reload_failing, message="the first reload failing")
+            wait_for(lambda: renderer.output.reload_failing, message="the first reload failing")
             assert renderer.health() == (
                 False,
                 "reload failing: reload command failed: exit 1: nginx is down",
@@ -758,13 +750,13 @@ class TestHealth:
         self, setup: Setup, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Both problems at once are both in the one line."""
-        monkeypatch.setattr(render, "RELOAD_RETRY_FIRST", 600.0)
+        monkeypatch.setattr(render_output, "RELOAD_RETRY_FIRST", 600.0)
         command, _flag = failing_reload(setup)
         renderer = in_process(setup, reload_cmd=command, check_cmd="! grep -q bad {src}")
         with looping(renderer):
-            wait_for(lambda: renderer.reload_failing, message="the first reload failing")
+            wait_for(lambda: renderer.output.reload_failing, message="the first reload failing")
             setup.etcd.put(f"{setup.prefix}/b", "bad")
-            wait_for(lambda: renderer.refused, message="the check failing")
+            wait_for(lambda: renderer.output.refused, message="the check failing")
             ok, reason = renderer.health()
         assert not ok
         assert reason.startswith("check failing: exit 1")
