@@ -315,6 +315,7 @@ def _agent_rows(results: dict[str, Any], add: Any, targets: dict[str, float]) ->
         targets["agent_cpu_ms_per_event"],
         theirs("agent_cpu_ms_per_event"),
         digits=2,
+        note=report_profile.cpu_note(real.get("cpu_profile")),
     )
     run = real["running"]
     add(
@@ -332,7 +333,7 @@ def _agent_rows(results: dict[str, Any], add: Any, targets: dict[str, float]) ->
         targets["idle_pss_mb"],
         theirs("running", "idle_pss_mb"),
         note=f"`python -c 'import sidekick.cli'` alone: PSS {_fmt(real['import_floor']['pss_mb'])}"
-        " MB",
+        " MB" + report_profile.floor_note(real["import_floor"].get("by_package")),
     )
 
 

@@ -77,3 +77,25 @@ def memory_markdown(rows: list[dict[str, Any]] | None) -> list[str]:
             for row in rows
         ),
     ]
+
+
+def cpu_note(profile: dict[str, Any] | None) -> str:
+    """The headline CPU row's note: where a container's CPU goes, from the profiled round."""
+    if not profile:
+        return ""
+    own = sum(thread["rest_ms"] for thread in profile["threads"].values())
+    return (
+        f"where it goes, per container (start and stop) in a profiled round: "
+        f"{_ms(profile['cpu_ms'] - own)} ms in Docker and etcd requests, the events stream and "
+        f"log lines, {_ms(own)} ms in sidekick's own code (section Realistic workloads)"
+    )
+
+
+def floor_note(rows: list[dict[str, Any]] | None) -> str:
+    """The headline PSS row's note: the part of the floor that is not sidekick's code."""
+    if not rows or len(rows) < 2:
+        return ""
+    return (
+        f"; the interpreter and the dependencies before sidekick's own modules: "
+        f"{rows[-2]['total_mb']:.1f} MB"
+    )

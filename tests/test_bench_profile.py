@@ -181,3 +181,23 @@ def test_instrument_wraps_the_real_entry_points() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_headline_notes() -> None:
+    profile = cpuprofile.per_container(
+        {
+            "MainThread": {"cpu_s": 0.6, "stages": {"etcd requests": {"/kv/txn": [0.2, 20.0]}}},
+            "docker-events": {"cpu_s": 0.2, "stages": {"events stream": {"": [0.1, 70.0]}}},
+        },
+        10,
+    )
+    note = report_profile.cpu_note(profile)
+    assert "30.00 ms in Docker and etcd requests" in note  # (0.2 + 0.1) s / 10 containers
+    assert "50.00 ms in sidekick's own code" in note  # (0.4 + 0.1) s / 10
+    assert report_profile.cpu_note(None) == ""
+    rows = [
+        {"group": "the interpreter", "pss_mb": 7.0, "modules": 40, "total_mb": 7.0},
+        {"group": "sidekick's own", "pss_mb": 3.0, "modules": 30, "total_mb": 10.0},
+    ]
+    assert report_profile.floor_note(rows).endswith("sidekick's own modules: 7.0 MB")
+    assert report_profile.floor_note(None) == ""
