@@ -161,6 +161,21 @@ def test_import_floor_by_package_adds_up() -> None:
     assert rows[-1]["total_mb"] > rows[0]["total_mb"]
 
 
+def test_import_floor_by_package_loads_what_the_agent_loads() -> None:
+    """The groups, imported as the measurement imports them, load the agent's modules: the
+    same libraries, and none of what sidekick/__init__.py leaves out."""
+    measured = set(cpuprofile._measure_import_groups()["modules"])
+    code = "import sys, sidekick.cli; print(' '.join(sorted(sys.modules)))"
+    agent = set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        ).stdout.split()
+    )
+    assert "etcd3gw.client" in agent and "asyncio" not in agent
+    own = {"importlib", "types", "warnings"}  # the measurement's own imports
+    assert measured - own == agent - own
+
+
 def test_instrument_wraps_the_real_entry_points() -> None:
     """The wrapped names exist in sidekick and structlog as they are (a rename fails here,
     not silently in the bench)."""
