@@ -10,10 +10,12 @@ import time
 
 import prometheus_client
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from sidekick import prom
+from sidekick.metrics import Metrics, MetricsServer, RenderMetrics
 
 BUCKETS = (0.0005, 0.001, 0.0075, 0.25, 1, 5)
 AWKWARD = 'a "quoted"\\ back\nslash'  # every character the text format escapes
@@ -186,3 +188,34 @@ def test_updates_from_many_threads_are_all_counted() -> None:
     assert next(counter.samples())[2] == threads * rounds
     counts = [v for n, _, v in histogram.samples() if n == "h_count"]
     assert sum(counts) == threads * rounds and len(counts) == 3
+
+
+def test_agent_and_renderer_metrics_parse() -> None:
+    """Every metric of Metrics and RenderMetrics, as prometheus_client reads them."""
+    for registry in (Metrics().registry, RenderMetrics().registry):
+        families = _families(registry)
+        assert families and all(f.documentation for f in families.values())
+    metrics = Metrics()
+    assert metrics.registry.get_sample_value("sidekick_etcd_writes_total", {"op": "put"}) == 0
+    metrics.docker_request("inspect", 0.002)
+    assert (
+        metrics.registry.get_sample_value(
+            "sidekick_docker_request_seconds_bucket", {"call": "inspect", "le": "0.002"}
+        )
+        == 1
+    )
+
+
+def test_server_answers_with_the_text_format() -> None:
+    metrics = Metrics()
+    metrics.registrations.set(4)
+    server = MetricsServer(("127.0.0.1", 0), metrics.registry, lambda: (True, "ok"))
+    server.start()
+    try:
+        answer = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+    finally:
+        server.stop()
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert answer.content == metrics.registry.expose()
+    assert "sidekick_registrations 4.0\n" in answer.text
