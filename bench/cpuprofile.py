@@ -36,7 +36,7 @@ IMPORT_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("docker (docker-py)", ("docker",)),
     ("etcd3gw (futurist, pbr, debtcollector, wrapt)", ("etcd3gw",)),
     ("structlog (asyncio)", ("sidekick",)),
-    ("tenacity, prometheus_client", ("tenacity", "prometheus_client")),
+    ("tenacity", ("tenacity",)),
     ("typer (click)", ("typer",)),
     ("sidekick's own modules (sidekick.cli and what it imports)", ("sidekick.cli",)),
 )
