@@ -37,7 +37,7 @@ IMPORT_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("requests (urllib3, idna, certifi)", ("requests",)),
     ("docker (docker-py)", ("docker",)),
     ("etcd3gw (futurist, pbr, debtcollector, wrapt)", ("etcd3gw.client",)),
-    ("tenacity, prometheus_client", ("tenacity", "prometheus_client")),
+    ("tenacity", ("tenacity",)),
     ("typer (click)", ("typer",)),
     ("sidekick's own modules (sidekick.cli and what it imports)", ("sidekick.cli",)),
 )

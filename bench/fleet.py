@@ -632,11 +632,11 @@ class NodeHost:
             time.sleep(LATE_PROBE)
             late = round((time.monotonic() - began - LATE_PROBE) * 1000)
             self.host[LATE_MS] = max(self.host[LATE_MS], late)
-            errors = 0.0
-            for metric in self.metrics.errors.collect():
-                for sample in metric.samples:
-                    if sample.name.endswith("_total") and sample.labels.get("peer") == "etcd":
-                        errors += sample.value
+            errors = sum(
+                value
+                for _, labels, value in self.metrics.errors.samples()
+                if labels["peer"] == "etcd"
+            )
             self.host[ERRORS] = int(errors)
             self.host[THREADS] = threading.active_count()
 

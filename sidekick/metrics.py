@@ -1,4 +1,9 @@
-"""Prometheus metrics and the /healthz answer, served by one small HTTP server."""
+"""Prometheus metrics and the /healthz answer, served by one small HTTP server.
+
+Runs on: the metrics are updated by the agent's threads (main loop, Docker events reader,
+lease thread, look-ahead helpers) or the renderer's; MetricsServer answers on threads of its
+own (sidekick.prom keeps the values thread-safe).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sidekick.prom import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 
 # Seconds; fine below 10 ms, where a registration's requests and events normally take.
 REQUEST_BUCKETS = (
@@ -19,7 +23,7 @@ class Metrics:
     """The agent's counters; one registry per agent so tests can make several."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = Registry()
         r = self.registry
         self.registrations = Gauge(
             "sidekick_registrations", "Keys this agent holds on its lease.", registry=r
@@ -114,7 +118,7 @@ class RenderMetrics:
     """`sidekick render`'s counters and gauges; one registry per renderer."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = Registry()
         r = self.registry
         self.renders = Counter(
             "sidekick_renders",
@@ -155,14 +159,12 @@ HealthCheck = Callable[[], tuple[bool, str]]
 class MetricsServer:
     """GET /metrics (Prometheus text) and GET /healthz (200, or 503 with the reason)."""
 
-    def __init__(
-        self, address: tuple[str, int], registry: CollectorRegistry, health: HealthCheck
-    ) -> None:
+    def __init__(self, address: tuple[str, int], registry: Registry, health: HealthCheck) -> None:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
-                    self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                    self._answer(200, registry.expose(), CONTENT_TYPE)
                 elif self.path.split("?")[0] == "/healthz":
                     ok, reason = health()
                     self._answer(200 if ok else 503, (reason + "\n").encode(), "text/plain")

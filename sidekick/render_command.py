@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from prometheus_client import CollectorRegistry
 
 from sidekick.config import Config, ConfigError, parse_address
 from sidekick.metrics import MetricsServer
 from sidekick.options import AGENT_ONLY, EXIT_ETCD, EXIT_NOTHING, fail, make_store, with_config
+from sidekick.prom import Registry
 
 
 def _health_server(
     metrics_address: str | None,
     health: Callable[[], tuple[bool, str]],
-    registry: CollectorRegistry,
+    registry: Registry,
 ) -> MetricsServer | None:
     """/healthz and /metrics on --metrics-address, started; None without one."""
     if metrics_address is None:

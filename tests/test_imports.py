@@ -15,13 +15,22 @@ def _modules_after(code: str) -> set[str]:
     return set(out.split())
 
 
-NEVER_IN_THE_AGENT = {"rich", "pygments", "jinja2", "asyncio", "charset_normalizer", "chardet"}
+# prometheus_client: sidekick.prom writes the metrics
+NEVER_IN_THE_AGENT = {
+    "rich",
+    "pygments",
+    "jinja2",
+    "asyncio",
+    "charset_normalizer",
+    "chardet",
+    "prometheus_client",
+}
 
 
 def test_the_agent_does_not_load_what_it_never_uses():
     loaded = _modules_after(AGENT_IMPORTS)
     # the check looks at the right process: every dependency the agent uses is there
-    assert {"structlog", "typer", "requests", "docker", "etcd3gw.client"} <= loaded
+    assert {"structlog", "typer", "requests", "docker", "etcd3gw.client", "sidekick.prom"} <= loaded
     assert not {m for m in loaded if m.split(".")[0] in NEVER_IN_THE_AGENT}
 
 
