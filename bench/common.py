@@ -92,6 +92,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 # -- the process table --------------------------------------------------------------------
 
 
+def host_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU of the host since boot, from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def host_busy_percent(since: tuple[int, int]) -> float:
+    """The share of the host's CPU time that was busy since `since` (host_cpu_ticks())."""
+    busy, total = host_cpu_ticks()
+    return 100.0 * (busy - since[0]) / max(1, total - since[1])
+
+
 def cpu_ticks(pid: int, children: bool = False) -> int:
     """utime + stime of a process (its threads included), plus reaped children if asked."""
     text = Path(f"/proc/{pid}/stat").read_text()

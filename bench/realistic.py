@@ -58,6 +58,8 @@ from bench.common import (
     EtcdProbe,
     Member,
     cpu_ticks,
+    host_busy_percent,
+    host_cpu_ticks,
     pss_kb,
     rss_kb,
     summary,
@@ -78,7 +80,11 @@ ADDRESS_NETWORK = "{network}-addr"
 BURST = 20
 DRAIN = 0.3  # seconds PID 1 takes between the stop signal and its exit
 READY = 0.3  # seconds after the start at which the healthcheck begins to pass
-HEALTH_INTERVAL_MS = 100
+# Each healthcheck is an exec (dockerd, containerd and runc): bench/healthload.sh measures what
+# they cost the host. At 100 ms, the health containers of a round kept a 2-CPU host saturated,
+# and every timing measured that load; 5 s is a short interval as services set them.
+# `host_busy_percent` in the results says how busy the host was in each round.
+HEALTH_INTERVAL_MS = 5000
 STOP_TIMEOUT = 10  # docker stop -t: far above DRAIN, so no container is SIGKILLed
 # PID 1 drains on TERM and QUIT, marks itself ready READY s after it starts, then waits.
 COMMAND = [
@@ -487,6 +493,7 @@ def run_rounds(
             if registrar.full
             else None
         )
+        host = host_cpu_ticks()
         try:
             sequential = _one_after_another(
                 bench, prefix, group, rfleet, kinds=KINDS, n=plan.sequential, floor=floor
@@ -494,12 +501,15 @@ def run_rounds(
         finally:
             if floor is not None:
                 floor.close()
+        out["host_busy_percent"] = {"sequential": host_busy_percent(host)}
         if metrics_url and before is not None:
             out["inside"] = inside.stages(before, inside.scrape(metrics_url))
 
         bench_log(f"realistic, {registrar.name}: {plan.bursts} bursts of {BURST} at once")
         probe = EtcdProbe(bench.etcd.url, "/sidekick-bench-probe/real", bench.workdir / "probe.log")
+        host = host_cpu_ticks()
         bursts, windows = _in_bursts(bench, prefix, group, rfleet, kinds=KINDS, bursts=plan.bursts)
+        out["host_busy_percent"]["burst"] = host_busy_percent(host)
         probe.close()
         containers = len(sequential) + len(bursts)
         out["agent_cpu_ms_per_event"] = (
@@ -548,11 +558,13 @@ def run_running(
     prefix = f"{bench.base}/{group}"
     keys = {f"{prefix}/{i.member.key}": i for i in items}
     time.sleep(0.5)
+    host = host_cpu_ticks()
     t0 = time.time_ns()
     agent = registrar.start("realrun", prefix, group, False)
     assert agent.process is not None
     try:
         complete = bench.watch.wait_seen(keys, "PUT", 60)
+        busy = host_busy_percent(host)
         arrivals = {k: bench.watch.first(k, "PUT") or 0 for k in keys}
         wrong = sorted(k for k, i in keys.items() if bench.watch.present.get(k) != i.member.value)
         by_kind = {
@@ -582,6 +594,7 @@ def run_running(
         "seconds_by_kind": by_kind,
         "wrong_values": len(wrong),
         "wrong_examples": wrong[:5],
+        "host_busy_percent": busy,
         "idle_pss_mb": max(pss) / 1024,
         "idle_rss_mb": rss / 1024,
         "registrations": len(items),

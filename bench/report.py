@@ -826,7 +826,8 @@ def realistic_markdown(results: dict[str, Any]) -> list[str]:
         f"`docker stop -t {plan['stop_timeout']}`, PID 1 draining {plan['drain_seconds']:g} s "
         "between the stop signal and its exit: **port** (no healthcheck, stop signal SIGTERM), "
         "**health** (the image's `HEALTHCHECK`, every "
-        f"{plan['health_interval_ms']} ms, passes {plan['ready_seconds']:g} s after the start; "
+        f"{plan['health_interval_ms'] / 1000:g} s, passes {plan['ready_seconds']:g} s after the "
+        "start; "
         "registration timed from the `health_status: healthy` event, as the agent announces a "
         "container with a healthcheck only once it is healthy), **stopsignal** (the image says "
         "`STOPSIGNAL SIGQUIT`). Registration from `start` (health: from `healthy`) to the key at "
@@ -961,6 +962,9 @@ def go_comparison(real: dict[str, Any]) -> list[tuple[str, Any, Any, int]]:
                 every[name]["missing"]
                 for name in ("register", "deregister_from_kill", "deregister_from_die")
             ),
+            r.get("host_busy_percent", {}).get("sequential"),  # runs before it: None
+            r.get("host_busy_percent", {}).get("burst"),
+            run.get("host_busy_percent"),
         ]
 
     labels = [
@@ -983,6 +987,9 @@ def go_comparison(real: dict[str, Any]) -> list[tuple[str, Any, Any, int]]:
         ("CPU per container start or stop (ms)", 2),
         ("Keys put with a wrong value", 0),
         ("Timings missing (register, withdraw)", 0),
+        ("Host CPU busy, one after another (% of every CPU)", 0),
+        ("Host CPU busy, bursts (%)", 0),
+        ("Host CPU busy, already running, until every key (%)", 0),
     ]
     return [
         (label, ours, theirs, digits)

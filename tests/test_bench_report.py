@@ -5,13 +5,15 @@ beside sidekick's row by row, or is said not to have been measured."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import gobaseline, harness, realistic, report
-from bench.common import summary
+from bench.common import host_busy_percent, host_cpu_ticks, summary
 
 HOST_KINDS = ["port", "health", "stopsignal"]
 
@@ -194,7 +196,13 @@ def _go_round() -> dict[str, Any]:
         "burst": {**mode, "all": _row([4.0, 6.0]), "etcd_put": summary([1.0])},
         "all": _row([0.5, 1.0, 4.0, 6.0]),
         "agent_cpu_ms_per_event": 0.125,
-        "running": {**_realistic()["running"], "seconds": 0.25, "idle_pss_mb": 4.5},
+        "host_busy_percent": {"sequential": 21.4, "burst": 88.6},
+        "running": {
+            **_realistic()["running"],
+            "seconds": 0.25,
+            "idle_pss_mb": 4.5,
+            "host_busy_percent": 40.2,
+        },
     }
 
 
@@ -230,7 +238,12 @@ def test_the_go_registrar_sits_beside_sidekick_row_by_row():
     assert rows["CPU per container start or stop (ms)"] == ["0.50", "0.12"]
     # wrong values: sequential all + burst all + already running
     assert rows["Keys put with a wrong value"] == ["0", "1"]
-    assert len(rows) == 17  # (all + 3 kinds) x 2, burst, 3 withdrawal, running, PSS, CPU, 2 counts
+    # a run from before the host's busy share was measured says so (sidekick's round here)
+    assert rows["Host CPU busy, one after another (% of every CPU)"] == ["n/a", "21"]
+    assert rows["Host CPU busy, bursts (%)"] == ["n/a", "89"]
+    assert rows["Host CPU busy, already running, until every key (%)"] == ["n/a", "40"]
+    # (all + 3 kinds) x 2, burst, 3 withdrawal, running, PSS, CPU, 2 counts, 3 host busy
+    assert len(rows) == 20
 
 
 def test_a_go_registrar_not_measured_is_said_and_shows_no_figure():
@@ -298,3 +311,14 @@ def test_the_headline_takes_the_go_registrar_as_the_realistic_baseline():
             assert rows["Idle PSS with 30 registrations (MB)"] == 4.5
         else:
             assert set(rows.values()) == {None}
+
+
+def test_host_busy_percent_sees_this_process_burn_a_cpu():
+    """The host's busy share over a window in which this process keeps one CPU busy: at least
+    the share of one CPU among them all, give or take the clock's tick."""
+    since = host_cpu_ticks()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        pass
+    busy = host_busy_percent(since)
+    assert 100 / os.cpu_count() * 0.6 <= busy <= 100  # type: ignore[operator]
