@@ -12,6 +12,9 @@ image=$(docker images --format '{{.Repository}}:{{.Tag}}' sidekick-test/busybox 
 seconds=5 settle=10
 [ -n "$image" ] || { echo 'no sidekick-test/busybox image: run the tests or ./bench/run once' >&2; exit 2; }
 
+# whatever happens (a failed run, ^C), no healthchecking container outlives the script
+trap 'docker ps -aq --filter label=sidekick-healthload=1 | xargs -r docker rm -f >/dev/null' EXIT
+
 busy_total() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 
 for interval in $intervals; do
@@ -29,7 +32,7 @@ for interval in $intervals; do
     --filter label=sidekick-healthload=1 | wc -l || true)
   read -r busy1 total1 < <(busy_total)
   echo "$n containers, healthcheck every $interval ms: $((execs / seconds)) execs/s," \
-    "host busy $((100 * (busy1 - busy0) / (total1 - total0)))% of $(nproc) CPUs"
+    "host busy $((100 * (busy1 - busy0) / (total1 - total0)))% of its $(grep -c '^cpu[0-9]' /proc/stat) CPUs"
   # shellcheck disable=SC2086
   docker rm -f $ids >/dev/null
   docker rmi "$tag" >/dev/null

@@ -26,11 +26,15 @@ __version__ = "0.1.0"
 
 
 class _AsyncioOnFirstUse(types.ModuleType):
-    """Stands in for asyncio inside structlog: any attribute imports the real module."""
+    """Stands in for asyncio inside structlog and wrapt: any public attribute imports the real
+    module. A dunder (`__path__`, `__wrapped__`) is not there: importing a submodule through
+    the stand-in fails loudly rather than load a second copy of it."""
 
     def __getattr__(self, name: str) -> object:
         import importlib  # noqa: PLC0415
 
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
         if sys.modules.get("asyncio") is self:
             del sys.modules["asyncio"]
         return getattr(importlib.import_module("asyncio"), name)

@@ -196,6 +196,7 @@ def _go_round() -> dict[str, Any]:
         "burst": {**mode, "all": _row([4.0, 6.0]), "etcd_put": summary([1.0])},
         "all": _row([0.5, 1.0, 4.0, 6.0]),
         "agent_cpu_ms_per_event": 0.125,
+        "agent_idle_cpu_ms_per_s": 0.07,
         "host_busy_percent": {"sequential": 21.4, "burst": 88.6},
         "running": {
             **_realistic()["running"],
@@ -235,15 +236,16 @@ def test_the_go_registrar_sits_beside_sidekick_row_by_row():
     assert rows["Withdrawal p99 from the stop's `kill`, all (ms)"] == ["4.0", "6.9"]
     assert rows["Already running: 30 containers, every key (s)"] == ["1.200", "0.250"]
     assert rows["Idle PSS with 30 registrations (MB)"] == ["25.0", "4.5"]
-    assert rows["CPU per container start or stop (ms)"] == ["0.50", "0.12"]
+    assert rows["CPU per container start or stop, less idle (ms)"] == ["0.50", "0.12"]
     # wrong values: sequential all + burst all + already running
     assert rows["Keys put with a wrong value"] == ["0", "1"]
     # a run from before the host's busy share was measured says so (sidekick's round here)
+    assert rows["CPU idle, before the rounds (ms a second)"] == ["n/a", "0.07"]
     assert rows["Host CPU busy, one after another (% of every CPU)"] == ["n/a", "21"]
     assert rows["Host CPU busy, bursts (%)"] == ["n/a", "89"]
     assert rows["Host CPU busy, already running, until every key (%)"] == ["n/a", "40"]
-    # (all + 3 kinds) x 2, burst, 3 withdrawal, running, PSS, CPU, 2 counts, 3 host busy
-    assert len(rows) == 20
+    # (all + 3 kinds) x 2, burst, 3 withdrawal, running, PSS, CPU, 2 counts, idle, 3 host busy
+    assert len(rows) == 21
 
 
 def test_a_go_registrar_not_measured_is_said_and_shows_no_figure():

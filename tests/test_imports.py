@@ -71,3 +71,23 @@ def test_rich_is_still_there_for_help():
         env={"COLUMNS": "80", "TERM": "dumb", "PATH": "/usr/bin:/bin"},
     ).stdout
     assert "╭─ Commands" in out
+
+
+def test_the_asyncio_stand_in_loads_asyncio_only_for_a_public_name():
+    """Introspection (a dunder) does not load asyncio; a public name loads the real one."""
+    code = """
+import sys
+import sidekick, structlog.stdlib
+stand_in = structlog.stdlib.asyncio
+assert not hasattr(stand_in, "__wrapped__") and not hasattr(stand_in, "__path__")
+assert "asyncio" not in sys.modules
+loop = stand_in.new_event_loop()
+assert type(loop).__module__.startswith("asyncio.") and "asyncio" in sys.modules
+loop.close()
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok"]
