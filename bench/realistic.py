@@ -433,6 +433,16 @@ def _in_bursts(
     return items, windows
 
 
+def _cpu_ms_per_event(
+    pid: int, ticks: int, began: float, idle_ms_per_s: float, containers: int
+) -> float:
+    """The agent's CPU since (ticks, began), less its idle rate over that time, per start or
+    stop of `containers` containers."""
+    spent = (cpu_ticks(pid) - ticks) / CLK_TCK * 1000
+    idle = idle_ms_per_s * (time.monotonic() - began)
+    return max(0.0, spent - idle) / (2 * containers)
+
+
 def _address_rounds(
     bench: Bench,
     plan: RealisticPlan,
@@ -463,10 +473,8 @@ def _address_rounds(
     address_bursts, _ = _in_bursts(
         bench, prefix, group, rfleet, kinds=only, bursts=plan.address_bursts
     )
-    spent = (cpu_ticks(pid) - ticks) / CLK_TCK * 1000
-    idle = out["agent_idle_cpu_ms_per_s"] * (time.monotonic() - began)
-    out["address_agent_cpu_ms_per_event"] = max(0.0, spent - idle) / (
-        2 * (len(address_sequential) + len(address_bursts))
+    out["address_agent_cpu_ms_per_event"] = _cpu_ms_per_event(
+        pid, ticks, began, out["agent_idle_cpu_ms_per_s"], len(address_sequential + address_bursts)
     )
     return address_sequential, address_bursts
 
@@ -518,9 +526,8 @@ def run_rounds(
         out["host_busy_percent"]["burst"] = host_busy_percent(host)
         probe.close()
         containers = len(sequential) + len(bursts)
-        spent = (cpu_ticks(agent.process.pid) - ticks) / CLK_TCK * 1000
-        out["agent_cpu_ms_per_event"] = max(0.0, spent - idle * (time.monotonic() - began)) / (
-            2 * containers
+        out["agent_cpu_ms_per_event"] = _cpu_ms_per_event(
+            agent.process.pid, ticks, began, idle, containers
         )
         if registrar.full:
             address_sequential, address_bursts = _address_rounds(
