@@ -1067,6 +1067,14 @@ def _sidekick_headline(real: dict[str, Any]) -> dict[str, Any]:
             if "floor" in real
             else {}
         ),
+        **(
+            {
+                f"bare_register_{kind}_p50_ms": _r(row["register"]["p50"])
+                for kind, row in real["bare_registrar"]["sequential"].items()
+            }
+            if "bare_registrar" in real
+            else {}
+        ),
         "realistic_samples": a["register"]["n"],
         "realistic_missing": a["register"]["missing"]
         + a["deregister_from_kill"]["missing"]

@@ -26,6 +26,10 @@ It runs after the host-port rounds with the same agent, one after another and in
 BURST of its own kind only, timed as the port kind is. Every row counts the PUTs whose value
 is not the one expected (the published host port on 127.0.0.1, or that IP and port 80).
 
+Then a bare registrar in Python (bench/bareregistrar.py: the listing and the put at the moment
+any registrar makes them, nothing else) on the same one-after-another round; its port and
+stopsignal rows go under "bare_registrar" (it registers the health kind at its start, untimed).
+
 Then the Go registrar (bench/goregistrar, built by bench.gobaseline; issue 12's side-by-side)
 takes sidekick's place: the same host-port rounds and already-running containers, with a
 prefix and group of its own, after sidekick's rounds and never beside them; its rows go under
@@ -69,12 +73,14 @@ from bench.common import (
 )
 from bench.floor import Floor
 from bench.report import go_comparison
+from tests.conftest import AgentProcess
 
 if TYPE_CHECKING:
     from bench.harness import Bench
-    from tests.conftest import AgentProcess
 
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("port", "health", "stopsignal")
+BARE_KINDS = ("port", "stopsignal")  # timed for the bare registrar (it has no healthchecks)
 ADDRESS_KIND = "container"  # not in KINDS: rows of its own, out of "all" (see run_rounds)
 # The container kind's network, one per run as the run's own network is (other users' bench
 # runs on the same engine never share it), named after it: skb-<run id>-addr.
@@ -160,6 +166,34 @@ class Registrar:
             )
 
         return cls("go registrar", "goreal", start, full=False)
+
+    @classmethod
+    def bare(cls, bench: Bench) -> Registrar:
+        def start(name: str, prefix: str, group: str, wait_ready: bool) -> AgentProcess:
+            args = ["--etcd", bench.etcd.url, "--prefix", prefix, "--host-ip", "127.0.0.1"]
+            args += ["--filter", f"label={GROUP_LABEL}={bench.run_id}-{group}"]
+            agent = BareProcess(args, bench.workdir / f"agent-bare-{name}.log", dict(os.environ))
+            bench.agents.append(agent.start())
+            if wait_ready:
+                agent.wait_log("reconciled", timeout=60)
+            return agent
+
+        return cls("bare registrar", "barereal", start, full=False)
+
+
+class BareProcess(AgentProcess):
+    """bench/bareregistrar.py in a subprocess (this interpreter), its JSON lines in log_path."""
+
+    def start(self) -> BareProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.bareregistrar", *self.args],
+                stdout=log,
+                stderr=log,
+                env=self.env,
+                cwd=REPOSITORY,
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -691,8 +725,33 @@ def run(bench: Bench, plan: RealisticPlan) -> dict[str, Any]:
     out["running"] = run_running(bench, plan, rfleet)
     out["import_floor"] = import_floor_pss_mb(bench)
     out["import_floor"]["by_package"] = cpuprofile.import_floor_by_package()
+    bench_log(f"realistic: the bare registrar, {plan.sequential} one after another")
+    out["bare_registrar"] = run_bare(bench, plan, rfleet)
     out["go_registrar"] = run_go(bench, plan, rfleet, built)
     return out
+
+
+def run_bare(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[str, Any]:
+    """bench/bareregistrar.py in sidekick's place on the same one-after-another round (the
+    three kinds in turn: the same containers running meanwhile); its port and stopsignal rows.
+    It registers a health container at its start, so that kind is not timed."""
+    registrar = Registrar.bare(bench)
+    prefix, group = f"{bench.base}/{registrar.tag}", registrar.tag
+    agent = registrar.start("realistic", prefix, group, True)
+    try:
+        _warm_up(bench, prefix, group, rfleet, KINDS)
+        host = host_cpu_ticks()
+        items = _one_after_another(bench, prefix, group, rfleet, kinds=KINDS, n=plan.sequential)
+        busy = host_busy_percent(host)
+    finally:
+        bench.stop_agent(agent)
+    timed = [item for item in items if item.kind in BARE_KINDS]
+    rows = _timings(bench, prefix, timed, BARE_KINDS)
+    return {
+        "source": "bench/bareregistrar.py",
+        "host_busy_percent": busy,
+        "sequential": {kind: rows[kind] for kind in BARE_KINDS},
+    }
 
 
 def run_profiled(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[str, Any]:
@@ -760,6 +819,11 @@ def print_summary(real: dict[str, Any]) -> None:
             f"{floor['listing']['p50']:.1f} + etcd put {floor['put']['p50']:.1f} = "
             f"{floor['p50_sum']:.1f} ms (sidekick register p50 "
             f"{real['sequential']['all']['register']['p50']:.1f} ms)"
+        )
+    if bare := real.get("bare_registrar"):
+        bench_log(
+            "bare registrar, one after another: "
+            + " | ".join(f"{kind} {f(row['register'])}" for kind, row in bare["sequential"].items())
         )
     if stages := real.get("inside"):
         bench_log(

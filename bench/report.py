@@ -782,7 +782,44 @@ def _floor_markdown(real: dict[str, Any]) -> list[str]:
         f"| {_fmt(floor['delivery']['p50'])} | {_fmt(floor['listing']['p50'])} "
         f"| {_fmt(floor['put']['p50'])} | {_fmt(floor['p50_sum'])} | {_fmt(register)} "
         f"| {_fmt(register - floor['p50_sum'])} |",
+        *_bare_markdown(real),
     ]
+
+
+def _bare_markdown(real: dict[str, Any]) -> list[str]:
+    """sidekick, the bare Python registrar and the Go registrar on the same round, per kind."""
+    bare = real.get("bare_registrar")
+    if bare is None:  # a run before bench/bareregistrar.py
+        return []
+    kinds = list(bare["sequential"])
+    go = real.get("go_registrar") or {}
+    rows = [("sidekick", real), ("bare registrar (Python)", bare)]
+    if go.get("measured"):
+        rows.append(("Go registrar", go))
+    head = " | ".join(f"{kind} p50 | {kind} p99" for kind in kinds)
+    lines = [
+        "",
+        "The same requests at the moment a registrar makes them, right after the `start`: a "
+        "bare registrar in Python (`bench/bareregistrar.py`: the standard library on kept "
+        "connections; at each `start` one `docker ps --filter id=` and one etcd put on its "
+        "lease, and nothing else: no retries, ownership checks, reconcile or healthchecks) in "
+        "sidekick's place on the same one-after-another round (the three kinds in turn; it "
+        "registers the health kind at its start, so that kind is not timed), timed as sidekick "
+        "is, from the `start` to the key at the watcher (ms; host CPU busy "
+        f"{_fmt(bare['host_busy_percent'], 0)} % in its round). Beside it, sidekick's and the "
+        "Go registrar's rows of the same kinds from their own rounds.",
+        "",
+        f"| registrar | {head} |",
+        "|---|" + "---:|" * (2 * len(kinds)),
+    ]
+    for name, result in rows:
+        cells = " | ".join(
+            f"{_fmt(result['sequential'][kind]['register']['p50'])} | "
+            f"{_fmt(result['sequential'][kind]['register']['p99'])}"
+            for kind in kinds
+        )
+        lines.append(f"| {name} | {cells} |")
+    return lines
 
 
 def _inside_markdown(real: dict[str, Any]) -> list[str]:

@@ -324,3 +324,40 @@ def test_host_busy_percent_sees_this_process_burn_a_cpu():
         pass
     busy = host_busy_percent(since)
     assert 100 / os.cpu_count() * 0.6 <= busy <= 100  # type: ignore[operator]
+
+
+def _with_bare() -> dict[str, Any]:
+    real = _with_go()
+    real["floor"] = _with_floor()["floor"]
+    real["bare_registrar"] = {
+        "source": "bench/bareregistrar.py",
+        "host_busy_percent": 23.4,
+        "sequential": {"port": _row([3.0, 4.0]), "stopsignal": _row([5.0, 6.0])},
+    }
+    return real
+
+
+def test_the_bare_registrar_sits_beside_sidekick_and_go_by_kind(
+    capsys: pytest.CaptureFixture[str],
+):
+    lines = report.realistic_markdown({"realistic": _with_bare()})
+    start = lines.index("| registrar | port p50 | port p99 | stopsignal p50 | stopsignal p99 |")
+    rows = [line.strip("|").split("|") for line in lines[start + 2 : start + 5]]
+    assert [[c.strip() for c in row] for row in rows] == [
+        ["sidekick", "1.5", "2.0", "2.0", "2.5"],
+        ["bare registrar (Python)", "3.5", "4.0", "5.5", "6.0"],
+        ["Go registrar", "1.5", "2.0", "2.0", "2.5"],
+    ]
+    assert any("busy 23 % in its round" in line for line in lines)
+    line = harness.realistic_headline(_with_bare())
+    assert (line["bare_register_port_p50_ms"], line["bare_register_stopsignal_p50_ms"]) == (
+        3.5,
+        5.5,
+    )
+    assert not any(k.startswith("bare_") for k in harness.realistic_headline(_realistic()))
+    assert not any(
+        "bare registrar" in x for x in report.realistic_markdown({"realistic": _with_floor()})
+    )
+    realistic.print_summary(_with_bare())
+    err = capsys.readouterr().err
+    assert "bare registrar, one after another: port n=2 miss=0 p50=3.5" in err
