@@ -62,6 +62,7 @@ from bench.common import (
     PID_LABEL,
     EtcdProbe,
     Member,
+    cpu_ns,
     cpu_ticks,
     host_busy_percent,
     host_cpu_ticks,
@@ -738,11 +739,14 @@ def run_bare(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[
     registrar = Registrar.bare(bench)
     prefix, group = f"{bench.base}/{registrar.tag}", registrar.tag
     agent = registrar.start("realistic", prefix, group, True)
+    assert agent.process is not None
     try:
         _warm_up(bench, prefix, group, rfleet, KINDS)
-        host = host_cpu_ticks()
+        host, cpu = host_cpu_ticks(), cpu_ns(agent.process.pid)
         items = _one_after_another(bench, prefix, group, rfleet, kinds=KINDS, n=plan.sequential)
         busy = host_busy_percent(host)
+        # its idle is a keepalive every 10 s: nothing to take out
+        cpu_ms = (cpu_ns(agent.process.pid) - cpu) / 1e6 / (2 * len(items))
     finally:
         bench.stop_agent(agent)
     timed = [item for item in items if item.kind in BARE_KINDS]
@@ -750,6 +754,7 @@ def run_bare(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[
     return {
         "source": "bench/bareregistrar.py",
         "host_busy_percent": busy,
+        "cpu_ms_per_event": cpu_ms,
         "sequential": {kind: rows[kind] for kind in BARE_KINDS},
     }
 
@@ -824,6 +829,7 @@ def print_summary(real: dict[str, Any]) -> None:
         bench_log(
             "bare registrar, one after another: "
             + " | ".join(f"{kind} {f(row['register'])}" for kind, row in bare["sequential"].items())
+            + f" | cpu per start or stop {bare['cpu_ms_per_event']:.2f} ms"
         )
     if stages := real.get("inside"):
         bench_log(

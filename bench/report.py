@@ -807,7 +807,11 @@ def _bare_markdown(real: dict[str, Any]) -> list[str]:
         "registers the health kind at its start, so that kind is not timed), timed as sidekick "
         "is, from the `start` to the key at the watcher (ms; host CPU busy "
         f"{_fmt(bare['host_busy_percent'], 0)} % in its round). Beside it, sidekick's and the "
-        "Go registrar's rows of the same kinds from their own rounds.",
+        "Go registrar's rows of the same kinds from their own rounds. Its CPU: "
+        f"{_fmt(bare['cpu_ms_per_event'], 2)} ms per container start or stop, over every "
+        "container of its round (it follows three events a container, `start`, `kill` and "
+        "`die`; sidekick follows also `create`, for its read ahead, `destroy`, the healthchecks' "
+        "verdicts and the network connections).",
         "",
         f"| registrar | {head} |",
         "|---|" + "---:|" * (2 * len(kinds)),

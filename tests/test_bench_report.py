@@ -332,6 +332,7 @@ def _with_bare() -> dict[str, Any]:
     real["bare_registrar"] = {
         "source": "bench/bareregistrar.py",
         "host_busy_percent": 23.4,
+        "cpu_ms_per_event": 1.234,
         "sequential": {"port": _row([3.0, 4.0]), "stopsignal": _row([5.0, 6.0])},
     }
     return real
@@ -348,7 +349,7 @@ def test_the_bare_registrar_sits_beside_sidekick_and_go_by_kind(
         ["bare registrar (Python)", "3.5", "4.0", "5.5", "6.0"],
         ["Go registrar", "1.5", "2.0", "2.0", "2.5"],
     ]
-    assert any("busy 23 % in its round" in line for line in lines)
+    assert any("busy 23 % in its round" in line and "CPU: 1.23 ms per" in line for line in lines)
     line = harness.realistic_headline(_with_bare())
     assert (line["bare_register_port_p50_ms"], line["bare_register_stopsignal_p50_ms"]) == (
         3.5,
@@ -361,3 +362,4 @@ def test_the_bare_registrar_sits_beside_sidekick_and_go_by_kind(
     realistic.print_summary(_with_bare())
     err = capsys.readouterr().err
     assert "bare registrar, one after another: port n=2 miss=0 p50=3.5" in err
+    assert "cpu per start or stop 1.23 ms" in err
