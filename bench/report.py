@@ -773,11 +773,13 @@ def _floor_markdown(real: dict[str, Any]) -> list[str]:
         "**Where a registration's time goes** (one after another, p50, ms): what any registrar "
         "pays for a `-p 80` container, measured in the same rounds right after each key "
         "appeared (`bench/floor.py`, plain kept connections): the event's delivery to a "
-        "subscriber, one `docker ps --filter id=` and one etcd put. sidekick's own time is the "
-        "rest of its registration p50.",
+        "subscriber, one `docker ps --filter id=` and one etcd put. By then dockerd and etcd "
+        "have finished with the container's start; the same requests cost more right after "
+        "the `start`, while they have not (the bare registrar below). The last column is "
+        "sidekick's registration p50 less this sum: sidekick's own time and what that moment "
+        "adds.",
         "",
-        "| event delivery | docker ps by id | etcd put | sum | sidekick register "
-        "| sidekick's own |",
+        "| event delivery | docker ps by id | etcd put | sum | sidekick register | the rest |",
         "|---:|---:|---:|---:|---:|---:|",
         f"| {_fmt(floor['delivery']['p50'])} | {_fmt(floor['listing']['p50'])} "
         f"| {_fmt(floor['put']['p50'])} | {_fmt(floor['p50_sum'])} | {_fmt(register)} "
