@@ -998,6 +998,26 @@ def _r(value: float | None, digits: int = 2) -> float | None:
     return None if value is None or math.isnan(value) else round(value, digits)
 
 
+def _bare_headline(bare: dict[str, Any] | None) -> dict[str, Any]:
+    """The bare registrar's figures in the headline, apart from sidekick's (bare_*)."""
+    if bare is None:  # a run before bench/bareregistrar.py
+        return {}
+    if not bare.get("measured"):
+        return {"bare_registrar_measured": False}
+    every = bare["sequential"]["all"]
+    return {
+        "bare_registrar_measured": True,
+        **{
+            f"bare_register_{kind}_p50_ms": _r(row["register"]["p50"])
+            for kind, row in bare["sequential"].items()
+        },
+        "bare_register_sequential_p99_ms": _r(every["register"]["p99"]),
+        "bare_cpu_ms_per_event": _r(bare["cpu_ms_per_event"], 3),
+        "bare_wrong": every["wrong_values"],
+        "bare_missing": every["register"]["missing"] + every["deregister_from_kill"]["missing"],
+    }
+
+
 def realistic_headline(real: dict[str, Any]) -> dict[str, Any]:
     """The realistic mix's figures: the headline's register/deregister figures; then the
     container-address kind's own (not in the mix's "all"), when the run has it; then the Go
@@ -1067,14 +1087,7 @@ def _sidekick_headline(real: dict[str, Any]) -> dict[str, Any]:
             if "floor" in real
             else {}
         ),
-        **(
-            {
-                f"bare_register_{kind}_p50_ms": _r(row["register"]["p50"])
-                for kind, row in real["bare_registrar"]["sequential"].items()
-            }
-            if "bare_registrar" in real
-            else {}
-        ),
+        **_bare_headline(real.get("bare_registrar")),
         "realistic_samples": a["register"]["n"],
         "realistic_missing": a["register"]["missing"]
         + a["deregister_from_kill"]["missing"]

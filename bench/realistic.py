@@ -27,8 +27,8 @@ BURST of its own kind only, timed as the port kind is. Every row counts the PUTs
 is not the one expected (the published host port on 127.0.0.1, or that IP and port 80).
 
 Then a bare registrar in Python (bench/bareregistrar.py: the listing and the put at the moment
-any registrar makes them, nothing else) on the same one-after-another round; its port and
-stopsignal rows go under "bare_registrar" (it registers the health kind at its start, untimed).
+any registrar makes them, nothing else) on a one-after-another round as sidekick's; its rows go
+under "bare_registrar" (or {"measured": false, "reason"} when it failed).
 
 Then the Go registrar (bench/goregistrar, built by bench.gobaseline; issue 12's side-by-side)
 takes sidekick's place: the same host-port rounds and already-running containers, with a
@@ -62,7 +62,6 @@ from bench.common import (
     PID_LABEL,
     EtcdProbe,
     Member,
-    cpu_ns,
     cpu_ticks,
     host_busy_percent,
     host_cpu_ticks,
@@ -81,7 +80,6 @@ if TYPE_CHECKING:
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("port", "health", "stopsignal")
-BARE_KINDS = ("port", "stopsignal")  # timed for the bare registrar (it has no healthchecks)
 ADDRESS_KIND = "container"  # not in KINDS: rows of its own, out of "all" (see run_rounds)
 # The container kind's network, one per run as the run's own network is (other users' bench
 # runs on the same engine never share it), named after it: skb-<run id>-addr.
@@ -131,7 +129,8 @@ class RealisticPlan:
 
 @dataclass(frozen=True)
 class Registrar:
-    """What the rounds run as the agent: sidekick, or the Go registrar in its place."""
+    """What the rounds run as the agent: sidekick, or the Go or the bare registrar in its
+    place."""
 
     name: str  # in the log
     tag: str  # its keys under <base>/<tag> (rounds) and <base>/<tag>run (already running)
@@ -195,6 +194,10 @@ class BareProcess(AgentProcess):
                 cwd=REPOSITORY,
             )
         return self
+
+
+class RegistrarDied(Exception):
+    """The registrar under test exited in the middle of a round."""
 
 
 @dataclass(frozen=True)
@@ -421,21 +424,29 @@ def _one_after_another(
     kinds: tuple[str, ...],
     n: int,
     floor: Floor | None = None,
+    alive: Callable[[], bool] = lambda: True,
 ) -> list[Started]:
     """n containers (kinds in turn), each waiting for its key (then, with a floor, the
-    requests any registrar makes timed once); then stopped the same way."""
+    requests any registrar makes timed once); then stopped the same way. RegistrarDied
+    (the containers removed) when a key does not come and `alive()` says why."""
     items: list[Started] = []
-    for i in range(n):
-        item = rfleet.start(group, kinds[i % len(kinds)])
-        if _wait_keys(bench, prefix, [item], "PUT", 15) and floor is not None:
-            floor.sample(item.member.id)
-        items.append(item)
-        time.sleep(0.02)
-    for item in items:
-        rfleet.stop(item)
-        _wait_keys(bench, prefix, [item], "DELETE", 15)
-        time.sleep(0.02)
-    rfleet.remove(items)
+    try:
+        for i in range(n):
+            item = rfleet.start(group, kinds[i % len(kinds)])
+            items.append(item)
+            if _wait_keys(bench, prefix, [item], "PUT", 15):
+                if floor is not None:
+                    floor.sample(item.member.id)
+            elif not alive():
+                raise RegistrarDied(f"the registrar exited ({prefix})")
+            time.sleep(0.02)
+        for item in items:
+            rfleet.stop(item)
+            if not _wait_keys(bench, prefix, [item], "DELETE", 15) and not alive():
+                raise RegistrarDied(f"the registrar exited ({prefix})")
+            time.sleep(0.02)
+    finally:
+        rfleet.remove(items)
     return items
 
 
@@ -551,6 +562,9 @@ def run_rounds(
             if floor is not None:
                 floor.close()
         out["host_busy_percent"] = {"sequential": host_busy_percent(host)}
+        out["agent_cpu_ms_per_event_sequential"] = _cpu_ms_per_event(
+            agent.process.pid, ticks, began, idle, len(sequential)
+        )
         if metrics_url and before is not None:
             out["inside"] = inside.stages(before, inside.scrape(metrics_url))
 
@@ -733,29 +747,44 @@ def run(bench: Bench, plan: RealisticPlan) -> dict[str, Any]:
 
 
 def run_bare(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[str, Any]:
-    """bench/bareregistrar.py in sidekick's place on the same one-after-another round (the
-    three kinds in turn: the same containers running meanwhile); its port and stopsignal rows.
-    It registers a health container at its start, so that kind is not timed."""
+    """bench/bareregistrar.py in sidekick's place on a one-after-another round as sidekick's
+    (the same kinds in turn, each waiting for its key); its rows, the host's busy share and
+    its CPU per start or stop less idle, measured as sidekick's; {"measured": False, "reason"}
+    when it failed."""
     registrar = Registrar.bare(bench)
     prefix, group = f"{bench.base}/{registrar.tag}", registrar.tag
-    agent = registrar.start("realistic", prefix, group, True)
-    assert agent.process is not None
+    try:
+        agent = registrar.start("realistic", prefix, group, True)
+    except Exception as exc:
+        return {"measured": False, "reason": f"it did not start: {exc!r}"}
+    process = agent.process
+    assert process is not None
     try:
         _warm_up(bench, prefix, group, rfleet, KINDS)
-        host, cpu = host_cpu_ticks(), cpu_ns(agent.process.pid)
-        items = _one_after_another(bench, prefix, group, rfleet, kinds=KINDS, n=plan.sequential)
+        idle = idle_cpu_ms_per_s(process.pid, IDLE_SAMPLE)
+        host, ticks, began = host_cpu_ticks(), cpu_ticks(process.pid), time.monotonic()
+        items = _one_after_another(
+            bench,
+            prefix,
+            group,
+            rfleet,
+            kinds=KINDS,
+            n=plan.sequential,
+            alive=lambda: process.poll() is None,
+        )
         busy = host_busy_percent(host)
-        # its idle is a keepalive every 10 s: nothing to take out
-        cpu_ms = (cpu_ns(agent.process.pid) - cpu) / 1e6 / (2 * len(items))
+        cpu_ms = _cpu_ms_per_event(process.pid, ticks, began, idle, len(items))
+    except RegistrarDied as exc:
+        return {"measured": False, "reason": str(exc)}
     finally:
         bench.stop_agent(agent)
-    timed = [item for item in items if item.kind in BARE_KINDS]
-    rows = _timings(bench, prefix, timed, BARE_KINDS)
     return {
+        "measured": True,
         "source": "bench/bareregistrar.py",
+        "idle_cpu_ms_per_s": idle,
         "host_busy_percent": busy,
         "cpu_ms_per_event": cpu_ms,
-        "sequential": {kind: rows[kind] for kind in BARE_KINDS},
+        "sequential": _timings(bench, prefix, items),
     }
 
 
@@ -825,11 +854,13 @@ def print_summary(real: dict[str, Any]) -> None:
             f"{floor['p50_sum']:.1f} ms (sidekick register p50 "
             f"{real['sequential']['all']['register']['p50']:.1f} ms)"
         )
-    if bare := real.get("bare_registrar"):
+    if (bare := real.get("bare_registrar")) and not bare.get("measured"):
+        bench_log(f"bare registrar: NOT measured ({bare.get('reason')})")
+    elif bare:
         bench_log(
             "bare registrar, one after another: "
-            + " | ".join(f"{kind} {f(row['register'])}" for kind, row in bare["sequential"].items())
-            + f" | cpu per start or stop {bare['cpu_ms_per_event']:.2f} ms"
+            + " | ".join(f"{kind} {f(bare['sequential'][kind]['register'])}" for kind in KINDS)
+            + f" | cpu per start or stop {bare['cpu_ms_per_event']:.2f} ms less idle"
         )
     if stages := real.get("inside"):
         bench_log(

@@ -773,11 +773,11 @@ def _floor_markdown(real: dict[str, Any]) -> list[str]:
         "**Where a registration's time goes** (one after another, p50, ms): what any registrar "
         "pays for a `-p 80` container, measured in the same rounds right after each key "
         "appeared (`bench/floor.py`, plain kept connections): the event's delivery to a "
-        "subscriber, one `docker ps --filter id=` and one etcd put. By then dockerd and etcd "
-        "have finished with the container's start; the same requests cost more right after "
-        "the `start`, while they have not (the bare registrar below). The last column is "
-        "sidekick's registration p50 less this sum: sidekick's own time and what that moment "
-        "adds.",
+        "subscriber, one `docker ps --filter id=` and one etcd put, made once the key is there, "
+        "not at the moment a registrar makes them (the bare registrar below makes them then). "
+        "The last column is sidekick's registration p50 less this sum: sidekick's own time, the "
+        "put's delivery to the watcher, and whatever the moment right after the `start` adds "
+        "to the requests.",
         "",
         "| event delivery | docker ps by id | etcd put | sum | sidekick register | the rest |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -789,43 +789,57 @@ def _floor_markdown(real: dict[str, Any]) -> list[str]:
 
 
 def _bare_markdown(real: dict[str, Any]) -> list[str]:
-    """sidekick, the bare Python registrar and the Go registrar on the same round, per kind."""
+    """sidekick, the bare Python registrar and the Go registrar, each on its own
+    one-after-another round: registration by kind, CPU and the host's busy share."""
     bare = real.get("bare_registrar")
     if bare is None:  # a run before bench/bareregistrar.py
         return []
-    kinds = list(bare["sequential"])
+    if not bare.get("measured"):
+        reason = bare.get("reason")
+        return ["", f"The bare registrar (`bench/bareregistrar.py`) was not measured: {reason}."]
+    kinds = [*real["plan"]["kinds"], "all"]
     go = real.get("go_registrar") or {}
-    rows = [("sidekick", real), ("bare registrar (Python)", bare)]
+    rows = [
+        ("sidekick", real["sequential"], real.get("agent_cpu_ms_per_event_sequential"), real),
+        ("bare registrar (Python)", bare["sequential"], bare["cpu_ms_per_event"], bare),
+    ]
     if go.get("measured"):
-        rows.append(("Go registrar", go))
-    head = " | ".join(f"{kind} p50 | {kind} p99" for kind in kinds)
+        rows.append(
+            ("Go registrar", go["sequential"], go.get("agent_cpu_ms_per_event_sequential"), go)
+        )
     lines = [
         "",
-        "The same requests at the moment a registrar makes them, right after the `start`: a "
-        "bare registrar in Python (`bench/bareregistrar.py`: the standard library on kept "
-        "connections; at each `start` one `docker ps --filter id=` and one etcd put on its "
-        "lease, and nothing else: no retries, ownership checks, reconcile or healthchecks) in "
-        "sidekick's place on the same one-after-another round (the three kinds in turn; it "
-        "registers the health kind at its start, so that kind is not timed), timed as sidekick "
-        "is, from the `start` to the key at the watcher (ms; host CPU busy "
-        f"{_fmt(bare['host_busy_percent'], 0)} % in its round). Beside it, sidekick's and the "
-        "Go registrar's rows of the same kinds from their own rounds. Its CPU: "
-        f"{_fmt(bare['cpu_ms_per_event'], 2)} ms per container start or stop, over every "
-        "container of its round (it follows three events a container, `start`, `kill` and "
-        "`die`; sidekick follows also `create`, for its read ahead, `destroy`, the healthchecks' "
-        "verdicts and the network connections).",
+        "The same requests at the moment a registrar makes them: a bare registrar in Python "
+        "(`bench/bareregistrar.py`: the standard library on kept connections; at each `start`, "
+        "or `health_status: healthy` for a container with a healthcheck, one `docker ps "
+        "--filter id=` and one etcd put on its lease; a delete at `kill` and `die`; nothing "
+        "else: no retries, ownership checks or reconcile) took sidekick's place on a "
+        "one-after-another round as sidekick's (the same kinds in turn, each waiting for its "
+        "key), timed as sidekick is, from the event to the key at the watcher. Beside it, "
+        "sidekick's and the Go registrar's one-after-another rounds of the same run. Register "
+        "in ms; CPU per container start or stop over that round, less the registrar's idle "
+        "CPU (measured for 10 s before it) over the round's length; the host's busy CPU share "
+        "in the round. The bare registrar follows four events a container (`start`, "
+        "`health_status`, `kill`, `die`); sidekick follows also `create` (its read ahead), "
+        "`destroy` and the network connections.",
         "",
-        f"| registrar | {head} |",
-        "|---|" + "---:|" * (2 * len(kinds)),
+        "| registrar | " + " | ".join(f"{kind} p50" for kind in kinds) + " | all p99 "
+        "| CPU per start or stop (ms) | host busy (%) |",
+        "|---|" + "---:|" * (len(kinds) + 3),
     ]
-    for name, result in rows:
-        cells = " | ".join(
-            f"{_fmt(result['sequential'][kind]['register']['p50'])} | "
-            f"{_fmt(result['sequential'][kind]['register']['p99'])}"
-            for kind in kinds
-        )
-        lines.append(f"| {name} | {cells} |")
+    for name, sequential, cpu, result in rows:
+        cells = [_fmt(sequential[kind]["register"]["p50"]) for kind in kinds]
+        cells.append(_fmt(sequential["all"]["register"]["p99"]))
+        cells.append(_fmt(cpu, 2))
+        cells.append(_fmt(_sequential_busy(result), 0))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _sequential_busy(result: dict[str, Any]) -> Any:
+    """The host's busy share in a registrar's one-after-another round (None: not measured)."""
+    busy = result.get("host_busy_percent")
+    return busy.get("sequential") if isinstance(busy, dict) else busy
 
 
 def _inside_markdown(real: dict[str, Any]) -> list[str]:

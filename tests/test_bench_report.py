@@ -326,39 +326,79 @@ def test_host_busy_percent_sees_this_process_burn_a_cpu():
     assert 100 / os.cpu_count() * 0.6 <= busy <= 100  # type: ignore[operator]
 
 
-def _with_bare() -> dict[str, Any]:
-    real = _with_go()
+def _with_bare(measured: bool = True, go: bool = True) -> dict[str, Any]:
+    real = _with_go(measured=go)
     real["floor"] = _with_floor()["floor"]
-    real["bare_registrar"] = {
-        "source": "bench/bareregistrar.py",
-        "host_busy_percent": 23.4,
-        "cpu_ms_per_event": 1.234,
-        "sequential": {"port": _row([3.0, 4.0]), "stopsignal": _row([5.0, 6.0])},
-    }
+    real["agent_cpu_ms_per_event_sequential"] = 2.5
+    real["host_busy_percent"] = {"sequential": 30.0, "burst": 50.0}
+    if go:
+        real["go_registrar"]["agent_cpu_ms_per_event_sequential"] = 0.9
+        for kind, values in (("port", [0.2, 0.4]), ("stopsignal", [0.6, 0.8])):
+            real["go_registrar"]["sequential"][kind] = _row(values)
+    mode = {k: _row([v, v + 1]) for k, v in (("port", 3), ("health", 4), ("stopsignal", 5))}
+    real["bare_registrar"] = (
+        {
+            "measured": True,
+            "source": "bench/bareregistrar.py",
+            "idle_cpu_ms_per_s": 0.01,
+            "host_busy_percent": 23.4,
+            "cpu_ms_per_event": 1.234,
+            "sequential": {**mode, "all": _row([3.0, 4.0, 5.0, 6.0], wrong=2)},
+        }
+        if measured
+        else {"measured": False, "reason": "the registrar exited (/bench/barereal)"}
+    )
     return real
+
+
+def _bare_table(lines: list[str]) -> list[list[str]]:
+    start = lines.index(
+        "| registrar | port p50 | health p50 | stopsignal p50 | all p50 | all p99 "
+        "| CPU per start or stop (ms) | host busy (%) |"
+    )
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
 
 
 def test_the_bare_registrar_sits_beside_sidekick_and_go_by_kind(
     capsys: pytest.CaptureFixture[str],
 ):
-    lines = report.realistic_markdown({"realistic": _with_bare()})
-    start = lines.index("| registrar | port p50 | port p99 | stopsignal p50 | stopsignal p99 |")
-    rows = [line.strip("|").split("|") for line in lines[start + 2 : start + 5]]
-    assert [[c.strip() for c in row] for row in rows] == [
-        ["sidekick", "1.5", "2.0", "2.0", "2.5"],
-        ["bare registrar (Python)", "3.5", "4.0", "5.5", "6.0"],
-        ["Go registrar", "1.5", "2.0", "2.0", "2.5"],
+    assert _bare_table(report.realistic_markdown({"realistic": _with_bare()})) == [
+        ["sidekick", "1.5", "2.5", "2.0", "2.0", "3.0", "2.50", "30"],
+        ["bare registrar (Python)", "3.5", "4.5", "5.5", "4.5", "6.0", "1.23", "23"],
+        ["Go registrar", "0.3", "2.5", "0.7", "0.8", "1.0", "0.90", "21"],
     ]
-    assert any("busy 23 % in its round" in line and "CPU: 1.23 ms per" in line for line in lines)
+    without_go = report.realistic_markdown({"realistic": _with_bare(go=False)})
+    assert [row[0] for row in _bare_table(without_go)] == ["sidekick", "bare registrar (Python)"]
     line = harness.realistic_headline(_with_bare())
-    assert (line["bare_register_port_p50_ms"], line["bare_register_stopsignal_p50_ms"]) == (
-        3.5,
-        5.5,
-    )
+    assert line["bare_registrar_measured"] is True
+    assert (line["bare_register_port_p50_ms"], line["bare_register_all_p50_ms"]) == (3.5, 4.5)
+    assert (line["bare_cpu_ms_per_event"], line["bare_wrong"]) == (1.234, 2)
     assert not any(k.startswith("bare_") for k in harness.realistic_headline(_realistic()))
     before = report.realistic_markdown({"realistic": _with_floor()})  # a run before it
     assert not any(x.startswith("| registrar |") for x in before)
     realistic.print_summary(_with_bare())
     err = capsys.readouterr().err
     assert "bare registrar, one after another: port n=2 miss=0 p50=3.5" in err
-    assert "cpu per start or stop 1.23 ms" in err
+    assert "cpu per start or stop 1.23 ms less idle" in err
+
+
+def test_a_bare_registrar_that_failed_is_said_and_shows_no_figure(
+    capsys: pytest.CaptureFixture[str],
+):
+    lines = report.realistic_markdown({"realistic": _with_bare(measured=False)})
+    said = [line for line in lines if "bare registrar" in line and "not measured" in line]
+    assert said == [
+        "The bare registrar (`bench/bareregistrar.py`) was not measured: the registrar exited "
+        "(/bench/barereal)."
+    ]
+    assert not any(x.startswith("| registrar |") for x in lines)
+    assert (
+        harness.realistic_headline(_with_bare(measured=False))["bare_registrar_measured"] is False
+    )
+    realistic.print_summary(_with_bare(measured=False))
+    assert "bare registrar: NOT measured (the registrar exited" in capsys.readouterr().err
