@@ -35,7 +35,7 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from bench.floor import _b64, _UnixConnection
+from bench.floor import UnixConnection, b64
 
 HEALTHY = "healthy"
 
@@ -86,7 +86,7 @@ class Bare:
 
     def __init__(self, args: argparse.Namespace, lease: str) -> None:
         self.etcd = Etcd(args.etcd)
-        self.docker = _UnixConnection(args.docker_socket)
+        self.docker = UnixConnection(args.docker_socket)
         self.prefix = args.prefix.rstrip("/")
         self.host_ip = args.host_ip
         self.lease = lease
@@ -127,14 +127,14 @@ class Bare:
             for port in sorted(ports) if service else ():
                 key, value = f"{self.prefix}/{service}-{port}", f"{self.host_ip}:{port}"
                 self.etcd.post(
-                    "/v3/kv/put", {"key": _b64(key), "value": _b64(value), "lease": self.lease}
+                    "/v3/kv/put", {"key": b64(key), "value": b64(value), "lease": self.lease}
                 )
                 self.keys.setdefault(container_id, set()).add(key)
                 _log("put", key=key, ms=round((time.monotonic() - read) * 1000, 2))
 
     def withdraw(self, container_id: str) -> None:
         for key in sorted(self.keys.pop(container_id, ())):
-            self.etcd.post("/v3/kv/deleterange", {"key": _b64(key)})
+            self.etcd.post("/v3/kv/deleterange", {"key": b64(key)})
             _log("delete", key=key)
 
 
@@ -145,7 +145,7 @@ def _events(docker_socket: str, label: str) -> http.client.HTTPResponse:
         "event": ["start", "health_status", "kill", "die"],
         "label": [label],
     }
-    connection = _UnixConnection(docker_socket)
+    connection = UnixConnection(docker_socket)
     connection.request("GET", f"/events?filters={quote(json.dumps(filters))}")
     answer = connection.getresponse()
     if answer.status != 200:

@@ -20,7 +20,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (Docker's): a kept connection of the thread that owns it."""
+
     def __init__(self, path: str) -> None:
         super().__init__("localhost")
         self.path = path
@@ -31,7 +33,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def _b64(text: str) -> str:
+def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
@@ -41,7 +43,7 @@ class Floor:
     def __init__(self, etcd_url: str, probe_key: str, docker_socket: str) -> None:
         parts = urlsplit(etcd_url)
         self.etcd = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 2379)
-        self.docker = _UnixConnection(docker_socket)
+        self.docker = UnixConnection(docker_socket)
         self.probe_key = probe_key
         self.listing_ms: list[float] = []
         self.put_ms: list[float] = []
@@ -69,14 +71,14 @@ class Floor:
         if not listed:
             raise RuntimeError(f"container {container_id[:12]} not listed")
         self.listing_ms.append(took)
-        body = json.dumps({"key": _b64(self.probe_key), "value": _b64(container_id)}).encode()
+        body = json.dumps({"key": b64(self.probe_key), "value": b64(container_id)}).encode()
         took, _ = self._timed(self.etcd, "POST", "/v3/kv/put", body)
         self.put_ms.append(took)
 
     def close(self) -> None:
         """Remove the probe key; close both connections."""
         try:
-            body = json.dumps({"key": _b64(self.probe_key)}).encode()
+            body = json.dumps({"key": b64(self.probe_key)}).encode()
             self._timed(self.etcd, "POST", "/v3/kv/deleterange", body)
         finally:
             self.etcd.close()
