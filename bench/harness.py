@@ -1012,7 +1012,7 @@ def _bare_headline(bare: dict[str, Any] | None) -> dict[str, Any]:
             for kind, row in bare["sequential"].items()
         },
         "bare_register_sequential_p99_ms": _r(every["register"]["p99"]),
-        "bare_cpu_ms_per_event": _r(bare["cpu_ms_per_event"], 3),
+        "bare_cpu_ms_per_event": _r(bare["agent_cpu_ms_per_event_sequential"], 3),
         "bare_wrong": every["wrong_values"],
         "bare_missing": every["register"]["missing"] + every["deregister_from_kill"]["missing"],
     }

@@ -778,12 +778,12 @@ def run_bare(bench: Bench, plan: RealisticPlan, rfleet: RealisticFleet) -> dict[
         return {"measured": False, "reason": str(exc)}
     finally:
         bench.stop_agent(agent)
-    return {
+    return {  # the keys of run_rounds' results, for the same figures
         "measured": True,
         "source": "bench/bareregistrar.py",
-        "idle_cpu_ms_per_s": idle,
-        "host_busy_percent": busy,
-        "cpu_ms_per_event": cpu_ms,
+        "agent_idle_cpu_ms_per_s": idle,
+        "host_busy_percent": {"sequential": busy},
+        "agent_cpu_ms_per_event_sequential": cpu_ms,
         "sequential": _timings(bench, prefix, items),
     }
 
@@ -860,7 +860,8 @@ def print_summary(real: dict[str, Any]) -> None:
         bench_log(
             "bare registrar, one after another: "
             + " | ".join(f"{kind} {f(bare['sequential'][kind]['register'])}" for kind in KINDS)
-            + f" | cpu per start or stop {bare['cpu_ms_per_event']:.2f} ms less idle"
+            + " | cpu per start or stop "
+            + f"{bare['agent_cpu_ms_per_event_sequential']:.2f} ms less idle"
         )
     if stages := real.get("inside"):
         bench_log(

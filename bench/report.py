@@ -799,14 +799,9 @@ def _bare_markdown(real: dict[str, Any]) -> list[str]:
         return ["", f"The bare registrar (`bench/bareregistrar.py`) was not measured: {reason}."]
     kinds = [*real["plan"]["kinds"], "all"]
     go = real.get("go_registrar") or {}
-    rows = [
-        ("sidekick", real["sequential"], real.get("agent_cpu_ms_per_event_sequential"), real),
-        ("bare registrar (Python)", bare["sequential"], bare["cpu_ms_per_event"], bare),
-    ]
+    rows = [("sidekick", real), ("bare registrar (Python)", bare)]
     if go.get("measured"):
-        rows.append(
-            ("Go registrar", go["sequential"], go.get("agent_cpu_ms_per_event_sequential"), go)
-        )
+        rows.append(("Go registrar", go))
     lines = [
         "",
         "The same requests at the moment a registrar makes them: a bare registrar in Python "
@@ -827,19 +822,14 @@ def _bare_markdown(real: dict[str, Any]) -> list[str]:
         "| CPU per start or stop (ms) | host busy (%) |",
         "|---|" + "---:|" * (len(kinds) + 3),
     ]
-    for name, sequential, cpu, result in rows:
+    for name, result in rows:
+        sequential = result["sequential"]
         cells = [_fmt(sequential[kind]["register"]["p50"]) for kind in kinds]
         cells.append(_fmt(sequential["all"]["register"]["p99"]))
-        cells.append(_fmt(cpu, 2))
-        cells.append(_fmt(_sequential_busy(result), 0))
+        cells.append(_fmt(result.get("agent_cpu_ms_per_event_sequential"), 2))
+        cells.append(_fmt(result.get("host_busy_percent", {}).get("sequential"), 0))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
-
-
-def _sequential_busy(result: dict[str, Any]) -> Any:
-    """The host's busy share in a registrar's one-after-another round (None: not measured)."""
-    busy = result.get("host_busy_percent")
-    return busy.get("sequential") if isinstance(busy, dict) else busy
 
 
 def _inside_markdown(real: dict[str, Any]) -> list[str]:

@@ -340,9 +340,9 @@ def _with_bare(measured: bool = True, go: bool = True) -> dict[str, Any]:
         {
             "measured": True,
             "source": "bench/bareregistrar.py",
-            "idle_cpu_ms_per_s": 0.01,
-            "host_busy_percent": 23.4,
-            "cpu_ms_per_event": 1.234,
+            "agent_idle_cpu_ms_per_s": 0.01,
+            "host_busy_percent": {"sequential": 23.4},
+            "agent_cpu_ms_per_event_sequential": 1.234,
             "sequential": {**mode, "all": _row([3.0, 4.0, 5.0, 6.0], wrong=2)},
         }
         if measured
