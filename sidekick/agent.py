@@ -94,7 +94,7 @@ class Agent:
         self.loop.lookup = self.lookup
         self.reader = EventReader(
             docker.clone(),
-            self.loop.queue,
+            self.loop.handoff,
             self.look_ahead,
             self.metrics,
             self.log,

@@ -1,26 +1,30 @@
 """Event intake: the Docker events reader thread, and route(), the pure decision of what an
 event means for the container's keys.
 
-Runs on: EventReader runs on its own thread ("docker-events"); it only reads the stream and
-puts records on the loop's queue (dockerd drops events for a slow reader), handing `create`
-to the look-ahead. route() is pure and is called by the main loop.
+Runs on: EventReader runs on its own thread ("docker-events"); it reads the stream and hands
+each record to the loop (sidekick.handoff: handled on this thread when the loop is idle, queued
+otherwise; an event that may wait on a dying container is always queued, since dockerd drops
+events for a slow reader), handing `create` to the look-ahead. route() is pure and is called
+wherever the loop's work runs.
 """
 
 from __future__ import annotations
 
 import enum
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidekick.docker_parse import signal_number
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
 from sidekick.lookahead import LookAhead
 from sidekick.metrics import Metrics
 from sidekick.retry import Outages, delay
+
+if TYPE_CHECKING:
+    from sidekick.handoff import Handoff
 
 
 class Action(enum.Enum):
@@ -73,17 +77,18 @@ DOCKER_CONNECTED = _Marker("docker-connected")  # the stream (re)opened: reconci
 NEW_LEASE = _Marker("new-lease")  # the keeper granted or resumed a lease (or etcd refused us)
 RESYNC = _Marker("resync")  # SIGHUP: reconcile now
 STOP = _Marker("stop")  # SIGTERM / SIGINT
+WAKE = _Marker("wake")  # an event handled on the reader's thread moved a deadline of the loop
 
 Item = DockerEvent | _Marker
 
 
 class EventReader:
-    """Follows the Docker events stream and hands every record to the loop's queue."""
+    """Follows the Docker events stream and hands every record to the loop."""
 
     def __init__(  # noqa: PLR0917 - collaborators
         self,
         docker: DockerSource,
-        out: queue.SimpleQueue[Item],
+        out: Handoff,
         look_ahead: LookAhead,
         metrics: Metrics,
         log: Any,
@@ -135,6 +140,6 @@ class EventReader:
                 if event.action == "create":
                     self.look_ahead.created(event.container_id)
                 else:
-                    self.out.put(event)
+                    self.out.deliver(event)
         except (DockerUnavailable, OSError, ValueError) as exc:
             self.log.error("docker event stream failed", error=repr(exc))

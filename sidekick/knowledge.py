@@ -2,7 +2,8 @@
 Sync: last full record, stop signal, problem logged, announced by a network address, ended by an
 event moments ago.
 
-Runs on: the main loop, called by the look-up (sidekick.lookup) only.
+Runs on: the loop's work (the main thread, or the events reader holding the loop's turn),
+called by the look-up (sidekick.lookup) only.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ the stop signal a read finds outlives it, whenever the read ends: for the `kill`
 stop`, until the look-up takes it or the container is destroyed.
 
 Runs on: created() on the Docker events reader thread; take(), stop_signal(), forget(), drop()
-and clear() on the main loop; the reads on THREADS helper threads ("look-ahead-N"). The entries are
-shared under one lock.
+and clear() in the loop's work (sidekick.handoff); the reads on THREADS helper threads
+("look-ahead-N"). The entries are shared under one lock.
 """
 
 from __future__ import annotations

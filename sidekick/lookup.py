@@ -1,12 +1,13 @@
 """The look-up: Docker events in, each touched container's announcement out, with as few Docker
 requests as the event allows.
 
-Runs on: the main loop (the look-ahead's reads at `create` run on its helper threads). Each
-event is routed (intake.route); withdrawals need no request and are written first, in one
-transaction; first starts of containers created while the agent ran were read at `create`
-(sidekick.lookahead); the rest are looked up in one `docker ps` listing, inspected only where
-the listing cannot tell. Writes go through `write`, a callable of the loop's that turns etcd
-faults into a reconcile. What it learnt per container is kept by sidekick.knowledge.
+Runs on: the loop's work: the main thread, or the events reader holding the loop's turn
+(sidekick.handoff), one at a time; the look-ahead's reads at `create` run on its helper
+threads. Each event is routed (intake.route); withdrawals need no request and are written
+first, in one transaction; first starts of containers created while the agent ran were read at
+`create` (sidekick.lookahead); the rest are looked up in one `docker ps` listing, inspected
+only where the listing cannot tell. Writes go through `write`, a callable of the loop's that
+turns etcd faults into a reconcile. What it learnt per container is kept by sidekick.knowledge.
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ class Lookup:
             by_network = event.container_id in self.knowledge.by_network
             return Action.LOOK_UP if by_network else Action.NOTHING
         return route(event, self._stop_signal(event.container_id))
+
+    def may_wait_on_docker(self, event: DockerEvent) -> bool:
+        """Whether `event` may need a request that waits on a dying container: a kill whose
+        signal may be the stop signal of a container that announces something (its inspect)."""
+        return event.action == "kill" and (
+            self._action(event) is Action.LEARN_SIGNAL
+            and bool(self.sync.announced.get(event.container_id))
+        )
 
     def _stop_signal(self, container_id: str) -> int | None:
         """What `docker stop` sends the container, if known: from a read of it, or from its

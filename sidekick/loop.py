@@ -1,9 +1,11 @@
 """The loop: the main thread's work, on the parts the agent wired together.
 
-Runs on: the main thread only; it owns the announcements (through sidekick.lookup and
+Runs on: the main thread; it owns the announcements (through sidekick.lookup and
 sidekick.sync). It takes Docker events and markers off one queue; a marker comes from another
 thread (the events reader: connected; the lease thread: a new lease) or from a signal handler
-(stop, resync), which only sets `stop_requested` and puts on the queue. It reconciles at
+(stop, resync), which only sets `stop_requested` and puts on the queue. While the loop waits,
+the events reader may take its turn and handle an event on its own thread (_handle_inline,
+through sidekick.handoff): one thread at a time, in the stream's order. It reconciles at
 start-up, after a reconnect or a new lease, on SIGHUP and every --resync seconds, with the one
 retry policy; faults outside a reconcile mark one as needed.
 """
@@ -21,7 +23,8 @@ import tenacity
 
 from sidekick.config import Config
 from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
-from sidekick.intake import DOCKER_CONNECTED, NEW_LEASE, RESYNC, STOP, Item
+from sidekick.handoff import Handoff, counted
+from sidekick.intake import DOCKER_CONNECTED, NEW_LEASE, RESYNC, STOP, WAKE, Item
 from sidekick.lease import LeaseKeeper
 from sidekick.lookup import Lookup
 from sidekick.metrics import Metrics
@@ -90,6 +93,8 @@ class Loop:
         self.next_foreign_check = float("inf")
         self.reconciled = threading.Event()  # set after the first reconcile
         self.beat = time.monotonic()  # the loop's last sign of life
+        # the events reader's way in: its turn is held while the loop works, not while it waits
+        self.handoff = Handoff(self.queue, self._handle_inline)
 
     def run(self) -> None:
         """Cycle until stopped (AgentFailed or ConfigurationRefused go up)."""
@@ -107,19 +112,20 @@ class Loop:
             self.stopping.set()
             return
         if self.needs_reconcile:
-            self._reconcile_until_done()
+            with self.handoff.turn:
+                self._reconcile_until_done()
             return
         now = time.monotonic()
-        wake = min(
-            self.next_resync,
-            self.next_foreign_check,
-            self.lookup.next_verify,
-            now + SUPERVISE_EVERY,
-        )
+        wake = min(self._next_deadline(), now + SUPERVISE_EVERY)
         try:
             item: Item | None = self.queue.get(timeout=max(0.0, wake - now))
         except queue.Empty:
             item = None
+        with self.handoff.turn:
+            self._take(item)
+
+    def _take(self, item: Item | None) -> None:
+        """Handle `item` and what follows it on the queue, then the timed work (the turn held)."""
         events: list[DockerEvent] = []
         while isinstance(item, DockerEvent):
             events.append(item)  # a burst (20 containers at once) costs one transaction
@@ -127,6 +133,7 @@ class Loop:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 item = None
+        self.handoff.took(len(events) + counted(item))
         if events:
             self._observe_lag(events)
             self.lookup.on_events(events)
@@ -141,6 +148,33 @@ class Loop:
             self._guarded_etcd(self.sync.recheck_foreign)
         if now >= self.next_resync:
             self.needs_reconcile = True
+
+    def _handle_inline(self, event: DockerEvent) -> bool:
+        """On the events reader's thread, the turn held and nothing queued before `event`
+        left (Handoff.deliver): handle it now, unless the loop has other work first or it
+        may wait on dockerd; False: the reader queues it."""
+        if not self._may_handle_inline(event):
+            return False
+        deadline = self._next_deadline()
+        self._observe_lag([event])
+        self.lookup.on_events([event])
+        if self.needs_reconcile or self._next_deadline() < deadline:
+            self.queue.put(WAKE)  # the loop sleeps until its earlier deadline: wake it
+        return True
+
+    def _may_handle_inline(self, event: DockerEvent) -> bool:
+        """No reconcile or stop is due, and `event` needs no request that can wait long on
+        dockerd (a dying container's inspect), which would hold up the stream's reader."""
+        return not (
+            self.needs_reconcile
+            or self.stop_requested
+            or self.stopping.is_set()
+            or self.lookup.may_wait_on_docker(event)
+        )
+
+    def _next_deadline(self) -> float:
+        """The earliest of the timed work the loop sleeps until."""
+        return min(self.next_resync, self.next_foreign_check, self.lookup.next_verify)
 
     def _observe_lag(self, events: list[DockerEvent]) -> None:
         """How long after dockerd's time of each event the loop takes it up."""
@@ -162,6 +196,7 @@ class Loop:
             self.needs_reconcile = self.settle_after_reconnect = True
         elif item is RESYNC:
             self.needs_reconcile = True
+        # WAKE: nothing to do but look at the deadlines again
 
     # -- etcd -------------------------------------------------------------------------------
 
@@ -284,6 +319,7 @@ class Loop:
             if item is STOP:
                 self.queue.put(STOP)
                 break
+            self.handoff.took(counted(item))
             if isinstance(item, DockerEvent):
                 events.append(item)
         self.lookup.withdraw_only(events)

@@ -1,7 +1,8 @@
 """The sync: this node's announcements in, the fewest etcd writes out, reading only this node's
 keys (those on its lease, and those it wants), never the whole prefix.
 
-Runs on: the main loop. A fleet of 10,000 nodes shares one prefix; a read of it per resync
+Runs on: the loop's work (the main thread, or the events reader holding the loop's turn:
+sidekick.handoff). A fleet of 10,000 nodes shares one prefix; a read of it per resync
 would cost every node the whole fleet. Instead a refresh asks etcd for the keys on our lease
 (one LeaseTimeToLive request) and reads those plus the keys we want, in transactions of at
 most 128 range requests. Ownership is exactly model.plan's: adopt a plain key with our value,

@@ -1,7 +1,7 @@
 """Pure: what a batch of Docker events asks of the look-up, and which records serve without a
 Docker request. No servers and no state: table-tested like model.plan.
 
-Runs on: the main loop, called by the look-up (sidekick.lookup); pure, so any thread could.
+Runs on: the loop's work, called by the look-up (sidekick.lookup); pure, so any thread could.
 """
 
 from __future__ import annotations
