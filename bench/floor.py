@@ -15,6 +15,8 @@ import base64
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -83,3 +85,33 @@ class Floor:
         finally:
             self.etcd.close()
             self.docker.close()
+
+
+# The writer of wake_cpu_us: another process, so each line wakes the reader from its wait.
+_WAKER = """
+import socket, sys, time
+out = socket.socket(fileno=int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    out.sendall(b"x" * 400 + b"\\n")
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def wake_cpu_us(wakes: int = 200, gap: float = 0.01) -> float:
+    """CPU (us, on the reading thread's own clock) a thread pays each time another process's
+    write wakes it from a blocking read of a socket, `gap` seconds apart: the price, on this
+    host, of every event a registrar reads and every answer it waits for, in any language."""
+    reader, writer = socket.socketpair()
+    with reader, writer:
+        waker = subprocess.Popen(
+            [sys.executable, "-c", _WAKER, str(writer.fileno()), str(wakes), str(gap)],
+            pass_fds=[writer.fileno()],
+        )
+        lines = reader.makefile("rb")
+        lines.readline()  # the first: the waker's start-up is not a wake's price
+        began = time.thread_time()
+        for _ in range(wakes - 1):
+            lines.readline()
+        spent = time.thread_time() - began
+        waker.wait(30)
+    return spent / (wakes - 1) * 1e6

@@ -1087,6 +1087,7 @@ def _sidekick_headline(real: dict[str, Any]) -> dict[str, Any]:
             if "floor" in real
             else {}
         ),
+        **({"wake_cpu_us": _r(real["wake_cpu_us"])} if "wake_cpu_us" in real else {}),
         **_bare_headline(real.get("bare_registrar")),
         "realistic_samples": a["register"]["n"],
         "realistic_missing": a["register"]["missing"]

@@ -71,7 +71,7 @@ from bench.common import (
     summary,
     wait_until,
 )
-from bench.floor import Floor
+from bench.floor import Floor, wake_cpu_us
 from bench.report import go_comparison
 from tests.conftest import AgentProcess
 
@@ -586,6 +586,7 @@ def run_rounds(
         out["sequential"] = _timings(bench, prefix, sequential)
         if floor is not None:
             out["floor"] = _floor_summary(bench, floor, sequential)
+            out["wake_cpu_us"] = wake_cpu_us()  # the host quiet: the rounds are over
         out["burst"] = _timings(bench, prefix, bursts)
         out["burst"]["etcd_put"] = summary(probe.within(windows))
         out["all"] = _timings(bench, prefix, sequential + bursts)["all"]
@@ -854,6 +855,8 @@ def print_summary(real: dict[str, Any]) -> None:
             f"{floor['p50_sum']:.1f} ms (sidekick register p50 "
             f"{real['sequential']['all']['register']['p50']:.1f} ms)"
         )
+    if (wake := real.get("wake_cpu_us")) is not None:
+        bench_log(f"a thread woken from a socket read pays {wake:.0f} us of CPU on this host")
     if (bare := real.get("bare_registrar")) and not bare.get("measured"):
         bench_log(f"bare registrar: NOT measured ({bare.get('reason')})")
     elif bare:

@@ -829,6 +829,7 @@ def _bare_markdown(real: dict[str, Any]) -> list[str]:
         cells.append(_fmt(result.get("agent_cpu_ms_per_event_sequential"), 2))
         cells.append(_fmt(result.get("host_busy_percent", {}).get("sequential"), 0))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += report_profile.wake_markdown(real.get("wake_cpu_us"), real.get("cpu_profile"))
     return lines
 
 

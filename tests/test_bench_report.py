@@ -14,6 +14,7 @@ import pytest
 
 from bench import gobaseline, harness, realistic, report
 from bench.common import host_busy_percent, host_cpu_ticks, summary
+from bench.floor import wake_cpu_us
 
 HOST_KINDS = ["port", "health", "stopsignal"]
 
@@ -402,3 +403,58 @@ def test_a_bare_registrar_that_failed_is_said_and_shows_no_figure(
     )
     realistic.print_summary(_with_bare(measured=False))
     assert "bare registrar: NOT measured (the registrar exited" in capsys.readouterr().err
+
+
+def _profile() -> dict[str, Any]:
+    """A profiled round's shape (bench/cpuprofile.py): two threads, events and requests."""
+
+    def part(cpu: float, calls: float) -> dict[str, float]:
+        return {"cpu_ms": cpu, "calls": calls}
+
+    return {
+        "containers": 30,
+        "cpu_ms": 4.0,
+        "process_cpu_ms": 4.1,
+        "threads": {
+            "docker-events": {
+                "cpu_ms": 3.0,
+                "stages": {
+                    "events stream": {"": part(1.0, 7.0)},
+                    "docker requests": {"list": part(0.5, 1.0)},
+                    "etcd requests": {"/kv/txn": part(1.0, 2.0)},
+                    "log lines": {"": part(0.2, 2.0)},
+                },
+                "rest_ms": 0.3,
+            },
+            "look-ahead": {
+                "cpu_ms": 1.0,
+                "stages": {"docker requests": {"inspect": part(0.7, 1.0)}},
+                "rest_ms": 0.3,
+            },
+        },
+    }
+
+
+def test_the_price_of_a_wake_and_the_wakes_per_container():
+    """The wake's price (bench/floor.py) times the events read and requests waited on per
+    container in the profiled round (log lines are not waits); no sentence without either."""
+    real = _with_bare()
+    real["cpu_profile"] = _profile()
+    real["wake_cpu_us"] = 102.6
+    lines = report.realistic_markdown({"realistic": real})
+    (said,) = [line for line in lines if line.startswith("**Why the CPU per start or stop")]
+    assert "pays 103 µs of its own CPU each time" in said
+    assert "read 7.00 events and waited on 4.00 Docker and etcd answers per container" in said
+    assert "11.0 wakes, 1.13 ms at that price" in said
+    assert harness.realistic_headline(real)["wake_cpu_us"] == 102.6
+    del real["wake_cpu_us"]  # a run before it
+    lines = report.realistic_markdown({"realistic": real})
+    assert not [line for line in lines if line.startswith("**Why the CPU")]
+    assert "wake_cpu_us" not in harness.realistic_headline(real)
+
+
+def test_a_wake_costs_cpu_on_the_reading_thread():
+    """Measured, not typed: positive, and far below the 5 ms between wakes (a reader that
+    spun would pay about that)."""
+    price = wake_cpu_us(wakes=20, gap=0.005)
+    assert 0 < price < 2500

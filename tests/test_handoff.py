@@ -115,7 +115,12 @@ class TestHandoff:
     def test_the_handler_runs_with_the_turn_held(self) -> None:
         out: queue.SimpleQueue[Item] = queue.SimpleQueue()
         seen: list[bool] = []
-        handoff = Handoff(out, lambda _e: seen.append(handoff.turn.locked()) or True)
+
+        def handle(_event: DockerEvent) -> bool:
+            seen.append(handoff.turn.locked())
+            return True
+
+        handoff = Handoff(out, handle)
         handoff.deliver(event("start"))
         assert seen == [True]
         assert not handoff.turn.locked()
