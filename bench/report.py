@@ -815,8 +815,9 @@ def _bare_markdown(real: dict[str, Any]) -> list[str]:
         "in ms; CPU per container start or stop over that round, less the registrar's idle "
         "CPU (measured for 10 s before it) over the round's length; the host's busy CPU share "
         "in the round. The bare registrar follows four events a container (`start`, "
-        "`health_status`, `kill`, `die`); sidekick follows also `create` (its read ahead), "
-        "`destroy` and the network connections.",
+        "`health_status`, `kill`, `die`); sidekick follows also `create` (its read ahead) and "
+        "`destroy`, and the network connections once a container is announced by a network "
+        "address (in the round with the container-address kind and after it).",
         "",
         "| registrar | " + " | ".join(f"{kind} p50" for kind in kinds) + " | all p99 "
         "| CPU per start or stop (ms) | host busy (%) |",

@@ -102,6 +102,9 @@ class Agent:
             self.outages,
         )
         self.reader.on_connect = self.loop.wakeup.set
+        knowledge = self.lookup.knowledge
+        self.reader.networks_matter = lambda: knowledge.networks_matter
+        knowledge.on_networks_matter = self.reader.resubscribe
         # Gauges read when scraped, so /metrics is current without a /healthz call.
         self.metrics.docker_stalled.set_function(self.docker.stalled)
         self.metrics.lease_ttl.set(config.ttl)

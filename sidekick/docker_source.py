@@ -316,16 +316,18 @@ class DockerSource:
                 containers.append(container)
         return containers
 
-    def open_events(self) -> Iterator[DockerEvent]:
-        """Connect to the events stream; the iterator simply ends when the engine goes away.
+    def open_events(self, networks: bool = True) -> Iterator[DockerEvent]:
+        """Connect to the events stream (with network connects and disconnects, or not); the
+        iterator simply ends when the engine goes away.
 
         The label filters apply here, not at dockerd: a network event carries no labels, and
         dockerd would drop every one of them (its label filter reads the event's attributes).
         """
-        filters: dict[str, Any] = {
-            "type": ["container", "network"],
-            "event": [*EVENT_ACTIONS, *NETWORK_ACTIONS],
-        }
+        filters: dict[str, Any] = (
+            {"type": ["container", "network"], "event": [*EVENT_ACTIONS, *NETWORK_ACTIONS]}
+            if networks
+            else {"type": ["container"], "event": list(EVENT_ACTIONS)}
+        )
         params = {"filters": docker.utils.convert_filters(filters)}
         stream = self._call("events", lambda api: api.stream_json("/events", params))
         self._stream = stream

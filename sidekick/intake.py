@@ -104,13 +104,18 @@ class EventReader:
         self.outages = outages
         self.connected = False  # the events stream is open
         self.on_connect: Callable[[], None] = lambda: None
+        # whether network connects and disconnects matter yet (set by the agent), and
+        # whether the open stream carries them
+        self.networks_matter: Callable[[], bool] = lambda: True
+        self.with_networks = True
 
     def run(self) -> None:
         quick_ends = 0  # streams that ended at once (e.g. a proxy refusing /events)
         attempt = 0
         while not self.stopping.is_set():
+            self.with_networks = self.networks_matter()
             try:
-                events = self.docker.open_events()
+                events = self.docker.open_events(networks=self.with_networks)
             except DockerUnavailable as exc:
                 attempt += 1
                 self.outages.down("docker", str(exc))
@@ -123,15 +128,27 @@ class EventReader:
             self.connected = True
             self.out.put(DOCKER_CONNECTED)
             self.on_connect()
+            if not self.with_networks and self.networks_matter():
+                self.docker.close_events()  # they came to matter while it opened: again
             self._follow(events)
             self.connected = False
             if self.stopping.is_set():
                 return
+            if not self.with_networks and self.networks_matter():
+                self.log.info("docker events: following network connections from now on")
+                continue  # resubscribe(): the reconnection's reconcile covers the gap
             self.metrics.errors.labels("docker", "stream-ended").inc()
             self.log.warning("docker event stream ended; reconnecting")
             quick_ends = quick_ends + 1 if time.monotonic() - connected < 1.0 else 0
             if quick_ends:
                 self.stopping.wait(min(1.0, 0.05 * 2**quick_ends))
+
+    def resubscribe(self) -> None:
+        """From the loop's work: network connects and disconnects have come to matter (a
+        container is announced by a network address); reopen the stream with them, unless it
+        has them. Its DOCKER_CONNECTED reconciles what came between the two streams."""
+        if not self.with_networks:
+            self.docker.close_events()
 
     def _follow(self, events: Any) -> None:
         try:

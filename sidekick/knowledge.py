@@ -36,6 +36,10 @@ class Knowledge:
         self.warned: dict[str, str] = {}  # container id -> last problem logged
         self.gone_at: dict[str, float] = {}  # container id -> when an event ended it
         self.by_network: set[str] = set()  # running containers announced by a network address
+        # Docker's network events matter once a container is announced (or skipped) by a
+        # network address, and from the start with --address container; never again not.
+        self.networks_matter = config.address == "container"
+        self.on_networks_matter: Callable[[], None] = lambda: None  # the reader's resubscribe
 
     def remember(self, container: Container) -> None:
         """Keep the container's record, and what it says of its stop signal."""
@@ -92,6 +96,9 @@ class Knowledge:
         self.by_network.discard(container_id)
         if announcement.by_network:  # a network connect or disconnect may change it
             self.by_network.add(container_id)
+            if not self.networks_matter:
+                self.networks_matter = True
+                self.on_networks_matter()
         self.sync.set(container_id, announcement.registrations)
 
     def confirm(

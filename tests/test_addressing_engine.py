@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import pytest
 
-from tests.conftest import TEST_LABEL, Containers, EtcdServer, free_port, wait_for
+from tests.conftest import TEST_LABEL, Containers, EtcdServer, free_port, metric, wait_for
 from tests.lb import Nginx, clean_env
 from tests.test_commands import HOST_IP, _sidekick  # noqa: F401 - the sidekick fixture
 
@@ -58,7 +58,7 @@ class TestAgentContainerAddress:
     ):
         """The key holds the container's IP on the network (from inspect) and its own port;
         a `docker stop` withdraws it. No node address is needed for that."""
-        agent_factory("--address", "container", "--network", own_network, host_ip=None)
+        agent = agent_factory("--address", "container", "--network", own_network, host_ip=None)
         web = containers.run(network=own_network, labels={"sidekick.service": "web"})
         ip = address_on(web, own_network)
         wait_for(
@@ -67,6 +67,8 @@ class TestAgentContainerAddress:
         )
         web.stop(timeout=1)
         wait_for(lambda: etcd.keys(f"/{scope}/") == {}, message="key withdrawn")
+        # network events followed from the start: no second stream for them
+        assert not agent.events("docker events: following network connections from now on")
 
     def test_connect_and_disconnect(
         self,
@@ -120,6 +122,51 @@ class TestAgentContainerAddress:
         assert [w["reason"] for w in warnings] == [reason] * 4
         assert etcd.keys(f"/{scope}/") == {f"/{scope}/other-{port}": f"127.0.0.1:{port}"}
         assert other.status in {"created", "running"}
+
+    def test_network_events_followed_once_they_matter(
+        self,
+        agent_factory,
+        containers: Containers,
+        etcd: EtcdServer,
+        scope,
+        own_network,
+        second_network,
+    ):
+        """A node whose containers are announced by their host ports does not read Docker's
+        network events (two a container: its connect at start, its disconnect at exit). The
+        first container announced (or skipped) by a network address makes the agent follow
+        them from then on, once; that container's `docker network connect` announces it."""
+        address = f"127.0.0.1:{free_port()}"
+        agent = agent_factory("--address", "host", "--metrics-address", address)
+        url = f"http://{address}/metrics"
+        port = free_port()
+        containers.run(
+            network=own_network,
+            ports={"80/tcp": ("127.0.0.1", port)},
+            labels={"sidekick.service": "other"},
+        )
+        wait_for(lambda: f"/{scope}/other-{port}" in etcd.keys(f"/{scope}/"))
+        assert metric(url, "sidekick_docker_events_total", 'action="start"') >= 1
+        assert metric(url, "sidekick_docker_events_total", 'action="connect"') == 0
+        web = containers.run(
+            network=own_network,
+            labels={
+                "sidekick.service": "web",
+                "sidekick.address": "container",
+                "sidekick.network": second_network.name,
+            },
+        )
+        agent.wait_log("docker events: following network connections from now on")
+        agent.wait_log("container skipped")
+        second_network.connect(web)
+        ip = address_on(web, second_network.name)
+        wait_for(
+            lambda: etcd.keys(f"/{scope}/").get(f"/{scope}/web-80") == f"{ip}:80",
+            message=f"/{scope}/web-80 = {ip}:80 after the connect",
+        )
+        assert metric(url, "sidekick_docker_events_total", 'action="connect"') >= 1
+        assert len(agent.events("docker events: following network connections from now on")) == 1
+        assert not agent.events("docker event stream ended; reconnecting")
 
     def test_udp_published(self, agent_factory, containers, etcd, scope, own_network):
         """A UDP port published on 127.0.0.1 is announced when listed; with {proto} in the
