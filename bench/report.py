@@ -815,9 +815,9 @@ def _bare_markdown(real: dict[str, Any]) -> list[str]:
         "in ms; CPU per container start or stop over that round, less the registrar's idle "
         "CPU (measured for 10 s before it) over the round's length; the host's busy CPU share "
         "in the round. The bare registrar follows four events a container (`start`, "
-        "`health_status`, `kill`, `die`); sidekick follows also `create` (its read ahead) and "
-        "`destroy`, and the network connections once a container is announced by a network "
-        "address (in the round with the container-address kind and after it).",
+        "`health_status`, `kill`, `die`); sidekick follows also `create` (its read ahead), and "
+        "the network connections once a container is announced by a network address (in the "
+        "round with the container-address kind and after it).",
         "",
         "| registrar | " + " | ".join(f"{kind} p50" for kind in kinds) + " | all p99 "
         "| CPU per start or stop (ms) | host busy (%) |",
@@ -1072,8 +1072,9 @@ def _go_markdown(real: dict[str, Any]) -> list[str]:
         "only; not registrator, which cannot be built here), took sidekick's place on the same "
         "host-port rounds and the same already-running containers in the same run: same etcd, "
         "same Docker engine, a prefix of its own, after sidekick's rounds and never at the same "
-        "time. It does what sidekick does for these containers: it follows the same Docker "
-        "events, inspects a container at its `start` (one with a healthcheck at its `healthy`) "
+        "time. It does what sidekick does for these containers: it follows the Docker events "
+        "`start`, `health_status`, `kill`, `die`, `stop` and `destroy` (filtered by label at "
+        "dockerd), inspects a container at its `start` (one with a healthcheck at its `healthy`) "
         "and puts `<service>-<host port>` = `127.0.0.1:<host port>` on one lease, and deletes "
         "the keys at the stop's `kill`, at `die`, `stop` and `destroy`. Timed, counted and "
         "checked as sidekick is (already running: from its spawn; its idle PSS: the same "

@@ -32,10 +32,11 @@ from sidekick.model import LABEL_ENABLE, Container, matches_filters
 from sidekick.wire import WireAPIClient
 
 # The container events that can change what a container announces, and `create`, after which
-# the agent looks ahead at what the container's start will announce. Not `stop`: a `docker
-# stop` of a running container always brings its `die` (and its `kill` first), which withdraw
-# it (every event costs the agent a JSON document to read, and a container's life has eight or
-# more of them); a container stopped while waiting to restart was withdrawn at its `die`.
+# the agent looks ahead at what the container's start will announce. Every event costs the
+# agent a wake-up and a JSON document to read, so not `stop`: a `docker stop` of a running
+# container always brings its `die` (and its `kill` first), which withdraw it; a container
+# stopped while waiting to restart was withdrawn at its `die`. Not `destroy`: a container is
+# withdrawn at its `die`, and what the agent learnt of it goes at the next reconcile.
 EVENT_ACTIONS = (
     "create",
     "start",
@@ -44,7 +45,6 @@ EVENT_ACTIONS = (
     "health_status",
     "die",
     "kill",
-    "destroy",
     "pause",
 )
 # Network events that can change a container's address (--address container): the container

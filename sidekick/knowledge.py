@@ -47,11 +47,6 @@ class Knowledge:
         if container.stop_signal is not None:
             self.stop_signals[container.id] = container.stop_signal
 
-    def destroyed(self, container_id: str) -> None:
-        """Forget the container's record and stop signal: it is gone for good."""
-        self.stop_signals.pop(container_id, None)
-        self.known.pop(container_id, None)
-
     def started(self, container_id: str) -> None:
         """The container started again: a listing is right about it."""
         self.gone_at.pop(container_id, None)

@@ -8,7 +8,7 @@ agent's loop takes the result at `start` if the read is done, and never waits fo
 flight (a `docker ps` listing answers in a millisecond, while an inspect waits for dockerd to
 finish the start); an entry is used once, so no container read at create outlives a start. Only
 the stop signal a read finds outlives it, whenever the read ends: for the `kill` of `docker
-stop`, until the look-up takes it or the container is destroyed.
+stop`, until the look-up takes it or a reconcile clears it.
 
 Runs on: created() on the Docker events reader thread; take(), stop_signal(), forget(), drop()
 and clear() in the loop's work (sidekick.handoff); the reads on THREADS helper threads

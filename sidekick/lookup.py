@@ -61,10 +61,6 @@ class Lookup:
         batch = triage(events, self._action)
         for container_id in batch.last:  # a later event decides, not a check of the read-ahead
             self.to_verify.pop(container_id, None)
-        for event in events:
-            if event.action == "destroy":
-                self.knowledge.destroyed(event.container_id)
-                self.look_ahead.drop(event.container_id)
         lookups = batch.lookups
         for event in lookups:
             self.knowledge.started(event.container_id)

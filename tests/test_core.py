@@ -388,12 +388,12 @@ class FlakyEvents(DockerSource):
         super().__init__(*args, **kwargs)
         self.plan = {"fail": fail, "calls": 0}
 
-    def open_events(self) -> Iterator[DockerEvent]:
+    def open_events(self, networks: bool = True) -> Iterator[DockerEvent]:
         self.plan["calls"] += 1
         if self.plan["fail"] > 0:
             self.plan["fail"] -= 1
             raise RuntimeError("injected: the events reader broke")
-        return super().open_events()
+        return super().open_events(networks)
 
 
 class TestDeadThreads:

@@ -44,8 +44,8 @@ class TestMetrics:
 
     def test_request_times_and_event_lag(self, agent_factory, containers, etcd, scope):
         """Each Docker and etcd request is timed by call, each event's lag from dockerd's own
-        time is observed, and a container's `die` and `destroy` after the `kill` that withdrew
-        it cost no etcd request."""
+        time is observed, and a container's `die` after the `kill` that withdrew it, and its
+        removal, cost no etcd request."""
         address = f"127.0.0.1:{free_port()}"
         agent_factory("--metrics-address", address, "--resync", "3600")
         url = f"http://{address}/metrics"
@@ -67,7 +67,7 @@ class TestMetrics:
         wait_for(lambda: metric(url, "sidekick_registrations") == 0, message="withdrawn")
         txns = metric(url, "sidekick_etcd_request_seconds_count", 'call="kv/txn"')
         container.remove()
-        marker = free_port()  # handled after the die and the destroy: events come in order
+        marker = free_port()  # handled after the die: events come in order
         containers.run(ports=published(marker), labels={"sidekick.service": "marker"})
         wait_for(lambda: f"/{scope}/marker-{marker}" in etcd.keys(f"/{scope}/"), message="marker")
         assert metric(url, "sidekick_etcd_request_seconds_count", 'call="kv/txn"') == txns + 1

@@ -19,7 +19,7 @@ from sidekick.sync import Sync
 
 def test_dirty_only_when_the_announcements_change():
     """A write is needed only after an announcement changed: the loop skips it otherwise
-    (a `die` after the `kill` that withdrew the container, a `destroy`)."""
+    (a `die` after the `kill` that withdrew the container)."""
     out = io.StringIO()
     store = DryRunStore([Endpoint("http", "127.0.0.1", 9)], 1.0, out)  # never contacted
     config = Config(prefix="/x", host_ip="192.0.2.5", node="n")
