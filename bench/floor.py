@@ -100,8 +100,10 @@ for _ in range(int(sys.argv[2])):
 def wake_cpu_us(wakes: int = 200, gap: float = 0.01) -> float:
     """CPU (us, on the reading thread's own clock) a thread pays each time another process's
     write wakes it from a blocking read of a socket, `gap` seconds apart: the price, on this
-    host, of every event a registrar reads and every answer it waits for, in any language."""
+    host, of every event a registrar reads and every answer it waits for, in any language (Python's
+    readline adds a microsecond or two)."""
     reader, writer = socket.socketpair()
+    reader.settimeout(max(10.0, 10 * gap))  # a waker that died fails the bench, not hangs it
     with reader, writer:
         waker = subprocess.Popen(
             [sys.executable, "-c", _WAKER, str(writer.fileno()), str(wakes), str(gap)],

@@ -128,11 +128,11 @@ def wake_markdown(wake_us: float | None, profile: dict[str, Any] | None) -> list
         "**Why the CPU per start or stop is what it is**: on this host a thread woken from a "
         "blocking socket read by another process's write pays "
         f"{wake_us:.0f} µs of its own CPU each time (`bench/floor.py` `wake_cpu_us`: 200 "
-        "lines 10 ms apart on a socket pair, measured after the rounds), whatever the "
-        "language. Every event a registrar reads and every answer it waits for is such a "
-        f"wake. In the profiled round sidekick read {events:.2f} events and waited on "
-        f"{requests:.2f} Docker and etcd answers per container (a start and a stop): "
-        f"{events + requests:.1f} wakes, {(events + requests) * wake_us / 1000:.2f} ms at that "
-        "price before any code runs. The bare registrar follows at most four events and "
-        "makes three requests a container.",
+        "lines 10 ms apart on a socket pair, measured after the rounds), in any language. "
+        "Every event a registrar reads and every answer it waits for can be such a wake "
+        "(events that come together are read at once). In the profiled round sidekick read "
+        f"{events:.2f} events and waited on {requests:.2f} Docker and etcd answers per "
+        f"container (a start and a stop): up to {events + requests:.1f} wakes, "
+        f"{(events + requests) * wake_us / 1000:.2f} ms at that price before any code runs. "
+        "The bare registrar follows at most four events and makes three requests a container.",
     ]

@@ -34,6 +34,9 @@ from sidekick.systemd import Notifier
 __all__ = ["Agent", "AgentFailed", "ConfigurationRefused"]
 
 
+SHUTDOWN_TURN_WAIT = 1.0  # seconds the exit waits for an event the reader is handling
+
+
 class Agent:
     """Keeps etcd equal to the registrations of this node's running, opted-in containers."""
 
@@ -172,6 +175,9 @@ class Agent:
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         self.loop.stopping.set()
         self.reader.docker.close_events()
+        # an event the reader is handling ends its write before the lease goes (bounded: a
+        # stalled Docker request must not hold the exit up)
+        self.loop.handoff.turn.acquire(timeout=SHUTDOWN_TURN_WAIT)
         self.look_ahead.stop()
         self.keeper.stop()
         lease, keys = self.keeper.lease, len(self.sync.held)

@@ -3,8 +3,9 @@ entry, a container just created (with its network's inspect), and a signal as Do
 
 Nothing here does I/O; missing or odd fields get harmless defaults, never an exception.
 
-Runs on: whichever thread read the document: the main loop (listings, inspects, events'
-signals through intake.route) and the look-ahead's helper threads (reads at `create`).
+Runs on: whichever thread read the document: the loop's work (listings, inspects, events'
+signals through intake.route; the main thread, or the events reader in the loop's turn) and
+the look-ahead's helper threads (reads at `create`).
 """
 
 from __future__ import annotations

@@ -352,7 +352,8 @@ class DockerSource:
         ):
             return
         finally:
-            self._stream = None
+            if self._stream is stream:  # not a newer stream opened before this one was closed
+                self._stream = None
 
     def close_events(self) -> None:
         """End a running events() iteration from another thread."""

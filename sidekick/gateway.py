@@ -1,8 +1,9 @@
 """The etcd v3 JSON gateway as one client: endpoints with failover, users, TLS, and errors
 sorted into outages and settings.
 
-Runs on: whichever thread owns the instance; an instance is not shared between threads (the
-lease thread takes its own clone()). etcd3gw gives one endpoint per client and no timeout by
+Runs on: whichever thread owns the instance; an instance is used by one thread at a time (the
+loop's by the loop or the events reader in the loop's turn; the lease thread takes its own
+clone()). etcd3gw gives one endpoint per client and no timeout by
 default; a Gateway owns one client per endpoint, each with a timeout and its own session
 (sidekick.wire: requests' interface on a lighter transport; trust_env off, so a
 REQUESTS_CA_BUNDLE in the environment cannot override our settings), and moves to the next

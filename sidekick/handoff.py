@@ -1,10 +1,11 @@
 """The hand-off of Docker events from the events reader to the loop.
 
-Runs on: put() and deliver() on the events reader's thread ("docker-events"); `turn` and
-took() on the main loop. The loop holds its turn while it works (not while it waits for the
-queue); deliver() takes the turn when it is free and every event queued before has been
-handled, and calls the loop's handler right there on the reader's thread: an idle agent takes a
-`start` up without a thread switch, and one thread at a time writes, in the stream's order.
+Runs on: put() and deliver() on the events reader's thread ("docker-events"), which takes
+`turn` there too; `turn` and took() on the main loop. The loop holds its turn while it works
+(not while it waits for the queue); deliver() takes the turn when it is free and every event
+queued before has been handled, and calls the loop's handler right there on the reader's
+thread: an idle agent takes a `start` up without a thread switch, and one thread at a time
+writes, in the stream's order.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Handoff:
         self.turn = threading.Lock()
         self.queued = 0  # events and connections the reader queued (counted by the reader)
         self.handled = 0  # of those, taken off the queue by the loop (counted under the turn)
+        self.inline = 0  # events the loop's handler took on the reader's thread
 
     def put(self, item: Item) -> None:
         """Queue an event, or the stream's (re)connection, for the loop."""
@@ -38,6 +40,7 @@ class Handoff:
         if self.turn.acquire(blocking=False):
             try:
                 if self.handled == self.queued and self.handle(event):
+                    self.inline += 1
                     return
             finally:
                 self.turn.release()

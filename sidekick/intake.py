@@ -40,7 +40,7 @@ class Action(enum.Enum):
 # `docker stop` sends the container's own stop signal, SIGTERM unless the image or `docker run
 # --stop-signal` says otherwise; SIGKILL ends any container.
 ALWAYS_STOPPING = frozenset({signal.SIGTERM, signal.SIGKILL})
-GONE = frozenset({"die", "stop", "destroy", "pause"})
+GONE = frozenset({"die", "stop", "destroy", "pause"})  # stop, destroy: not followed, but final
 CHANGED = frozenset({"restart", "unpause", "health_status"})
 
 
@@ -122,14 +122,15 @@ class EventReader:
                 self.metrics.errors.labels("docker", type(exc).__name__).inc()
                 self.stopping.wait(delay(attempt, 1.0, 0.1))
                 continue
+            if not self.with_networks and self.networks_matter():
+                self.docker.close_events()  # they came to matter while it opened: again
+                continue
             self.outages.up("docker")
             attempt = 0
             connected = time.monotonic()
             self.connected = True
             self.out.put(DOCKER_CONNECTED)
             self.on_connect()
-            if not self.with_networks and self.networks_matter():
-                self.docker.close_events()  # they came to matter while it opened: again
             self._follow(events)
             self.connected = False
             if self.stopping.is_set():

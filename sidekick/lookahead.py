@@ -10,9 +10,9 @@ finish the start); an entry is used once, so no container read at create outlive
 the stop signal a read finds outlives it, whenever the read ends: for the `kill` of `docker
 stop`, until the look-up takes it or a reconcile clears it.
 
-Runs on: created() on the Docker events reader thread; take(), stop_signal(), forget(), drop()
-and clear() in the loop's work (sidekick.handoff); the reads on THREADS helper threads
-("look-ahead-N"). The entries are shared under one lock.
+Runs on: created() (and drop(), from it) on the Docker events reader thread; take(),
+stop_signal(), forget() and clear() in the loop's work (sidekick.handoff); the reads on THREADS
+helper threads ("look-ahead-N"). The entries are shared under one lock.
 """
 
 from __future__ import annotations

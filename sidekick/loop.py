@@ -1,13 +1,13 @@
 """The loop: the main thread's work, on the parts the agent wired together.
 
-Runs on: the main thread; it owns the announcements (through sidekick.lookup and
-sidekick.sync). It takes Docker events and markers off one queue; a marker comes from another
-thread (the events reader: connected; the lease thread: a new lease) or from a signal handler
-(stop, resync), which only sets `stop_requested` and puts on the queue. While the loop waits,
-the events reader may take its turn and handle an event on its own thread (_handle_inline,
-through sidekick.handoff): one thread at a time, in the stream's order. It reconciles at
-start-up, after a reconnect or a new lease, on SIGHUP and every --resync seconds, with the one
-retry policy; faults outside a reconcile mark one as needed.
+Runs on: the main thread (or whichever runs Agent.run); it owns the announcements (through
+sidekick.lookup and sidekick.sync). It takes Docker events and markers off one queue; a marker
+comes from another thread (the events reader: connected; the lease thread: a new lease) or from
+a signal handler (stop, resync), which only sets `stop_requested` and puts on the queue. While
+the loop waits, the events reader may take its turn and handle an event on its own thread
+(_handle_inline, through sidekick.handoff): one thread at a time, in the stream's order. It
+reconciles at start-up, after a reconnect or a new lease, on SIGHUP and every --resync seconds,
+with the one retry policy; faults outside a reconcile mark one as needed.
 """
 
 from __future__ import annotations
@@ -95,9 +95,14 @@ class Loop:
         self.beat = time.monotonic()  # the loop's last sign of life
         # the events reader's way in: its turn is held while the loop works, not while it waits
         self.handoff = Handoff(self.queue, self._handle_inline)
+        self.sleep_until = float("inf")  # when the waiting loop wakes by itself
+        self.worked_until = 0.0  # Unix time the last events were handled (dockerd's clock)
+        self.inline_error: Exception | None = None  # raised on the reader's thread: ours
+        self.thread: int | None = None  # the loop's own thread (run)
 
     def run(self) -> None:
         """Cycle until stopped (AgentFailed or ConfigurationRefused go up)."""
+        self.thread = threading.get_ident()
         while not self.stopping.is_set():
             self.cycle()
 
@@ -116,7 +121,7 @@ class Loop:
                 self._reconcile_until_done()
             return
         now = time.monotonic()
-        wake = min(self._next_deadline(), now + SUPERVISE_EVERY)
+        self.sleep_until = wake = min(self._next_deadline(), now + SUPERVISE_EVERY)
         try:
             item: Item | None = self.queue.get(timeout=max(0.0, wake - now))
         except queue.Empty:
@@ -125,7 +130,11 @@ class Loop:
             self._take(item)
 
     def _take(self, item: Item | None) -> None:
-        """Handle `item` and what follows it on the queue, then the timed work (the turn held)."""
+        """Handle `item` and what follows it on the queue, then the timed work (the turn held).
+        What an event handled on the reader's thread raised goes up here, as the loop's own."""
+        if (error := self.inline_error) is not None:
+            self.inline_error = None
+            raise error
         events: list[DockerEvent] = []
         while isinstance(item, DockerEvent):
             events.append(item)  # a burst (20 containers at once) costs one transaction
@@ -137,6 +146,7 @@ class Loop:
         if events:
             self._observe_lag(events)
             self.lookup.on_events(events)
+            self.worked_until = time.time()
         if item is not None:
             self._on_marker(item)
         now = time.monotonic()
@@ -155,20 +165,27 @@ class Loop:
         may wait on dockerd; False: the reader queues it."""
         if not self._may_handle_inline(event):
             return False
-        deadline = self._next_deadline()
-        self._observe_lag([event])
-        self.lookup.on_events([event])
-        if self.needs_reconcile or self._next_deadline() < deadline:
-            self.queue.put(WAKE)  # the loop sleeps until its earlier deadline: wake it
+        try:
+            self._observe_lag([event])
+            self.lookup.on_events([event])
+            self.worked_until = time.time()
+        except Exception as exc:  # the loop's to raise, as if it had failed itself
+            self.inline_error = exc
+        if self.inline_error or self.needs_reconcile or self._next_deadline() < self.sleep_until:
+            self.queue.put(WAKE)  # the loop sleeps past what is now due: wake it
         return True
 
     def _may_handle_inline(self, event: DockerEvent) -> bool:
-        """No reconcile or stop is due, and `event` needs no request that can wait long on
-        dockerd (a dying container's inspect), which would hold up the stream's reader."""
+        """No reconcile or stop is due; `event` did not come while events were being handled
+        (a burst: the loop takes it with the rest, in one transaction); and it needs no
+        request that can wait long on dockerd (a dying container's inspect), which would hold
+        up the stream's reader."""
         return not (
             self.needs_reconcile
             or self.stop_requested
             or self.stopping.is_set()
+            or self.inline_error is not None
+            or 0 < event.at < self.worked_until
             or self.lookup.may_wait_on_docker(event)
         )
 
@@ -203,7 +220,8 @@ class Loop:
     def write(self) -> None:
         """The sync's write, for the look-up, when its announcements changed: a fault means a
         reconcile (with retries) next."""
-        self.beat = time.monotonic()
+        if threading.get_ident() == self.thread:  # the reader's writes are no sign of the loop
+            self.beat = time.monotonic()
         if not self.sync.dirty:
             return  # etcd holds them already: the last write succeeded, or a reconcile is due
         if self.keeper.lease == 0:

@@ -158,6 +158,13 @@ class TestAgentContainerAddress:
         )
         agent.wait_log("docker events: following network connections from now on")
         agent.wait_log("container skipped")
+
+        def reconciled_since_reopened() -> bool:
+            lines = [line["event"] for line in agent.logs()]
+            reopened = lines.index("docker events: following network connections from now on")
+            return "reconciled" in lines[reopened:]
+
+        wait_for(reconciled_since_reopened, message="the reopened stream's reconcile")
         second_network.connect(web)
         ip = address_on(web, second_network.name)
         wait_for(

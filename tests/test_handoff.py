@@ -218,4 +218,28 @@ def test_starts_and_kills_under_contention_leave_etcd_exact(
 
     assert sample(agent, "sidekick_reconcile_duration_seconds_count") == reconciles
     assert running.error is None
-    assert agent.loop.handoff.handled == agent.loop.handoff.queued  # nothing left behind
+    handoff = agent.loop.handoff
+    assert handoff.inline > 0  # both ways were taken
+    assert handoff.queued > 1  # more than the stream's connection
+    wait_for(lambda: handoff.handled == handoff.queued, message="every queued event handled")
+
+
+@pytest.mark.integration
+def test_a_failure_on_the_readers_thread_ends_the_agent_as_the_loops_would(
+    inprocess: InProcess, containers: Containers
+) -> None:
+    """What handling an event raises on the reader's thread is raised by the loop: the agent's
+    run() ends with it (a bug is not a thread restart), as when the loop handles the event."""
+    running = inprocess.start()
+    agent = running.agent
+    injected = RuntimeError("injected: handling an event failed")
+
+    def fail(_events: Any) -> None:
+        raise injected
+
+    agent.lookup.on_events = fail  # type: ignore[method-assign,assignment]
+    containers.run(ports={"80/tcp": ("127.0.0.1", None)}, labels={"sidekick.service": "web"})
+    running.thread.join(20)
+    assert not running.thread.is_alive(), "the agent went on after the failure"
+    assert running.error is injected
+    assert agent.loop.handoff.inline + agent.loop.handoff.handled >= 1

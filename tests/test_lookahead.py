@@ -104,7 +104,7 @@ def test_unknown_forgotten_and_unreadable(look_ahead, containers, scope):
 
 
 def test_clear_and_drop(containers, scope):
-    """Containers cleared (a reconcile) or dropped (`destroy`) while their reads wait leave
+    """Containers cleared (a reconcile) or dropped (too many waiting) while their reads wait leave
     neither an entry nor a stop signal once the helper has gone past them; a container after
     them in the queue is read as usual."""
     source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)

@@ -44,8 +44,8 @@ class TestMetrics:
 
     def test_request_times_and_event_lag(self, agent_factory, containers, etcd, scope):
         """Each Docker and etcd request is timed by call, each event's lag from dockerd's own
-        time is observed, and a container's `die` after the `kill` that withdrew it, and its
-        removal, cost no etcd request."""
+        time is observed, and a container's `die` after the `kill` that withdrew it costs no etcd
+        request."""
         address = f"127.0.0.1:{free_port()}"
         agent_factory("--metrics-address", address, "--resync", "3600")
         url = f"http://{address}/metrics"
