@@ -844,10 +844,11 @@ def _inside_markdown(real: dict[str, Any]) -> list[str]:
         "**Inside the agent**, the same rounds one after another, from its own metrics "
         "(`sidekick_docker_event_lag_seconds`, `sidekick_docker_request_seconds`, "
         "`sidekick_etcd_request_seconds`; the median interpolated within the histograms' "
-        "buckets): an event's lag from dockerd's time to the loop taking it up, and the "
+        "buckets): an event's lag from dockerd's time to the agent taking it up (the loop, or "
+        "the events reader in the loop's turn), and the "
         "listing and the transaction as they took at the moment of each registration, "
         "while dockerd is still busy with the container's start. Counts include every "
-        "event and request of the rounds (connects, kills, dies), not only the starts.",
+        "event and request of the rounds (kills, dies), not only the starts.",
         "",
         "| stage | n | p50 (ms) | mean (ms) |",
         "|---|---:|---:|---:|",

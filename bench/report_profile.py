@@ -50,7 +50,8 @@ def cpu_markdown(profile: dict[str, Any] | None) -> list[str]:
         f"{_ms(total)} ms over the threads (the process's utime + stime: "
         f"{_ms(profile['process_cpu_ms'])} ms). Docker and etcd requests, the events stream and "
         f"log lines take {in_requests / total:.0%} of it; the rest is sidekick's own code "
-        "between them (routing events, plans, transaction payloads, metrics, the queue).",
+        "between them (routing events, plans, transaction payloads, metrics, the hand-off to "
+        "the loop).",
         "",
         "| thread | stage: call | calls per container | CPU per container (ms) | share |",
         "|---|---|---:|---:|---:|",

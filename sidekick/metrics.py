@@ -65,7 +65,7 @@ class Metrics:
         )
         self.event_lag_seconds = Histogram(
             "sidekick_docker_event_lag_seconds",
-            "From a Docker event's time (dockerd's clock) to the loop taking it up.",
+            "From a Docker event's time (dockerd's clock) to the agent taking it up.",
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
