@@ -4,7 +4,9 @@ event means for the container's keys.
 Runs on: EventReader runs on its own thread ("docker-events"); it reads the stream and hands
 each record to the loop (sidekick.handoff: handled on this thread when the loop is idle, queued
 otherwise; an event that may wait on a dying container is always queued, since dockerd drops
-events for a slow reader), handing `create` to the look-ahead. route() is pure and is called
+events for a slow reader, and so is one that came within CROWD_GAP of another container's, so
+that a burst is taken together while this thread reads on), handing `create` to the
+look-ahead. route() is pure and is called
 wherever the loop's work runs.
 """
 
@@ -78,6 +80,9 @@ NEW_LEASE = _Marker("new-lease")  # the keeper granted or resumed a lease (or et
 RESYNC = _Marker("resync")  # SIGHUP: reconcile now
 STOP = _Marker("stop")  # SIGTERM / SIGINT
 WAKE = _Marker("wake")  # an event handled on the reader's thread moved a deadline of the loop
+# Another container's event this soon before (dockerd's times): a burst, whose events the loop
+# takes together while the reader reads on, rather than the reader handling each in turn.
+CROWD_GAP = 0.05
 
 Item = DockerEvent | _Marker
 
@@ -122,7 +127,7 @@ class EventReader:
                 self.metrics.errors.labels("docker", type(exc).__name__).inc()
                 self.stopping.wait(delay(attempt, 1.0, 0.1))
                 continue
-            if not self.with_networks and self.networks_matter():
+            if self._lacks_networks():
                 self.docker.close_events()  # they came to matter while it opened: again
                 continue
             self.outages.up("docker")
@@ -135,7 +140,7 @@ class EventReader:
             self.connected = False
             if self.stopping.is_set():
                 return
-            if not self.with_networks and self.networks_matter():
+            if self._lacks_networks():
                 self.log.info("docker events: following network connections from now on")
                 continue  # resubscribe(): the reconnection's reconcile covers the gap
             self.metrics.errors.labels("docker", "stream-ended").inc()
@@ -143,6 +148,10 @@ class EventReader:
             quick_ends = quick_ends + 1 if time.monotonic() - connected < 1.0 else 0
             if quick_ends:
                 self.stopping.wait(min(1.0, 0.05 * 2**quick_ends))
+
+    def _lacks_networks(self) -> bool:
+        """Network connects and disconnects matter now, and the open stream leaves them out."""
+        return not self.with_networks and self.networks_matter()
 
     def resubscribe(self) -> None:
         """From the loop's work: network connects and disconnects have come to matter (a
@@ -152,11 +161,16 @@ class EventReader:
             self.docker.close_events()
 
     def _follow(self, events: Any) -> None:
+        last_id, last_at = "", 0.0
         try:
             for event in events:
                 self.metrics.docker_events.labels(event.action).inc()
+                crowded = event.container_id != last_id and 0 < event.at < last_at + CROWD_GAP
+                last_id, last_at = event.container_id, event.at
                 if event.action == "create":
                     self.look_ahead.created(event.container_id)
+                elif crowded:  # a burst: the loop takes it with the rest while this reads on
+                    self.out.put(event)
                 else:
                     self.out.deliver(event)
         except (DockerUnavailable, OSError, ValueError) as exc:

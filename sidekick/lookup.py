@@ -93,9 +93,12 @@ class Lookup:
         """Whether `event` may need a request that waits on a dying container: a kill whose
         signal may be the stop signal of a container that announces something (its inspect)."""
         return event.action == "kill" and (
-            self._action(event) is Action.LEARN_SIGNAL
-            and bool(self.sync.announced.get(event.container_id))
+            self._action(event) is Action.LEARN_SIGNAL and self._announces(event.container_id)
         )
+
+    def _announces(self, container_id: str) -> bool:
+        """Whether the container announces something (a kill can withdraw it)."""
+        return bool(self.sync.announced.get(container_id))
 
     def _stop_signal(self, container_id: str) -> int | None:
         """What `docker stop` sends the container, if known: from a read of it, or from its
@@ -112,7 +115,7 @@ class Lookup:
         where the signal is the stop signal."""
         stopping = []
         for event in kills:
-            if not self.sync.announced.get(event.container_id):
+            if not self._announces(event.container_id):
                 continue  # nothing to withdraw: the signal does not matter
             try:
                 container = self.docker.inspect(event.container_id)

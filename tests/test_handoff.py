@@ -14,17 +14,20 @@ from typing import Any
 
 import docker
 import pytest
+import structlog
 
 from sidekick.docker_source import DockerEvent
 from sidekick.handoff import Handoff
-from sidekick.intake import DOCKER_CONNECTED, NEW_LEASE, Item
+from sidekick.intake import CROWD_GAP, DOCKER_CONNECTED, NEW_LEASE, EventReader, Item
 from sidekick.loop import SETTLE_AFTER
+from sidekick.metrics import Metrics
+from sidekick.retry import Outages
 from tests.conftest import Containers, EtcdServer, wait_for
 from tests.test_core import HOST_IP, InProcess, _agent_log, _inprocess, sample  # noqa: F401 - fixtures
 
 
-def event(action: str, container_id: str = "c1") -> DockerEvent:
-    return DockerEvent(action, "", container_id, "web", {})
+def event(action: str, container_id: str = "c1", at: float = 0.0) -> DockerEvent:
+    return DockerEvent(action, "", container_id, "web", {}, at=at)
 
 
 class Recorder:
@@ -127,6 +130,81 @@ class TestHandoff:
 
 
 # -- the agent, its turn contended ---------------------------------------------------------
+
+
+class Created:
+    """The look-ahead, as the reader sees it: the ids of the `create` events."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def created(self, container_id: str) -> None:
+        self.ids.append(container_id)
+
+
+def follow(events: list[DockerEvent]) -> tuple[Recorder, list[Item]]:
+    """The reader's routing of a stream (EventReader._follow) into an idle loop's hand-off:
+    what was handled on the reader's thread, and what was queued for the loop."""
+    out: queue.SimpleQueue[Item] = queue.SimpleQueue()
+    handler = Recorder()
+    log = structlog.get_logger("test")
+    reader = EventReader(
+        None,  # type: ignore[arg-type]  # _follow reads the stream it is given
+        Handoff(out, handler),
+        Created(),  # type: ignore[arg-type]  # only created() is called
+        Metrics(),
+        log,
+        threading.Event(),
+        Outages(log),
+    )
+    reader._follow(iter(events))
+    return handler, drain(out)
+
+
+class TestCrowding:
+    """A burst's events go to the loop, to be taken together, while the reader reads on; the
+    reader handles only an event no other container's came just before (CROWD_GAP)."""
+
+    def test_one_container_at_a_time_is_handled_on_the_readers_thread(self) -> None:
+        t = 1_000_000.0
+        stream = [
+            event("create", "c1", t),
+            event("start", "c1", t + 0.002),  # right after its own create: not a burst
+            event("kill", "c1", t + 3),
+            event("die", "c1", t + 3.001),
+            event("create", "c2", t + 3 + CROWD_GAP * 2),
+            event("start", "c2", t + 3 + CROWD_GAP * 2 + 0.002),
+        ]
+        handler, queued = follow(stream)
+        assert [(e.action, e.container_id) for e in handler.handled] == [
+            ("start", "c1"),
+            ("kill", "c1"),
+            ("die", "c1"),
+            ("start", "c2"),
+        ]
+        assert queued == []
+
+    def test_a_burst_goes_to_the_loop_in_order(self) -> None:
+        t = 1_000_000.0
+        stream = [
+            event("create", "c1", t),
+            event("create", "c2", t + 0.001),
+            event("start", "c1", t + 0.010),  # c2's create came 9 ms before
+            event("start", "c2", t + 0.020),
+            event("kill", "c1", t + 5),  # alone, but the loop has not taken the burst yet
+        ]
+        handler, queued = follow(stream)
+        assert handler.handled == []
+        assert [(e.action, e.container_id) for e in queued if isinstance(e, DockerEvent)] == [
+            ("start", "c1"),
+            ("start", "c2"),
+            ("kill", "c1"),
+        ]
+
+    def test_events_without_a_time_are_not_taken_for_a_burst(self) -> None:
+        handler, queued = follow([event("start", "c1"), event("start", "c2")])
+        assert [e.container_id for e in handler.handled] == ["c1", "c2"]
+        assert queued == []
 
 
 class Contender:
