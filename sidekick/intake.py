@@ -4,10 +4,9 @@ event means for the container's keys.
 Runs on: EventReader runs on its own thread ("docker-events"); it reads the stream and hands
 each record to the loop (sidekick.handoff: handled on this thread when the loop is idle, queued
 otherwise; an event that may wait on a dying container is always queued, since dockerd drops
-events for a slow reader, and so is one that came within CROWD_GAP of another container's, so
-that a burst is taken together while this thread reads on), handing `create` to the
-look-ahead. route() is pure and is called
-wherever the loop's work runs.
+events for a slow reader, and so is one that follows another container's event by less than
+CROWD_GAP, so that a burst is taken together while this thread reads on), handing `create` to
+the look-ahead. route() is pure and is called wherever the loop's work runs.
 """
 
 from __future__ import annotations
@@ -80,8 +79,8 @@ NEW_LEASE = _Marker("new-lease")  # the keeper granted or resumed a lease (or et
 RESYNC = _Marker("resync")  # SIGHUP: reconcile now
 STOP = _Marker("stop")  # SIGTERM / SIGINT
 WAKE = _Marker("wake")  # an event handled on the reader's thread moved a deadline of the loop
-# Another container's event this soon before (dockerd's times): a burst, whose events the loop
-# takes together while the reader reads on, rather than the reader handling each in turn.
+# The event just before was another container's, this soon before (dockerd's times): a burst,
+# whose events the loop takes together while the reader reads on.
 CROWD_GAP = 0.05
 
 Item = DockerEvent | _Marker

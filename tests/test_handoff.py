@@ -129,9 +129,6 @@ class TestHandoff:
         assert not handoff.turn.locked()
 
 
-# -- the agent, its turn contended ---------------------------------------------------------
-
-
 class Created:
     """The look-ahead, as the reader sees it: the ids of the `create` events."""
 
@@ -142,69 +139,88 @@ class Created:
         self.ids.append(container_id)
 
 
-def follow(events: list[DockerEvent]) -> tuple[Recorder, list[Item]]:
-    """The reader's routing of a stream (EventReader._follow) into an idle loop's hand-off:
-    what was handled on the reader's thread, and what was queued for the loop."""
-    out: queue.SimpleQueue[Item] = queue.SimpleQueue()
-    handler = Recorder()
+class Routes:
+    """The hand-off, as the reader sees it: each event offered (deliver: handled on the
+    reader's thread if the loop is idle) or queued for the loop (put), in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def deliver(self, item: DockerEvent) -> None:
+        self.seen.append(("offered", item.action, item.container_id))
+
+    def put(self, item: Item) -> None:
+        assert isinstance(item, DockerEvent)
+        self.seen.append(("queued", item.action, item.container_id))
+
+
+def follow(events: list[DockerEvent]) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """The reader's routing of a stream (EventReader._follow): what it offered or queued,
+    and the ids it gave the look-ahead."""
+    routes, created = Routes(), Created()
     log = structlog.get_logger("test")
     reader = EventReader(
         None,  # type: ignore[arg-type]  # _follow reads the stream it is given
-        Handoff(out, handler),
-        Created(),  # type: ignore[arg-type]  # only created() is called
+        routes,  # type: ignore[arg-type]  # only deliver() and put() are called
+        created,  # type: ignore[arg-type]  # only created() is called
         Metrics(),
         log,
         threading.Event(),
         Outages(log),
     )
     reader._follow(iter(events))
-    return handler, drain(out)
+    return routes.seen, created.ids
 
 
 class TestCrowding:
-    """A burst's events go to the loop, to be taken together, while the reader reads on; the
-    reader handles only an event no other container's came just before (CROWD_GAP)."""
+    """An event that follows another container's by less than CROWD_GAP (dockerd's times) is
+    queued for the loop, to be taken with the rest of the burst, while the reader reads on;
+    the others are offered to the loop's turn (handled on the reader's thread if it is idle)."""
 
-    def test_one_container_at_a_time_is_handled_on_the_readers_thread(self) -> None:
+    def test_one_container_at_a_time_is_offered(self) -> None:
         t = 1_000_000.0
-        stream = [
-            event("create", "c1", t),
-            event("start", "c1", t + 0.002),  # right after its own create: not a burst
-            event("kill", "c1", t + 3),
-            event("die", "c1", t + 3.001),
-            event("create", "c2", t + 3 + CROWD_GAP * 2),
-            event("start", "c2", t + 3 + CROWD_GAP * 2 + 0.002),
+        seen, created = follow(
+            [
+                event("create", "c1", t),
+                event("start", "c1", t + 0.002),  # right after its own create: not a burst
+                event("kill", "c1", t + 3),
+                event("die", "c1", t + 3.001),
+                event("create", "c2", t + 3.001 + CROWD_GAP * 2),
+                event("start", "c2", t + 3.003 + CROWD_GAP * 2),
+            ]
+        )
+        assert seen == [
+            ("offered", "start", "c1"),
+            ("offered", "kill", "c1"),
+            ("offered", "die", "c1"),
+            ("offered", "start", "c2"),
         ]
-        handler, queued = follow(stream)
-        assert [(e.action, e.container_id) for e in handler.handled] == [
-            ("start", "c1"),
-            ("kill", "c1"),
-            ("die", "c1"),
-            ("start", "c2"),
-        ]
-        assert queued == []
+        assert created == ["c1", "c2"]
 
-    def test_a_burst_goes_to_the_loop_in_order(self) -> None:
+    def test_a_burst_is_queued(self) -> None:
         t = 1_000_000.0
-        stream = [
-            event("create", "c1", t),
-            event("create", "c2", t + 0.001),
-            event("start", "c1", t + 0.010),  # c2's create came 9 ms before
-            event("start", "c2", t + 0.020),
-            event("kill", "c1", t + 5),  # alone, but the loop has not taken the burst yet
+        seen, created = follow(
+            [
+                event("create", "c1", t),
+                event("create", "c2", t + 0.001),
+                event("start", "c1", t + 0.010),  # 9 ms after c2's create
+                event("start", "c2", t + 0.010 + CROWD_GAP * 0.9),  # after c1's start
+                event("kill", "c1", t + 5),  # on its own again
+            ]
+        )
+        assert seen == [
+            ("queued", "start", "c1"),
+            ("queued", "start", "c2"),
+            ("offered", "kill", "c1"),
         ]
-        handler, queued = follow(stream)
-        assert handler.handled == []
-        assert [(e.action, e.container_id) for e in queued if isinstance(e, DockerEvent)] == [
-            ("start", "c1"),
-            ("start", "c2"),
-            ("kill", "c1"),
-        ]
+        assert created == ["c1", "c2"]
 
     def test_events_without_a_time_are_not_taken_for_a_burst(self) -> None:
-        handler, queued = follow([event("start", "c1"), event("start", "c2")])
-        assert [e.container_id for e in handler.handled] == ["c1", "c2"]
-        assert queued == []
+        seen, _ = follow([event("start", "c1"), event("start", "c2")])
+        assert seen == [("offered", "start", "c1"), ("offered", "start", "c2")]
+
+
+# -- the agent, its turn contended ---------------------------------------------------------
 
 
 class Contender:
