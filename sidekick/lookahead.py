@@ -8,7 +8,8 @@ agent's loop takes the result at `start` if the read is done, and never waits fo
 flight (a `docker ps` listing answers in a millisecond, while an inspect waits for dockerd to
 finish the start); an entry is used once, so no container read at create outlives a start. Only
 the stop signal a read finds outlives it, whenever the read ends: for the `kill` of `docker
-stop`, until the look-up takes it or a reconcile clears it.
+stop`, until the look-up takes it (a reconcile keeps those of running containers, and the
+recent ones).
 
 Runs on: created() (and drop(), from it) on the Docker events reader thread; take(),
 stop_signal(), forget() and clear() in the loop's work (sidekick.handoff); the reads on THREADS
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from collections.abc import Collection
 from typing import Any
 
 from sidekick.docker_source import DockerSource, DockerUnavailable
@@ -51,6 +53,7 @@ class LookAhead:
         self._entries: dict[str, Container | _State] = {}
         self._signals: dict[str, int] = {}  # stop signals read at create, for the look-up
         self._signal_only: set[str] = set()  # reads in flight whose start has passed
+        self._fresh: set[str] = set()  # signals found since the last clear()
         self._lock = threading.Lock()
         self._ids: queue.Queue[str | None] = queue.Queue(CAPACITY)
         self._stopping = threading.Event()
@@ -129,13 +132,19 @@ class LookAhead:
             self._entries.pop(container_id, None)
             self._signals.pop(container_id, None)
             self._signal_only.discard(container_id)
+            self._fresh.discard(container_id)
 
-    def clear(self) -> None:
-        """Forget everything (a reconcile has just read every running container)."""
+    def clear(self, running: Collection[str] = ()) -> None:
+        """Forget every read (a reconcile has just read every running container), but the
+        stop signals the `kill` of a `docker stop` will need, which a listing does not tell:
+        those of the `running` containers, and those found or still being read since the last
+        clear (a container created meanwhile and not started yet is not in the snapshot)."""
         with self._lock:
-            self._entries.clear()
-            self._signals.clear()
-            self._signal_only.clear()
+            keep = set(running) | self._fresh
+            self._signals = {k: v for k, v in self._signals.items() if k in keep}
+            self._entries = {k: v for k, v in self._entries.items() if isinstance(v, _State)}
+            self._signal_only = set(self._entries)  # reads in flight keep only the signal
+            self._fresh = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -158,7 +167,9 @@ class LookAhead:
                 if created and created.stop_signal is not None and container_id in self._entries:
                     if len(self._signals) >= CAPACITY:
                         self._signals.clear()
+                        self._fresh.clear()
                     self._signals[container_id] = created.stop_signal
+                    self._fresh.add(container_id)
                 if container is None or container_id in self._signal_only:
                     self._entries.pop(container_id, None)
                     self._signal_only.discard(container_id)

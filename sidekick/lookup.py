@@ -221,5 +221,6 @@ class Lookup:
     def replace_all(self, containers: Sequence[Container]) -> None:
         """A reconcile's snapshot: these are every running container in scope."""
         self.knowledge.replace_all(containers)
-        self.look_ahead.clear()  # starts and removals drained: their entries are stale
+        # starts and removals drained: their entries are stale, not their stop signals
+        self.look_ahead.clear(running={c.id for c in containers})
         self.to_verify, self.next_verify = {}, float("inf")  # just read them all

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import pytest
 import structlog
@@ -104,9 +105,9 @@ def test_unknown_forgotten_and_unreadable(look_ahead, containers, scope):
 
 
 def test_clear_and_drop(containers, scope):
-    """Containers cleared (a reconcile) or dropped (too many waiting) while their reads wait leave
-    neither an entry nor a stop signal once the helper has gone past them; a container after
-    them in the queue is read as usual."""
+    """A container cleared (a reconcile) while its read waits keeps only the stop signal the
+    read finds; one dropped (too many waiting) keeps nothing; a container after them in the
+    queue is read as usual."""
     source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
     look_ahead = LookAhead(source, structlog.get_logger("test"), threads=1)
     cleared, dropped, later = (
@@ -130,8 +131,56 @@ def test_clear_and_drop(containers, scope):
         assert look_ahead.stop_signal(later.id) == signal.SIGQUIT  # the helper went past both
         for gone in (cleared, dropped):
             assert look_ahead.take(gone.id) is None
-            assert look_ahead.stop_signal(gone.id) is None
+        assert look_ahead.stop_signal(cleared.id) == signal.SIGQUIT
+        assert look_ahead.stop_signal(dropped.id) is None
         assert look_ahead.take(later.id) is not None
         assert len(look_ahead) == 0
     finally:
         look_ahead.stop()
+
+
+def test_a_reconcile_keeps_the_stop_signals_docker_stop_needs(containers, scope):
+    """A reconcile's clear() drops every read, but not the stop signals its snapshot cannot
+    tell, by which the `kill` of a `docker stop` is told apart from a reload: a running
+    container's, and one found, or still to be found, since the clear before (a container
+    created meanwhile but not started is not in the snapshot). An older one of a container
+    not running goes."""
+
+    def created() -> Any:
+        return containers.client.containers.create(
+            containers.image,
+            "httpd -f -p 80",
+            labels={TEST_LABEL: scope, "sidekick.enable": "true"},
+            ports={"80/tcp": ("127.0.0.1", free_port())},
+            stop_signal="SIGQUIT",
+        )
+
+    running, not_running, queued = created(), created(), created()
+    source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
+    look_ahead = LookAhead(source, structlog.get_logger("test"), threads=1)
+    look_ahead.start()
+    try:
+        look_ahead.created(running.id)
+        look_ahead.created(not_running.id)
+        read_ended(look_ahead, running.id)
+        read_ended(look_ahead, not_running.id)
+    finally:
+        look_ahead.stop()
+    look_ahead.clear(running={running.id})
+    assert look_ahead.take(running.id) is None  # a read from before the snapshot: not used
+    assert len(look_ahead) == 0
+    look_ahead.clear(running={running.id})  # the next reconcile: not_running's is old now
+    assert look_ahead.stop_signal(running.id) == signal.SIGQUIT
+    assert look_ahead.stop_signal(not_running.id) is None
+
+    helper = LookAhead(source, structlog.get_logger("test"), threads=1)
+    helper.created(queued.id)  # no helper runs yet: the read stays queued
+    helper.clear()
+    helper.start()
+    try:
+        read_ended(helper, queued.id)
+        assert helper.stop_signal(queued.id) == signal.SIGQUIT
+        assert helper.take(queued.id) is None
+        assert len(helper) == 0
+    finally:
+        helper.stop()
