@@ -52,8 +52,8 @@ class LookAhead:
         self._threads = threads
         self._entries: dict[str, Container | _State] = {}
         self._signals: dict[str, int] = {}  # stop signals read at create, for the look-up
-        self._signal_only: set[str] = set()  # reads in flight whose start has passed
-        self._fresh: set[str] = set()  # signals found since the last clear()
+        self._signal_only: set[str] = set()  # reads in flight whose start (or a reconcile) passed
+        self._recent: set[str] = set()  # created, or a signal found, since the last clear()
         self._lock = threading.Lock()
         self._ids: queue.Queue[str | None] = queue.Queue(CAPACITY)
         self._stopping = threading.Event()
@@ -96,6 +96,7 @@ class LookAhead:
             if len(self._entries) >= CAPACITY:
                 return
             self._entries[container_id] = QUEUED
+            self._recent.add(container_id)
         try:
             self._ids.put_nowait(container_id)
         except queue.Full:
@@ -120,6 +121,7 @@ class LookAhead:
     def stop_signal(self, container_id: str) -> int | None:
         """The container's stop signal if a read at create found it (once)."""
         with self._lock:
+            self._recent.discard(container_id)
             return self._signals.pop(container_id, None)
 
     def forget(self, container_id: str) -> None:
@@ -132,19 +134,22 @@ class LookAhead:
             self._entries.pop(container_id, None)
             self._signals.pop(container_id, None)
             self._signal_only.discard(container_id)
-            self._fresh.discard(container_id)
+            self._recent.discard(container_id)
 
     def clear(self, running: Collection[str] = ()) -> None:
-        """Forget every read (a reconcile has just read every running container), but the
-        stop signals the `kill` of a `docker stop` will need, which a listing does not tell:
-        those of the `running` containers, and those found or still being read since the last
-        clear (a container created meanwhile and not started yet is not in the snapshot)."""
+        """Forget every finished read (a reconcile has just read every running container),
+        but the stop signals that tell a stopping `kill` from a reload, which a listing does
+        not: those of the `running` containers, and of those created (or whose signal was
+        found) since the last clear, not started at the snapshot. Their reads still in flight
+        will keep only the signal; older ones in flight (a helper gone) are forgotten."""
         with self._lock:
-            keep = set(running) | self._fresh
+            keep = set(running) | self._recent
             self._signals = {k: v for k, v in self._signals.items() if k in keep}
-            self._entries = {k: v for k, v in self._entries.items() if isinstance(v, _State)}
-            self._signal_only = set(self._entries)  # reads in flight keep only the signal
-            self._fresh = set()
+            self._entries = {
+                k: v for k, v in self._entries.items() if isinstance(v, _State) and k in keep
+            }
+            self._signal_only = set(self._entries)
+            self._recent = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -167,9 +172,9 @@ class LookAhead:
                 if created and created.stop_signal is not None and container_id in self._entries:
                     if len(self._signals) >= CAPACITY:
                         self._signals.clear()
-                        self._fresh.clear()
+                        self._recent.clear()
                     self._signals[container_id] = created.stop_signal
-                    self._fresh.add(container_id)
+                    self._recent.add(container_id)
                 if container is None or container_id in self._signal_only:
                     self._entries.pop(container_id, None)
                     self._signal_only.discard(container_id)

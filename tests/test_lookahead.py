@@ -140,11 +140,11 @@ def test_clear_and_drop(containers, scope):
 
 
 def test_a_reconcile_keeps_the_stop_signals_docker_stop_needs(containers, scope):
-    """A reconcile's clear() drops every read, but not the stop signals its snapshot cannot
-    tell, by which the `kill` of a `docker stop` is told apart from a reload: a running
+    """A reconcile's clear() drops every finished read, but not the stop signals its snapshot
+    cannot tell, by which a stopping `kill` is told apart from a reload: a running
     container's, and one found, or still to be found, since the clear before (a container
-    created meanwhile but not started is not in the snapshot). An older one of a container
-    not running goes."""
+    created meanwhile but not started is not in the snapshot). At the next clear, that of a
+    container still not running goes."""
 
     def created() -> Any:
         return containers.client.containers.create(
@@ -155,23 +155,23 @@ def test_a_reconcile_keeps_the_stop_signals_docker_stop_needs(containers, scope)
             stop_signal="SIGQUIT",
         )
 
-    running, not_running, queued = created(), created(), created()
+    running, recent, old, queued = created(), created(), created(), created()
     source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
     look_ahead = LookAhead(source, structlog.get_logger("test"), threads=1)
     look_ahead.start()
     try:
-        look_ahead.created(running.id)
-        look_ahead.created(not_running.id)
-        read_ended(look_ahead, running.id)
-        read_ended(look_ahead, not_running.id)
+        for container in (running, recent, old):
+            look_ahead.created(container.id)
+            read_ended(look_ahead, container.id)
     finally:
         look_ahead.stop()
     look_ahead.clear(running={running.id})
     assert look_ahead.take(running.id) is None  # a read from before the snapshot: not used
     assert len(look_ahead) == 0
-    look_ahead.clear(running={running.id})  # the next reconcile: not_running's is old now
+    assert look_ahead.stop_signal(recent.id) == signal.SIGQUIT  # created, not started yet
+    look_ahead.clear(running={running.id})  # the next reconcile: old's is old now
     assert look_ahead.stop_signal(running.id) == signal.SIGQUIT
-    assert look_ahead.stop_signal(not_running.id) is None
+    assert look_ahead.stop_signal(old.id) is None
 
     helper = LookAhead(source, structlog.get_logger("test"), threads=1)
     helper.created(queued.id)  # no helper runs yet: the read stays queued
