@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import time
 from typing import Any
@@ -9,9 +10,14 @@ from typing import Any
 import pytest
 import structlog
 
+from sidekick.config import Config, Endpoint
 from sidekick.docker_source import DockerSource
 from sidekick.lookahead import LookAhead
+from sidekick.lookup import Lookup
+from sidekick.metrics import Metrics
 from sidekick.model import PortBinding
+from sidekick.store import DryRunStore
+from sidekick.sync import Sync
 from tests.conftest import TEST_LABEL, Containers, free_port
 
 pytestmark = pytest.mark.integration
@@ -184,3 +190,47 @@ def test_a_reconcile_keeps_the_stop_signals_docker_stop_needs(containers, scope)
         assert len(helper) == 0
     finally:
         helper.stop()
+
+
+def test_every_reconcile_keeps_the_signals_of_the_running_containers(containers, scope):
+    """Lookup.replace_all, which every reconcile goes through, tells the look-ahead which
+    containers run: a running container's stop signal read at create outlives any number of
+    reconciles; that of one created and never started goes at the second."""
+
+    def created() -> Any:
+        return containers.client.containers.create(
+            containers.image,
+            "httpd -f -p 80",
+            labels={TEST_LABEL: scope, "sidekick.enable": "true"},
+            ports={"80/tcp": ("127.0.0.1", free_port())},
+            stop_signal="SIGQUIT",
+        )
+
+    started, never_started = created(), created()
+    source = DockerSource(
+        None, timeout=10, label_filters=[f"{TEST_LABEL}={scope}"], opted_in_only=True
+    )
+    look_ahead = LookAhead(source, structlog.get_logger("test"), threads=1)
+    config = Config(prefix="/x", host_ip="127.0.0.1", node="n")
+    store = DryRunStore([Endpoint("http", "127.0.0.1", 9)], 1.0, io.StringIO())  # never asked
+    sync = Sync(config, store, Metrics(), structlog.get_logger("test"), lambda: 7)
+    lookup = Lookup(
+        config, source, look_ahead, sync, lambda: None, _no_fault, structlog.get_logger("test")
+    )
+    look_ahead.start()
+    try:
+        for container in (started, never_started):
+            look_ahead.created(container.id)
+            read_ended(look_ahead, container.id)
+    finally:
+        look_ahead.stop()
+    started.start()
+    for _ in range(3):
+        lookup.replace_all(source.running_containers())
+    assert [c.id for c in source.running_containers()] == [started.id]
+    assert look_ahead.stop_signal(started.id) == signal.SIGQUIT
+    assert look_ahead.stop_signal(never_started.id) is None
+
+
+def _no_fault(peer: str, exc: Exception) -> None:
+    raise AssertionError(f"{peer}: {exc}")
