@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from sidekick.config import Config, Endpoint
-from sidekick.docker_source import DockerSource
+from sidekick.docker_source import DockerEvent, DockerSource
 from sidekick.lookahead import LookAhead
 from sidekick.lookup import Lookup
 from sidekick.metrics import Metrics
@@ -194,8 +194,9 @@ def test_a_reconcile_keeps_the_stop_signals_docker_stop_needs(containers, scope)
 
 def test_every_reconcile_keeps_the_signals_of_the_running_containers(containers, scope):
     """Lookup.replace_all, which every reconcile goes through, tells the look-ahead which
-    containers run: a running container's stop signal read at create outlives any number of
-    reconciles; that of one created and never started goes at the second."""
+    containers run: after two reconciles (at the second nothing is recent any more), the
+    `kill` of `docker stop` with a running container's own stop signal still withdraws it
+    with no inspect of the dying container; the signal of one never started is gone."""
 
     def created() -> Any:
         return containers.client.containers.create(
@@ -225,10 +226,15 @@ def test_every_reconcile_keeps_the_signals_of_the_running_containers(containers,
     finally:
         look_ahead.stop()
     started.start()
-    for _ in range(3):
-        lookup.replace_all(source.running_containers())
-    assert [c.id for c in source.running_containers()] == [started.id]
-    assert look_ahead.stop_signal(started.id) == signal.SIGQUIT
+    snapshot = source.running_containers()
+    assert [c.id for c in snapshot] == [started.id]
+    for _ in range(2):
+        lookup.replace_all(snapshot)
+    assert sync.announced.get(started.id)  # a kill can withdraw it
+    stop = DockerEvent("kill", "", started.id, started.name, {"signal": str(int(signal.SIGQUIT))})
+    assert not lookup.may_wait_on_docker(stop)  # its stop signal is known: no inspect
+    lookup.on_events([stop])
+    assert not sync.announced.get(started.id)  # withdrawn at the kill
     assert look_ahead.stop_signal(never_started.id) is None
 
 
