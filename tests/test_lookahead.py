@@ -41,6 +41,17 @@ def create(containers: Containers, scope: str, port: int):
     )
 
 
+def quitting(containers: Containers, scope: str) -> Any:
+    """A container created (not started) with SIGQUIT for its stop signal."""
+    return containers.client.containers.create(
+        containers.image,
+        "httpd -f -p 80",
+        labels={TEST_LABEL: scope, "sidekick.enable": "true"},
+        ports={"80/tcp": ("127.0.0.1", free_port())},
+        stop_signal="SIGQUIT",
+    )
+
+
 def read_ended(look_ahead: LookAhead, container_id: str) -> None:
     """Wait until the look-ahead's read of this container is no longer in flight."""
     deadline = time.monotonic() + 10
@@ -152,16 +163,7 @@ def test_a_reconcile_keeps_the_stop_signals_docker_stop_needs(containers, scope)
     created meanwhile but not started is not in the snapshot). At the next clear, that of a
     container still not running goes."""
 
-    def created() -> Any:
-        return containers.client.containers.create(
-            containers.image,
-            "httpd -f -p 80",
-            labels={TEST_LABEL: scope, "sidekick.enable": "true"},
-            ports={"80/tcp": ("127.0.0.1", free_port())},
-            stop_signal="SIGQUIT",
-        )
-
-    running, recent, old, queued = created(), created(), created(), created()
+    running, recent, old, queued = (quitting(containers, scope) for _ in range(4))
     source = DockerSource(None, timeout=10, label_filters=[], opted_in_only=True)
     look_ahead = LookAhead(source, structlog.get_logger("test"), threads=1)
     look_ahead.start()
@@ -198,16 +200,7 @@ def test_every_reconcile_keeps_the_signals_of_the_running_containers(containers,
     `kill` of `docker stop` with a running container's own stop signal still withdraws it
     with no inspect of the dying container; the signal of one never started is gone."""
 
-    def created() -> Any:
-        return containers.client.containers.create(
-            containers.image,
-            "httpd -f -p 80",
-            labels={TEST_LABEL: scope, "sidekick.enable": "true"},
-            ports={"80/tcp": ("127.0.0.1", free_port())},
-            stop_signal="SIGQUIT",
-        )
-
-    started, never_started = created(), created()
+    started, never_started = quitting(containers, scope), quitting(containers, scope)
     source = DockerSource(
         None, timeout=10, label_filters=[f"{TEST_LABEL}={scope}"], opted_in_only=True
     )
