@@ -23,8 +23,9 @@ from sidekick.lease import LeaseKeeper
 from sidekick.leasefile import LeaseFile
 from sidekick.lookahead import LookAhead
 from sidekick.lookup import Lookup
-from sidekick.loop import ConfigurationRefused, Loop, Parts
+from sidekick.loop import Loop, Parts
 from sidekick.metrics import Metrics
+from sidekick.reconcile import ConfigurationRefused
 from sidekick.retry import Outages, Wait, backoff
 from sidekick.store import EtcdError, Store
 from sidekick.supervise import AgentFailed, Part, Supervisor

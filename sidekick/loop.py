@@ -6,8 +6,8 @@ comes from another thread (the events reader: connected; the lease thread: a new
 a signal handler (stop, resync), which only sets `stop_requested` and puts on the queue. While
 the loop waits, the events reader may take its turn and handle an event on its own thread
 (_handle_inline, through sidekick.handoff): one thread at a time, in the stream's order. It
-reconciles at start-up, after a reconnect or a new lease, on SIGHUP and every --resync seconds,
-with the one retry policy; faults outside a reconcile mark one as needed.
+reconciles (sidekick.reconcile, with the one retry policy) at start-up, after a reconnect or a
+new lease, on SIGHUP and every --resync seconds; faults outside a reconcile mark one as needed.
 """
 
 from __future__ import annotations
@@ -19,38 +19,27 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import tenacity
-
 from sidekick.config import Config
-from sidekick.docker_source import DockerEvent, DockerSource, DockerUnavailable
+from sidekick.docker_source import DockerEvent, DockerSource
 from sidekick.handoff import Handoff, counted
 from sidekick.intake import DOCKER_CONNECTED, NEW_LEASE, RESYNC, STOP, WAKE, Item
 from sidekick.lease import LeaseKeeper
 from sidekick.lookup import Lookup
 from sidekick.metrics import Metrics
-from sidekick.retry import Outages, Wait, retrying
-from sidekick.store import EtcdConfigError, EtcdError, EtcdUnavailable, Store
+from sidekick.reconcile import Reconcile
+from sidekick.retry import Outages, Wait
+from sidekick.store import EtcdConfigError, EtcdError, Store
 from sidekick.supervise import Supervisor
 from sidekick.sync import Sync
 from sidekick.systemd import Notifier
 
-TRANSIENT = (EtcdError, DockerUnavailable)
 SUPERVISE_EVERY = 1.0  # seconds between looks at the helper threads
-SETTLE_AFTER = 3.0  # dockerd lists a container as running up to ~2.1 s after its `die`
 
 
 def resync_period(resync: float) -> float:
     """--resync, give or take a tenth at random: a fleet that came back together (after an
     etcd outage) does not resync together ever after."""
     return resync * random.uniform(0.9, 1.1)  # noqa: S311 - spread, not secrecy
-
-
-class WaitingForLease(EtcdUnavailable):
-    """No lease yet: the lease thread is still asking etcd (and reports etcd's state itself)."""
-
-
-class ConfigurationRefused(Exception):
-    """etcd refused the agent at start-up (credentials, role, TLS): retrying cannot help."""
 
 
 class Parts(NamedTuple):
@@ -84,14 +73,13 @@ class Loop:
         self.stopping = threading.Event()  # set by the loop: the helpers end
         self.stop_requested = False  # set from a signal handler: a plain flag, no lock
         self.keep_lease_requested = False  # SIGUSR1: stop for a restart, the lease kept
-        self.ready_sent = False
-        self.settle_after_reconnect = False  # one more reconcile SETTLE_AFTER a reconnect
         self.wakeup = threading.Event()  # cuts the reconcile's backoff short
         self.etcd_ok = False  # the loop's last etcd request succeeded
         self.needs_reconcile = False  # the first reconcile follows the events stream's connection
         self.next_resync = time.monotonic() + resync_period(self.config.resync)
         self.next_foreign_check = float("inf")
         self.reconciled = threading.Event()  # set after the first reconcile
+        self.reconcile = Reconcile(self)
         self.beat = time.monotonic()  # the loop's last sign of life
         # the events reader's way in: its turn is held while the loop works, not while it waits
         self.handoff = Handoff(self.queue, self._handle_inline)
@@ -118,7 +106,7 @@ class Loop:
             return
         if self.needs_reconcile:
             with self.handoff.turn:
-                self._reconcile_until_done()
+                self.reconcile.run()
             return
         now = time.monotonic()
         self.sleep_until = wake = min(self._next_deadline(), now + SUPERVISE_EVERY)
@@ -205,12 +193,12 @@ class Loop:
         if item is STOP:
             self.stopping.set()
         elif item is NEW_LEASE:
-            self._refused_at_start_up()
+            self.reconcile.refused_at_start_up()
             self.needs_reconcile = True  # a new lease: read our keys again
         elif item is DOCKER_CONNECTED:
             # events missed while the stream was down: a `die` among them leaves a listing
             # that still shows the container for a moment, so look once more shortly after
-            self.needs_reconcile = self.settle_after_reconnect = True
+            self.needs_reconcile = self.reconcile.settle_after_reconnect = True
         elif item is RESYNC:
             self.needs_reconcile = True
         # WAKE: nothing to do but look at the deadlines again
@@ -237,142 +225,31 @@ class Loop:
         try:
             fn()
             self.etcd_ok = True
-            self._schedule_foreign_check()
+            self.schedule_foreign_check()
         except EtcdError as exc:
             if "lease not found" in str(exc):
                 self.keeper.check_now()
             self.fault("etcd", exc)
 
-    def _schedule_foreign_check(self) -> None:
+    def schedule_resync(self) -> None:
+        self.next_resync = time.monotonic() + resync_period(self.config.resync)
+
+    def schedule_foreign_check(self) -> None:
         if not self.sync.foreign:
             self.next_foreign_check = float("inf")
         elif self.next_foreign_check == float("inf"):
             self.next_foreign_check = time.monotonic() + self.config.keepalive_interval
-
-    # -- reconcile ------------------------------------------------------------------------
-
-    def _reconcile_until_done(self) -> None:
-        try:
-            retrying(
-                TRANSIENT,
-                wait=self.retry_wait,
-                until=lambda: self.stop_requested or self.stopping.is_set(),
-                sleep=self._sleep_beating,
-                before_sleep=self._before_retry,
-            )(self._reconcile)
-        except tenacity.RetryError:
-            return  # stopping
-
-    def _reconcile(self) -> None:
-        """Rebuild both sides from scratch (this node's keys only) and write the difference."""
-        started = time.monotonic()
-        self.wakeup.clear()  # a reconnect from now on cuts the next backoff short
-        self._drain_queue()
-        if self.keeper.lease == 0:
-            self._refused_at_start_up()
-            raise WaitingForLease("waiting for the lease thread's lease")
-        containers = self.lookup.confirm(self.parts.docker.running_containers())
-        self.beat = time.monotonic()
-        self.lookup.replace_all(containers)
-        try:
-            if not self.reconciled.is_set():
-                self.parts.store.check_write(
-                    self.config.prefix
-                )  # a role without the prefix: exit 2
-            self.sync.refresh()
-            written = self.sync.write()
-        except EtcdConfigError as exc:
-            if not self.reconciled.is_set():
-                raise ConfigurationRefused(str(exc)) from exc
-            raise
-        except EtcdError as exc:
-            if "lease not found" in str(exc):
-                self.keeper.check_now()
-            raise
-        if not written:
-            raise EtcdUnavailable("etcd changed under every attempt to write")
-        self.etcd_ok = True
-        self.needs_reconcile = False
-        self._schedule_foreign_check()
-        self.next_resync = time.monotonic() + resync_period(self.config.resync)
-        if self.settle_after_reconnect:  # once more shortly: the listing may lag a `die`
-            self.settle_after_reconnect = False
-            self.next_resync = min(self.next_resync, time.monotonic() + SETTLE_AFTER)
-        elapsed = time.monotonic() - started
-        self.parts.metrics.reconcile_seconds.observe(elapsed)
-        self.log.info(
-            "reconciled",
-            registrations=len(self.sync.held),
-            containers=len(self.sync.announced),
-            seconds=round(elapsed, 3),
-        )
-        self._recovered()
-        if not self.reconciled.is_set():
-            self.reconciled.set()
-            self._ready()
-
-    def _ready(self) -> None:
-        """READY=1, once: after the first reconcile, or when etcd cannot be reached for it
-        (the agent is up and retrying; a node booting before etcd must not time the unit out)."""
-        if not self.ready_sent:
-            self.ready_sent = True
-            self.parts.notifier.notify("READY=1", f"STATUS={self.parts.status()}")
-            self.keeper.ready_for_watchdog = True  # after READY=1: systemd's start timeout first
-
-    def _refused_at_start_up(self) -> None:
-        """etcd refused us before we ever served: a configuration error, not an outage."""
-        error = self.keeper.config_error
-        if error is not None and not self.reconciled.is_set():
-            raise ConfigurationRefused(str(error))
-
-    def _drain_queue(self) -> None:
-        """Take queued events off: the snapshot about to be taken supersedes them. A withdrawal
-        is applied at once all the same, so it reaches etcd even if Docker fails the snapshot."""
-        events: list[DockerEvent] = []
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is STOP:
-                self.queue.put(STOP)
-                break
-            self.handoff.took(counted(item))
-            if isinstance(item, DockerEvent):
-                events.append(item)
-        self.lookup.withdraw_only(events)
 
     # -- faults and retries ---------------------------------------------------------------
 
     def fault(self, peer: str, exc: Exception) -> None:
         """A transient fault outside the retry loop: reconcile (with retries) next."""
         self.needs_reconcile = True
-        self._log_outage(peer, exc)
+        self.log_outage(peer, exc)
 
-    def _log_outage(self, peer: str, exc: BaseException) -> None:
+    def log_outage(self, peer: str, exc: BaseException) -> None:
         """Count every error; log an outage once, when it starts."""
         if peer == "etcd":
             self.etcd_ok = False
         self.parts.metrics.errors.labels(peer, type(exc).__name__).inc()
         self.parts.outages.down(peer, str(exc), refused=isinstance(exc, EtcdConfigError))
-
-    def _before_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        if exc is not None and not isinstance(exc, WaitingForLease):
-            self._log_outage("etcd" if isinstance(exc, EtcdError) else "docker", exc)
-        if isinstance(exc, EtcdError) and self.keeper.etcd_error is not None:
-            self._ready()  # etcd is down at start-up: say so in STATUS=, and keep trying
-
-    def _recovered(self) -> None:
-        self.parts.outages.up("etcd")
-        self.parts.outages.up("docker")
-
-    def _sleep_beating(self, seconds: float) -> None:
-        """The loop's own backoff: alive (the watchdog keeps being fed), and cut short by a
-        stop, by Docker coming back, or by a new lease."""
-        deadline = time.monotonic() + seconds
-        while not self.stop_requested and (left := deadline - time.monotonic()) > 0:
-            self.beat = time.monotonic()
-            self.supervise()
-            if self.wakeup.wait(min(left, 0.1)):
-                return

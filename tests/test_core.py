@@ -34,8 +34,8 @@ from sidekick.agent import Agent, AgentFailed
 from sidekick.config import Config, load_config
 from sidekick.docker_source import DockerEvent, DockerSource
 from sidekick.leasefile import LeaseFile
-from sidekick.loop import SETTLE_AFTER
 from sidekick.metrics import Metrics
+from sidekick.reconcile import SETTLE_AFTER
 from sidekick.store import Store
 from tests.conftest import (
     TEST_LABEL,

@@ -19,8 +19,8 @@ import structlog
 from sidekick.docker_source import DockerEvent
 from sidekick.handoff import Handoff
 from sidekick.intake import CROWD_GAP, DOCKER_CONNECTED, NEW_LEASE, EventReader, Item
-from sidekick.loop import SETTLE_AFTER
 from sidekick.metrics import Metrics
+from sidekick.reconcile import SETTLE_AFTER
 from sidekick.retry import Outages
 from tests.conftest import Containers, EtcdServer, wait_for
 from tests.test_core import HOST_IP, InProcess, _agent_log, _inprocess, sample  # noqa: F401 - fixtures

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sidekick.loop import SETTLE_AFTER
+from sidekick.reconcile import SETTLE_AFTER
 from tests.conftest import free_port, metric, wait_for
 
 pytestmark = pytest.mark.integration
