@@ -61,7 +61,7 @@ class LeaseKeeper:
         self.config_error: EtcdConfigError | None = None  # etcd refused us (auth, TLS, role)
         self.granted = threading.Event()  # set once a lease is held
         self.published: Mapping[str, str] = {}  # key -> value the loop holds on the lease
-        self.ready_for_watchdog = False  # the loop has reconciled once (READY=1 sent)
+        self.ready_for_watchdog = False  # READY=1 sent (sidekick.reconcile)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._longest = min(RETRY_LONGEST, config.ttl / 3)

@@ -59,7 +59,7 @@ class Parts(NamedTuple):
 
 
 class Loop:
-    """Events in, writes out; reconciles with retries; stops when asked."""
+    """Events in, writes out; says when to reconcile; stops when asked."""
 
     def __init__(self, parts: Parts, retry_wait: Wait) -> None:
         self.parts = parts
@@ -232,6 +232,7 @@ class Loop:
             self.fault("etcd", exc)
 
     def schedule_resync(self) -> None:
+        """The next periodic reconcile, --resync from now (give or take a tenth)."""
         self.next_resync = time.monotonic() + resync_period(self.config.resync)
 
     def schedule_foreign_check(self) -> None:
@@ -240,7 +241,7 @@ class Loop:
         elif self.next_foreign_check == float("inf"):
             self.next_foreign_check = time.monotonic() + self.config.keepalive_interval
 
-    # -- faults and retries ---------------------------------------------------------------
+    # -- faults ---------------------------------------------------------------------------
 
     def fault(self, peer: str, exc: Exception) -> None:
         """A transient fault outside the retry loop: reconcile (with retries) next."""

@@ -1,9 +1,10 @@
 """The reconcile: both sides rebuilt from scratch (this node's keys only), with the one retry
 policy, and READY=1 after the first.
 
-Runs on: the main thread, in the loop's turn (sidekick.loop calls run() when one is due: at
-start-up, after a reconnect or a new lease, on SIGHUP, every --resync seconds, after a fault).
-It works on the loop's state (its queue, flags and parts): the loop says when, this says how.
+Runs on: the main thread (or whichever runs Agent.run), in the loop's turn (sidekick.loop calls
+run() when one is due: at start-up, after a reconnect or a new lease, on SIGHUP, every --resync
+seconds, after a fault). It works on the loop's state (its queue, flags and parts): the loop
+says when, this says how.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class Reconcile:
 
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
-        self.reconciled = loop.reconciled
         self.ready_sent = False
         self.settle_after_reconnect = False  # one more reconcile SETTLE_AFTER a reconnect
 
@@ -71,12 +71,12 @@ class Reconcile:
         loop.beat = time.monotonic()
         loop.lookup.replace_all(containers)
         try:
-            if not self.reconciled.is_set():
+            if not self.loop.reconciled.is_set():
                 parts.store.check_write(loop.config.prefix)  # a role without the prefix: exit 2
             loop.sync.refresh()
             written = loop.sync.write()
         except EtcdConfigError as exc:
-            if not self.reconciled.is_set():
+            if not self.loop.reconciled.is_set():
                 raise ConfigurationRefused(str(exc)) from exc
             raise
         except EtcdError as exc:
@@ -102,11 +102,11 @@ class Reconcile:
         )
         parts.outages.up("etcd")
         parts.outages.up("docker")
-        if not self.reconciled.is_set():
-            self.reconciled.set()
-            self.ready()
+        if not self.loop.reconciled.is_set():
+            self.loop.reconciled.set()
+            self._ready()
 
-    def ready(self) -> None:
+    def _ready(self) -> None:
         """READY=1, once: after the first reconcile, or when etcd cannot be reached for it
         (the agent is up and retrying; a node booting before etcd must not time the unit out)."""
         if not self.ready_sent:
@@ -118,7 +118,7 @@ class Reconcile:
     def refused_at_start_up(self) -> None:
         """etcd refused us before we ever served: a configuration error, not an outage."""
         error = self.loop.keeper.config_error
-        if error is not None and not self.reconciled.is_set():
+        if error is not None and not self.loop.reconciled.is_set():
             raise ConfigurationRefused(str(error))
 
     def _drain_queue(self) -> None:
@@ -144,7 +144,7 @@ class Reconcile:
         if exc is not None and not isinstance(exc, WaitingForLease):
             self.loop.log_outage("etcd" if isinstance(exc, EtcdError) else "docker", exc)
         if isinstance(exc, EtcdError) and self.loop.keeper.etcd_error is not None:
-            self.ready()  # etcd is down at start-up: say so in STATUS=, and keep trying
+            self._ready()  # etcd is down at start-up: say so in STATUS=, and keep trying
 
     def _sleep_beating(self, seconds: float) -> None:
         """The loop's own backoff: alive (the watchdog keeps being fed), and cut short by a
