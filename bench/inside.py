@@ -49,26 +49,32 @@ def scrape(url: str) -> Snapshot:
     return parse(requests.get(url + "/metrics", timeout=5).text)
 
 
-def median(buckets: dict[float, float]) -> float:
-    """The median of cumulative bucket counts (upper bound -> count), interpolated linearly
-    within its bucket; nan with no sample."""
+def quantile(buckets: dict[float, float], q: float) -> float:
+    """The q-quantile (0 < q < 1) of cumulative bucket counts (upper bound -> count),
+    interpolated linearly within its bucket; the last finite bound when it falls in the open
+    bucket (a floor, not the value); nan with no sample."""
     bounds = sorted(buckets)
     total = buckets[bounds[-1]] if bounds else 0.0
     if total <= 0:
         return math.nan
-    half, lower, below = total / 2, 0.0, 0.0
+    rank, lower, below = total * q, 0.0, 0.0
     for bound in bounds:
         count = buckets[bound]
-        if count >= half:
+        if count >= rank:
             if math.isinf(bound):
                 return lower
-            return lower + (bound - lower) * (half - below) / max(count - below, 1e-12)
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
         lower, below = bound, count
     return lower
 
 
+def median(buckets: dict[float, float]) -> float:
+    """The median of cumulative bucket counts (see quantile)."""
+    return quantile(buckets, 0.5)
+
+
 def stages(before: Snapshot, after: Snapshot) -> dict[str, dict[str, float]]:
-    """Each stage's count, mean and median (ms) over what happened between the snapshots."""
+    """Each stage's count, mean, median and p99 (ms) over what happened between the snapshots."""
     out = {}
     for stage, name, labels in STAGES:
         empty: dict[str, Any] = {"sum": 0.0, "count": 0.0, "buckets": {}}
@@ -79,6 +85,7 @@ def stages(before: Snapshot, after: Snapshot) -> dict[str, dict[str, float]]:
             "n": count,
             "mean_ms": (b["sum"] - a["sum"]) / count * 1000 if count else math.nan,
             "p50_ms": median(buckets) * 1000,
+            "p99_ms": quantile(buckets, 0.99) * 1000,
         }
     return out
 

@@ -571,8 +571,11 @@ def run_rounds(
         bench_log(f"realistic, {registrar.name}: {plan.bursts} bursts of {BURST} at once")
         probe = EtcdProbe(bench.etcd.url, "/sidekick-bench-probe/real", bench.workdir / "probe.log")
         host = host_cpu_ticks()
+        before = inside.scrape(metrics_url) if metrics_url else None
         bursts, windows = _in_bursts(bench, prefix, group, rfleet, kinds=KINDS, bursts=plan.bursts)
         out["host_busy_percent"]["burst"] = host_busy_percent(host)
+        if metrics_url and before is not None:
+            out["inside_burst"] = inside.stages(before, inside.scrape(metrics_url))
         probe.close()
         containers = len(sequential) + len(bursts)
         out["agent_cpu_ms_per_event"] = _cpu_ms_per_event(
@@ -866,14 +869,16 @@ def print_summary(real: dict[str, Any]) -> None:
             + " | cpu per start or stop "
             + f"{bare['agent_cpu_ms_per_event_sequential']:.2f} ms less idle"
         )
-    if stages := real.get("inside"):
-        bench_log(
-            "inside the agent, one after another (p50 / mean ms, n): "
-            + " | ".join(
-                f"{stage} {v['p50_ms']:.1f} / {v['mean_ms']:.1f} ({v['n']:.0f})"
-                for stage, v in stages.items()
+    for key, rounds in (("inside", "one after another"), ("inside_burst", "bursts")):
+        if stages := real.get(key):
+            bench_log(
+                f"inside the agent, {rounds} (p50 / p99 / mean ms, n): "
+                + " | ".join(
+                    f"{stage} {v['p50_ms']:.1f} / {v.get('p99_ms', math.nan):.1f} / "
+                    f"{v['mean_ms']:.1f} ({v['n']:.0f})"
+                    for stage, v in stages.items()
+                )
             )
-        )
     bench_log(f"agent cpu per start or stop: {real['agent_cpu_ms_per_event']:.2f} ms")
     bench_log(
         f"agent cpu per start or stop, {ADDRESS_KIND} address: "

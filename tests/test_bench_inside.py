@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.inside import median, parse, stages
+from bench.inside import median, parse, quantile, stages
 
 BEFORE = """
 # HELP sidekick_etcd_request_seconds Time an etcd request took
@@ -50,6 +50,7 @@ def test_stages_are_the_differences():
     assert out["etcd txn"]["n"] == 4
     assert out["etcd txn"]["mean_ms"] == pytest.approx(3.0)
     assert out["etcd txn"]["p50_ms"] == pytest.approx(2.0)
+    assert out["etcd txn"]["p99_ms"] == pytest.approx(2 + 3 * 1.96 / 2)  # rank 3.96 in (2, 5]
     assert out["event lag"]["n"] == 4
     assert out["event lag"]["mean_ms"] == pytest.approx(1.05)
     assert out["event lag"]["p50_ms"] == pytest.approx(2 / 3)  # 2 of 3 within (0, 1] ms
@@ -60,3 +61,12 @@ def test_median_interpolates_and_handles_the_open_bucket():
     assert median({0.001: 0.0, 0.002: 10.0, math.inf: 10.0}) == pytest.approx(0.0015)
     assert median({0.001: 1.0, math.inf: 5.0}) == pytest.approx(0.001)  # beyond the last bound
     assert math.isnan(median({}))
+
+
+def test_quantile_interpolates_in_its_bucket_and_floors_the_open_one():
+    """100 samples: 90 within 1 ms, 9 in (1, 10] ms, 1 beyond 10 ms."""
+    buckets = {0.001: 90.0, 0.01: 99.0, math.inf: 100.0}
+    assert quantile(buckets, 0.9) == pytest.approx(0.001)
+    assert quantile(buckets, 0.95) == pytest.approx(0.001 + 0.009 * 5 / 9)
+    assert quantile(buckets, 0.995) == pytest.approx(0.01)  # in the open bucket: its floor
+    assert math.isnan(quantile({}, 0.99))

@@ -175,13 +175,34 @@ def test_inside_the_agent_rows_when_the_run_has_them():
     assert not any(
         "Inside the agent" in line for line in report.realistic_markdown({"realistic": real})
     )
-    real["inside"] = {
+    real["inside"] = {  # a run before the p99s: n/a there, and no tail paragraph
         "event lag": {"n": 240.0, "p50_ms": 0.4, "mean_ms": 0.9},
         "docker list": {"n": 30.0, "p50_ms": 1.6, "mean_ms": float("nan")},
     }
     lines = report.realistic_markdown({"realistic": real})
-    rows = lines[lines.index("|---|---:|---:|---:|") + 1 :][:2]
-    assert rows == ["| event lag | 240 | 0.4 | 0.9 |", "| docker list | 30 | 1.6 | n/a |"]
+    header = "|---|---|---:|---:|---:|---:|"
+    rows = lines[lines.index(header) + 1 :][:3]
+    assert rows == [
+        "| one after another | event lag | 240 | 0.4 | n/a | 0.9 |",
+        "| one after another | docker list | 30 | 1.6 | n/a | n/a |",
+        "",
+    ]
+    assert not any("bursts' tail" in line for line in lines)
+
+    real["inside_burst"] = {
+        "event lag": {"n": 80.0, "p50_ms": 0.9, "p99_ms": 40.0, "mean_ms": 5.0},
+        "docker list": {"n": 20.0, "p50_ms": 3.0, "p99_ms": 60.0, "mean_ms": 9.0},
+    }
+    lines = report.realistic_markdown({"realistic": real})
+    rows = lines[lines.index(header) + 1 :][:4]
+    assert rows[2:] == [
+        "| bursts | event lag | 80 | 0.9 | 40.0 | 5.0 |",
+        "| bursts | docker list | 20 | 3.0 | 60.0 | 9.0 |",
+    ]
+    tail = next(line for line in lines if "bursts' tail" in line)
+    register_p99 = report._fmt(real["burst"]["all"]["register"]["p99"])
+    assert "event lag 40.0 ms, docker list 60.0 ms (together 100.0 ms)" in tail
+    assert f"registrations' p99 of {register_p99} ms" in tail
 
 
 def _go_round() -> dict[str, Any]:
