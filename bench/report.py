@@ -318,7 +318,7 @@ def _agent_rows(results: dict[str, Any], add: Any, targets: dict[str, float]) ->
         targets["agent_cpu_ms_per_event"],
         theirs("agent_cpu_ms_per_event"),
         digits=2,
-        note=report_profile.cpu_note(real.get("cpu_profile")),
+        note=report_profile.cpu_note(real.get("cpu_profile")) + _bare_cpu_note(real),
     )
     run = real["running"]
     add(
@@ -835,6 +835,18 @@ def _bare_markdown(real: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += report_profile.wake_markdown(real.get("wake_cpu_us"), real.get("cpu_profile"))
     return lines
+
+
+def _bare_cpu_note(real: dict[str, Any]) -> str:
+    """The CPU row's note, continued: what Python pays for the requests alone, when measured."""
+    bare = real.get("bare_registrar") or {}
+    if not bare.get("measured"):
+        return ""
+    return (
+        "; one after another, the bare registrar in Python, which makes the requests and "
+        f"nothing else, used {_fmt(bare['agent_cpu_ms_per_event_sequential'], 2)} ms (sidekick "
+        f"{_fmt(real['agent_cpu_ms_per_event_sequential'], 2)})"
+    )
 
 
 def _inside_markdown(real: dict[str, Any]) -> list[str]:

@@ -337,6 +337,24 @@ def test_the_headline_takes_the_go_registrar_as_the_realistic_baseline():
             assert set(rows.values()) == {None}
 
 
+def test_the_cpu_row_says_what_the_bare_registrar_used_when_it_was_measured():
+    """The CPU target's row sets sidekick's one-after-another CPU beside the bare Python
+    registrar's (the requests alone); no such words without a measured bare round."""
+    name = "Agent CPU per container start or stop, realistic, less idle (ms)"
+    for measured in (True, False):
+        notes: dict[str, str] = {}
+
+        def add(row: str, *_: Any, note: str = "", **__: Any) -> None:
+            notes[row] = note  # noqa: B023 - used at once, inside this iteration
+
+        report._agent_rows({"realistic": _with_bare(measured=measured)}, add, report.TARGETS)
+        said = "the bare registrar in Python, which makes the requests and nothing else, used "
+        if measured:
+            assert notes[name].endswith(said + "1.23 ms (sidekick 2.50)")
+        else:
+            assert "bare registrar" not in notes[name]
+
+
 def test_host_busy_percent_sees_this_process_burn_a_cpu():
     """The host's busy share over a window in which this process keeps one CPU busy: at least
     the share of one CPU among them all, give or take the clock's tick."""
