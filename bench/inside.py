@@ -68,13 +68,21 @@ def quantile(buckets: dict[float, float], q: float) -> float:
     return lower
 
 
+def beyond_bounds(buckets: dict[float, float], q: float) -> bool:
+    """Whether the q-quantile falls in the open bucket, where quantile() gives only a floor."""
+    finite = [bound for bound in buckets if not math.isinf(bound)]
+    total = max(buckets.values(), default=0.0)
+    return bool(finite) and total > 0 and buckets[max(finite)] < total * q
+
+
 def median(buckets: dict[float, float]) -> float:
     """The median of cumulative bucket counts (see quantile)."""
     return quantile(buckets, 0.5)
 
 
 def stages(before: Snapshot, after: Snapshot) -> dict[str, dict[str, float]]:
-    """Each stage's count, mean, median and p99 (ms) over what happened between the snapshots."""
+    """Each stage's count, mean, median and p99 (ms) over what happened between the snapshots;
+    p99_open (1.0 or 0.0): the p99 is beyond the last bound, and p99_ms is that bound."""
     out = {}
     for stage, name, labels in STAGES:
         empty: dict[str, Any] = {"sum": 0.0, "count": 0.0, "buckets": {}}
@@ -86,6 +94,7 @@ def stages(before: Snapshot, after: Snapshot) -> dict[str, dict[str, float]]:
             "mean_ms": (b["sum"] - a["sum"]) / count * 1000 if count else math.nan,
             "p50_ms": median(buckets) * 1000,
             "p99_ms": quantile(buckets, 0.99) * 1000,
+            "p99_open": float(beyond_bounds(buckets, 0.99)),
         }
     return out
 

@@ -17,6 +17,7 @@ import requests
 from bench import report_profile
 from bench.common import git_commit
 from sidekick import __version__
+from sidekick.metrics import REQUEST_BUCKETS
 
 PLOT_NAME = "benchmarks-latency.png"
 
@@ -838,13 +839,14 @@ def _bare_markdown(real: dict[str, Any]) -> list[str]:
 
 
 def _bare_cpu_note(real: dict[str, Any]) -> str:
-    """The CPU row's note, continued: what Python pays for the requests alone, when measured."""
+    """The CPU row's note, continued: the bare Python registrar's CPU, when it was measured."""
     bare = real.get("bare_registrar") or {}
     if not bare.get("measured"):
         return ""
     return (
-        "; one after another, the bare registrar in Python, which makes the requests and "
-        f"nothing else, used {_fmt(bare['agent_cpu_ms_per_event_sequential'], 2)} ms (sidekick "
+        "; one after another, the bare registrar in Python (one `docker ps` and one etcd put "
+        "a registration, a delete at the `kill` and at the `die`, nothing else) used "
+        f"{_fmt(bare['agent_cpu_ms_per_event_sequential'], 2)} ms (sidekick "
         f"{_fmt(real['agent_cpu_ms_per_event_sequential'], 2)})"
     )
 
@@ -860,9 +862,10 @@ def _inside_markdown(real: dict[str, Any]) -> list[str]:
         "**Inside the agent**, the same rounds, from its own metrics "
         "(`sidekick_docker_event_lag_seconds`, `sidekick_docker_request_seconds`, "
         "`sidekick_etcd_request_seconds`; the quantiles interpolated within the histograms' "
-        "buckets, whose bounds above 10 ms are 25, 50, 100, 250 and 1000 ms): an event's lag "
+        f"buckets, whose bounds above 10 ms are {_coarse_bounds()} ms): an event's lag "
         "from dockerd's time to the agent taking it up (the loop, or the events reader in the "
-        "loop's turn), and the listing and the transaction as they took at the moment of each "
+        "loop's turn; dockerd's own delay in sending the event counts here too), and the "
+        "listing and the transaction as they took at the moment of each "
         "registration, while dockerd is still busy with the container's start. Counts include "
         "every event and request of the rounds (kills, dies), not only the starts.",
         "",
@@ -872,31 +875,44 @@ def _inside_markdown(real: dict[str, Any]) -> list[str]:
     for name, stages in rounds:
         out += [
             f"| {name} | {stage} | {v['n']:.0f} | {_fmt(v['p50_ms'])} | "
-            f"{_fmt(v.get('p99_ms'))} | {_fmt(v['mean_ms'])} |"
+            f"{_p99_cell(v)} | {_fmt(v['mean_ms'])} |"
             for stage, v in stages.items()
         ]
     burst = real.get("inside_burst")
     if burst and "p99_ms" in next(iter(burst.values()), {}):
-        tail = ", ".join(f"{stage} {_fmt(v['p99_ms'])} ms" for stage, v in burst.items())
-        total = sum(v["p99_ms"] for v in burst.values())
+        tail = ", ".join(f"{stage} {_p99_cell(v)} ms" for stage, v in burst.items())
         out += [
             "",
-            "**Where the bursts' tail goes**: a registration in a burst waits for its event to be "
-            "taken up, then for its listing and its transaction, on one thread and behind the "
-            "other containers' ones. Their p99s in the bursts: "
-            f"{tail} (together {_fmt(total)} ms), against the registrations' p99 of "
-            f"{_fmt(real['burst']['all']['register']['p99'])} ms; one etcd put alone, from "
-            f"another process, took p99 {_fmt(real['burst']['etcd_put']['p99'])} ms in the "
-            "same bursts. dockerd answers a listing late while it starts twenty containers, "
-            "and etcd commits late while dockerd writes their layers to the same disk, on a "
-            "host whose CPUs the starts keep busy (its busy share in the bursts is in the table "
-            "beside the Go registrar, which meets the same Docker engine and etcd with a "
-            "goroutine per container).",
+            "**Where the bursts' tail goes**: a registration waits for its `start` event to "
+            "reach the agent and be taken up, then for its listing and its transaction (in a "
+            "burst, one transaction can carry several containers' keys). Those stages' p99s in "
+            f"the bursts: {tail}; one after another: "
+            + ", ".join(
+                f"{stage} {_p99_cell(v)} ms" for stage, v in (real.get("inside") or {}).items()
+            )
+            + ". The registrations' p99 in the bursts was "
+            f"{_fmt(real['burst']['all']['register']['p99'])} ms; one etcd put from another "
+            f"process took p99 {_fmt(real['burst']['etcd_put']['p99'])} ms in the same bursts "
+            "(the Go registrar's rounds, on the same Docker engine and etcd, are in the table "
+            "beside it).",
         ]
     return out
 
 
 _INSIDE_ROUNDS = (("inside", "one after another"), ("inside_burst", "bursts"))
+
+
+def _p99_cell(stage: dict[str, Any]) -> str:
+    """A stage's p99; `> bound` when it fell beyond the histogram's last bound."""
+    if stage.get("p99_open"):
+        return f"> {stage['p99_ms']:.0f}"
+    return _fmt(stage.get("p99_ms"))
+
+
+def _coarse_bounds() -> str:
+    """The agent's request histograms' bounds above 10 ms, in ms, as words."""
+    coarse = [f"{bound * 1000:g}" for bound in REQUEST_BUCKETS if bound > 0.01]
+    return ", ".join(coarse[:-1]) + " and " + coarse[-1]
 
 
 def realistic_markdown(results: dict[str, Any]) -> list[str]:

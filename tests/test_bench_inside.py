@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.inside import median, parse, quantile, stages
+from bench.inside import beyond_bounds, median, parse, quantile, stages
 
 BEFORE = """
 # HELP sidekick_etcd_request_seconds Time an etcd request took
@@ -54,6 +54,9 @@ def test_stages_are_the_differences():
     assert out["event lag"]["n"] == 4
     assert out["event lag"]["mean_ms"] == pytest.approx(1.05)
     assert out["event lag"]["p50_ms"] == pytest.approx(2 / 3)  # 2 of 3 within (0, 1] ms
+    # 3 of the 4 lags within 1 ms, the fourth beyond the last bound: p99 is that bound, a floor
+    assert (out["event lag"]["p99_ms"], out["event lag"]["p99_open"]) == (1.0, 1.0)
+    assert out["etcd txn"]["p99_open"] == 0.0
     assert out["docker list"]["n"] == 0 and math.isnan(out["docker list"]["mean_ms"])
 
 
@@ -70,3 +73,12 @@ def test_quantile_interpolates_in_its_bucket_and_floors_the_open_one():
     assert quantile(buckets, 0.95) == pytest.approx(0.001 + 0.009 * 5 / 9)
     assert quantile(buckets, 0.995) == pytest.approx(0.01)  # in the open bucket: its floor
     assert math.isnan(quantile({}, 0.99))
+    # a rank at the top of a bucket with an empty one after it: that top, not the next one's
+    assert quantile({0.001: 50.0, 0.002: 50.0, 0.005: 100.0}, 0.5) == pytest.approx(0.001)
+
+
+def test_beyond_bounds_only_when_the_rank_falls_in_the_open_bucket():
+    buckets = {0.001: 90.0, 0.01: 99.0, math.inf: 100.0}
+    assert not beyond_bounds(buckets, 0.99)  # the 99th sample is within 10 ms
+    assert beyond_bounds(buckets, 0.995)
+    assert not beyond_bounds({}, 0.99)

@@ -201,8 +201,14 @@ def test_inside_the_agent_rows_when_the_run_has_them():
     ]
     tail = next(line for line in lines if "bursts' tail" in line)
     register_p99 = report._fmt(real["burst"]["all"]["register"]["p99"])
-    assert "event lag 40.0 ms, docker list 60.0 ms (together 100.0 ms)" in tail
-    assert f"registrations' p99 of {register_p99} ms" in tail
+    assert "in the bursts: event lag 40.0 ms, docker list 60.0 ms; one after another: " in tail
+    assert f"The registrations' p99 in the bursts was {register_p99} ms" in tail
+
+    real["inside_burst"]["docker list"].update(p99_ms=5000.0, p99_open=1.0)  # beyond the bounds
+    lines = report.realistic_markdown({"realistic": real})
+    assert "| bursts | docker list | 20 | 3.0 | > 5000 | 9.0 |" in lines
+    assert "docker list > 5000 ms" in next(line for line in lines if "bursts' tail" in line)
+    assert "bounds above 10 ms are 25, 50, 100, 250, 1000 and 5000 ms" in "".join(lines)
 
 
 def _go_round() -> dict[str, Any]:
@@ -348,9 +354,10 @@ def test_the_cpu_row_says_what_the_bare_registrar_used_when_it_was_measured():
             notes[row] = note  # noqa: B023 - used at once, inside this iteration
 
         report._agent_rows({"realistic": _with_bare(measured=measured)}, add, report.TARGETS)
-        said = "the bare registrar in Python, which makes the requests and nothing else, used "
+        said = "nothing else) used 1.23 ms (sidekick 2.50)"
         if measured:
-            assert notes[name].endswith(said + "1.23 ms (sidekick 2.50)")
+            assert "one after another, the bare registrar in Python" in notes[name]
+            assert notes[name].endswith(said)
         else:
             assert "bare registrar" not in notes[name]
 
