@@ -893,8 +893,8 @@ def _inside_markdown(real: dict[str, Any]) -> list[str]:
             + ". The registrations' p99 in the bursts was "
             f"{_fmt(real['burst']['all']['register']['p99'])} ms; one etcd put from another "
             f"process took p99 {_fmt(real['burst']['etcd_put']['p99'])} ms in the same bursts "
-            "(the Go registrar's rounds, on the same Docker engine and etcd, are in the table "
-            "beside it).",
+            "(the Go registrar's, on the same Docker engine and etcd, is in the side-by-side "
+            "table below).",
         ]
     return out
 
