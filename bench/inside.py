@@ -21,6 +21,8 @@ STAGES = (
     ("docker list", "sidekick_docker_request_seconds", 'call="list"'),
     ("etcd txn", "sidekick_etcd_request_seconds", 'call="kv/txn"'),
 )
+# (results key, the rounds' name): where bench/realistic.py keeps each round's stages
+ROUNDS = (("inside", "one after another"), ("inside_burst", "bursts"))
 _SAMPLE = re.compile(r"^(\w+?)(_bucket|_sum|_count)\{?([^}]*)\}? (\S+)$")
 
 Snapshot = dict[tuple[str, str], dict[str, Any]]  # (metric, labels) -> sum, count, buckets

@@ -869,7 +869,7 @@ def print_summary(real: dict[str, Any]) -> None:
             + " | cpu per start or stop "
             + f"{bare['agent_cpu_ms_per_event_sequential']:.2f} ms less idle"
         )
-    for key, rounds in (("inside", "one after another"), ("inside_burst", "bursts")):
+    for key, rounds in inside.ROUNDS:
         if stages := real.get(key):
             bench_log(
                 f"inside the agent, {rounds} (p50 / p99 / mean ms, n): "

@@ -14,7 +14,7 @@ from typing import Any
 import docker
 import requests
 
-from bench import report_profile
+from bench import inside, report_profile
 from bench.common import git_commit
 from sidekick import __version__
 from sidekick.metrics import REQUEST_BUCKETS
@@ -854,7 +854,7 @@ def _bare_cpu_note(real: dict[str, Any]) -> str:
 def _inside_markdown(real: dict[str, Any]) -> list[str]:
     """The same rounds seen from inside the agent (bench/inside.py), when the run has it:
     one after another, and in the bursts where a run has them (with their p99)."""
-    rounds = [(name, real[key]) for key, name in _INSIDE_ROUNDS if real.get(key)]
+    rounds = [(name, real[key]) for key, name in inside.ROUNDS if real.get(key)]
     if not rounds:  # a run before the agent's request-time metrics
         return []
     out = [
@@ -897,9 +897,6 @@ def _inside_markdown(real: dict[str, Any]) -> list[str]:
             "table below).",
         ]
     return out
-
-
-_INSIDE_ROUNDS = (("inside", "one after another"), ("inside_burst", "bursts"))
 
 
 def _p99_cell(stage: dict[str, Any]) -> str:
